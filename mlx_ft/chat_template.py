@@ -1,0 +1,79 @@
+"""The one place that turns a conversation into text and token ids.
+
+Training, inference, the server and (later) the Modelfile all call these functions, so the model is trained on
+exactly the tokens it will see when it is used. The template itself is the model's own (tokenizer_config.json's
+`chat_template`); we never keep a second copy of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+Message = dict[str, Any]
+
+
+def _hf(tokenizer: Any) -> Any:
+    """The Hugging Face tokenizer inside mlx_lm's TokenizerWrapper (or the tokenizer itself)."""
+    return getattr(tokenizer, "_tokenizer", tokenizer)
+
+
+def render(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+    """The conversation as the model's chat template writes it."""
+    hf = _hf(tokenizer)
+    if not getattr(hf, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template")
+    return hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of the rendered conversation. Templates write their own BOS, so no special tokens are added."""
+    return list(_hf(tokenizer).encode(render(tokenizer, messages, add_generation_prompt), add_special_tokens=False))
+
+
+def prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """Ids to feed a model that must answer the conversation's last (user) message."""
+    return encode(tokenizer, messages, add_generation_prompt=True)
+
+
+def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans the model should learn to write: each assistant turn,
+    its end-of-turn marker included, and nothing of the system or user turns.
+
+    A span is found by rendering the conversation up to that turn: the prompt before it ends where the answer starts.
+    Templates that rewrite earlier turns (Qwen3 drops old reasoning) break that prefix property; then only the last
+    turn is learned, which is still never wrong.
+    """
+    text = render(tokenizer, messages)
+    spans: list[tuple[int, int]] = []
+    for k, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        before = render(tokenizer, messages[:k], add_generation_prompt=True) if k else ""
+        through = render(tokenizer, messages[: k + 1])
+        if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
+            if k == len(messages) - 1 and text.startswith(before):
+                return text, [(len(before), len(text))]
+            spans = []
+            continue
+        spans.append((len(before), len(through)))
+    if not spans:
+        raise ValueError("the conversation has no assistant turn the chat template renders")
+    return text, spans
+
+
+def training_tokens(tokenizer: Any, messages: Sequence[Message], mask_prompt: bool = True) -> tuple[list[int], list[int]]:
+    """Ids of the whole conversation and a 0/1 weight per id: 1 where the loss applies.
+
+    The mask is taken from character offsets of one tokenization of the full text, so tokens that BPE merges across
+    a turn boundary are handled the way the model will actually see them.
+    """
+    text, spans = assistant_spans(tokenizer, messages)
+    enc = _hf(tokenizer)(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    if not mask_prompt:
+        return ids, [1] * len(ids)
+    mask = [0] * len(ids)
+    for i, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > start and any(s <= start < e for s, e in spans):
+            mask[i] = 1
+    return ids, mask

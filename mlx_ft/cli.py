@@ -1,0 +1,138 @@
+"""Command line: parse arguments, call one function, print user errors as one line (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from mlx_ft import __version__, config as config_mod
+from mlx_ft.errors import UserError
+from mlx_ft.platform import blas_warning
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from mlx_ft import data
+
+    report = data.prepare(
+        [Path(p) for p in args.inputs], Path(args.out), fmt=args.format,
+        opts=data.Options(system=args.system, instruction=args.instruction),
+        valid=args.valid, test=args.test, seed=args.seed, skip_invalid=args.skip_invalid,
+    )
+    print(report.summary())
+
+
+def _default_config() -> Path | None:
+    local = Path("lora_config.yaml")
+    if local.is_file():
+        return local
+    from mlx_ft.resources import resource
+
+    try:
+        return resource("lora_config.yaml")
+    except FileNotFoundError:
+        return None
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    overrides: dict[str, Any] = {k: v for k in config_mod.FIELDS if (v := getattr(args, k, None)) is not None}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lora_parameters.rank=16")
+        overrides[key.strip()] = yaml.safe_load(value)
+    cfg_path = Path(args.config) if args.config else _default_config()
+    cfg = config_mod.load(cfg_path, overrides)
+    from mlx_ft.train import train
+
+    run = train(cfg)
+    print(f"adapter written to {run}")
+
+
+def _cmd_import_gguf(args: argparse.Namespace) -> None:
+    from mlx_ft.gguf_import import import_gguf
+
+    out = import_gguf(Path(args.file), Path(args.out), dtype=args.dtype)
+    print(f"imported {args.file} into {out}")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per scalar config key (`--learning-rate` for `learning_rate`), help taken from the schema."""
+    hints = typing.get_type_hints(config_mod.TrainConfig)
+    for name, f in config_mod.FIELDS.items():
+        kind = hints[name]
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        if base in (dict, list) or typing.get_origin(base) in (dict, list):
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if base is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=name, type=base, default=None, choices=f.metadata.get("choices"),
+                           help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlx_ft",
+        description="Fine-tune a small chat model with MLX: prepare data, train LoRA/DoRA/full, import GGUF models.",
+    )
+    parser.add_argument("--version", action="version", version=f"mlx_ft {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="turn raw Q&A / input-output / chat files into train/valid/test chat JSONL",
+                       description="Convert raw examples (.json array or .jsonl) into {\"messages\": […]} chat JSONL "
+                       "split into train/valid/test. Formats: qa (question/answer), io (input/output), messages "
+                       "(OpenAI chat); detected per example unless --format is given. Every problem is reported "
+                       "as FILE:LINE before anything is written.")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="raw data files (.json or .jsonl)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write train/valid/test.jsonl into")
+    p.add_argument("--format", choices=["qa", "io", "messages"], help="input format (default: detect)")
+    p.add_argument("--system", help="system prompt to put at the start of every conversation")
+    p.add_argument("--instruction", help="text put before every input (io format)")
+    p.add_argument("--valid", type=float, default=0.1, help="fraction for the validation split (default 0.1)")
+    p.add_argument("--test", type=float, default=0.1, help="fraction for the test split (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip bad examples (and count them) instead of failing")
+    p.set_defaults(func=_cmd_prepare, needs_mlx=False)
+
+    p = sub.add_parser("train", help="train a LoRA/DoRA adapter (or a full fine-tune) from lora_config.yaml",
+                       description="Train with mlx_lm's tuner. Settings come from the config file (default: "
+                       "./lora_config.yaml, else the shipped one); every flag below overrides its key. Writes a run "
+                       "folder with config.yaml, adapter_config.json, adapters.safetensors and metrics.jsonl.")
+    p.add_argument("-c", "--config", metavar="YAML", help="config file (default: ./lora_config.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any key, nested ones too: --set lora_parameters.rank=16")
+    _add_train_flags(p)
+    p.set_defaults(func=_cmd_train, needs_mlx=True)
+
+    p = sub.add_parser("import-gguf", help="turn a llama/qwen2/qwen3 .gguf file into a Hugging Face style folder",
+                       description="Dequantize a GGUF model (F32/F16/BF16/Q8_0/Q4_x/Q5_x/K-quants) into "
+                       "config.json + model.safetensors + tokenizer files that mlx_lm and transformers load.")
+    p.add_argument("file", help="the .gguf file")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="weight type to store (default float32: exact, and fastest on CPU)")
+    p.set_defaults(func=_cmd_import_gguf, needs_mlx=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.needs_mlx and (warning := blas_warning()):
+        print(f"mlx_ft: warning: {warning}", file=sys.stderr)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except UserError as e:
+        print(f"mlx_ft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlx_ft: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,174 @@
+"""The training configuration: `lora_config.yaml`'s schema, defaults, validation and command-line overrides.
+
+Keys follow mlx-lm's names so an mlx-lm user feels at home; what we add is added, nothing is renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlx_ft.errors import UserError
+
+FINE_TUNE_TYPES = ("lora", "dora", "full")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
+LORA_KEYS = {"rank": int, "scale": float, "dropout": float, "keys": list}
+# mlx-lm keys that mean nothing here (our `train` command always trains); accepted so mlx-lm configs load.
+IGNORED_MLX_LM_KEYS = ("train", "test", "test_batches", "report_to", "project_name", "clear_cache_threshold")
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: typing.cast(Any, type(default))(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    model: str = _f("smollm2-135m-instruct", "model folder, .gguf file, built-in alias or Hugging Face repo id")
+    data: str = _f("data/fish_care", "folder with train.jsonl and valid.jsonl (made by `mlx_ft prepare`)")
+    fine_tune_type: str = _f("lora", "lora, dora or full", FINE_TUNE_TYPES)
+    num_layers: int = _f(16, "how many of the last layers get adapters (-1: all)")
+    lora_parameters: dict = _f({"rank": 8, "scale": 20.0, "dropout": 0.0}, "rank, scale, dropout, keys")
+    batch_size: int = _f(4, "examples per step")
+    iters: int = _f(1000, "optimizer steps to train for")
+    learning_rate: float = _f(1e-5, "peak learning rate")
+    lr_schedule: dict | None = _f(None, "mlx-lm schedule: {name, arguments, warmup, warmup_init}")
+    optimizer: str = _f("adam", "optimizer", OPTIMIZERS)
+    optimizer_config: dict = _f({}, "extra optimizer arguments per optimizer name")
+    grad_accumulation_steps: int = _f(1, "micro-batches per optimizer update")
+    grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
+    max_seq_length: int = _f(2048, "longer examples are truncated to this many tokens")
+    mask_prompt: bool = _f(True, "learn only the assistant turns (never system/user text)")
+    seed: int = _f(0, "random seed (data order, adapter init)")
+    steps_per_report: int = _f(10, "steps between training-loss reports")
+    steps_per_eval: int = _f(200, "steps between validation-loss reports")
+    val_batches: int = _f(25, "validation batches per evaluation (-1: the whole split)")
+    save_every: int = _f(100, "steps between adapter checkpoints")
+    adapter_path: str | None = _f(None, "run folder to write (default: runs/<date-time>)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """`value` as the type of `key`, or a UserError naming the key. YAML gives '1e-5' as a string; accept it."""
+    optional = type(None) in typing.get_args(kind)
+    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if optional else kind
+    base = typing.get_origin(base) or base
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"config key {key!r} must not be empty")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(value, base):
+        return value
+    raise UserError(f"config key {key!r}: expected {getattr(base, '__name__', base)}, got {value!r}")
+
+
+def _validate(cfg: TrainConfig) -> TrainConfig:
+    for name, f in FIELDS.items():
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, name) not in choices:
+            raise UserError(f"config key {name!r}: {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
+    for name in ("batch_size", "iters", "grad_accumulation_steps", "max_seq_length", "steps_per_report",
+                 "steps_per_eval", "save_every"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"config key {name!r} must be at least 1")
+    if cfg.learning_rate <= 0:
+        raise UserError("config key 'learning_rate' must be positive")
+    if cfg.num_layers == 0 or cfg.num_layers < -1:
+        raise UserError("config key 'num_layers' must be a positive number of layers, or -1 for all")
+    lora = dict(cfg.lora_parameters)
+    for key, value in lora.items():
+        if key not in LORA_KEYS:
+            raise UserError(f"config key 'lora_parameters.{key}' is unknown; known: {', '.join(LORA_KEYS)}")
+        lora[key] = _coerce(f"lora_parameters.{key}", value, LORA_KEYS[key])
+    defaults = TrainConfig().lora_parameters
+    cfg.lora_parameters = {**defaults, **lora}
+    if cfg.lora_parameters["rank"] < 1:
+        raise UserError("config key 'lora_parameters.rank' must be at least 1")
+    return cfg
+
+
+def _set(values: dict[str, Any], key: str, value: Any) -> None:
+    if "." in key:
+        head, sub = key.split(".", 1)
+        if head != "lora_parameters" and head != "optimizer_config":
+            raise UserError(f"config key {key!r}: only lora_parameters.* and optimizer_config.* have sub-keys")
+        nested = dict(values.get(head) or {})
+        nested[sub] = value
+        values[head] = nested
+    else:
+        values[key] = value
+
+
+def build(file_values: dict[str, Any] | None, overrides: dict[str, Any] | None = None,
+          source: str = "config") -> TrainConfig:
+    """A validated config from a YAML mapping plus overrides (dotted keys allowed: `lora_parameters.rank`)."""
+    values: dict[str, Any] = {}
+    for key, value in (file_values or {}).items():
+        if key in IGNORED_MLX_LM_KEYS:
+            continue
+        if key not in FIELDS:
+            raise UserError(f"{source}: unknown key {key!r}; known keys: {', '.join(FIELDS)}")
+        values[key] = value
+    for key, value in (overrides or {}).items():
+        top = key.split(".", 1)[0]
+        if top not in FIELDS:
+            raise UserError(f"unknown config key {key!r}; known keys: {', '.join(FIELDS)}")
+        _set(values, key, value)
+    coerced = {k: _coerce(k, v, _HINTS[k]) for k, v in values.items()}
+    return _validate(TrainConfig(**coerced))
+
+
+def load(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a lora_config.yaml (None: defaults only) and apply overrides."""
+    if path is None:
+        return build({}, overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of config keys")
+    return build(values, overrides, source=str(path))
+
+
+def dump(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
