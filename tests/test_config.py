@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from mlx_ft import config
+from mlx_ft.errors import UserError
+from tests.conftest import REPO
+
+
+def test_shipped_config_loads_and_is_dora_rank_8():
+    cfg = config.load(REPO / "lora_config.yaml")
+    assert cfg.model == "smollm2-135m-instruct"
+    assert cfg.fine_tune_type == "dora" and cfg.lora_parameters["rank"] == 8
+    assert (REPO / cfg.data / "train.jsonl").is_file()
+
+
+def test_overrides_win_and_strings_are_coerced(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("iters: 5\nlearning_rate: 1e-5\nlora_parameters:\n  rank: 4\n")
+    cfg = config.load(path, {"iters": 7, "lora_parameters.scale": "10", "mask_prompt": "false"})
+    assert cfg.iters == 7 and cfg.learning_rate == 1e-5
+    assert cfg.lora_parameters == {"rank": 4, "scale": 10.0, "dropout": 0.0}
+    assert cfg.mask_prompt is False
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"iter": 5}, "unknown key 'iter'"),
+    ({"iters": "many"}, "'iters': expected int"),
+    ({"fine_tune_type": "qlora"}, "'fine_tune_type': 'qlora' is not one of lora, dora, full"),
+    ({"lora_parameters": {"alpha": 16}}, "lora_parameters.alpha' is unknown"),
+    ({"batch_size": 0}, "'batch_size' must be at least 1"),
+    ({"grad_checkpoint": "maybe"}, "'grad_checkpoint': expected bool"),
+])
+def test_bad_keys_are_named(values, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config.build(values)
+
+
+def test_yaml_errors_name_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("iters: 5\nlora_parameters: [\n")
+    with pytest.raises(UserError, match=r"c.yaml:\d+: invalid YAML"):
+        config.load(path)
+
+
+def test_mlx_lm_configs_load(tmp_path):
+    path = tmp_path / "mlx_lm.yaml"
+    path.write_text("model: some/model\ntrain: true\ntest: false\nfine_tune_type: lora\nnum_layers: -1\n")
+    assert config.load(path).num_layers == -1
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = config.build({"iters": 3, "lr_schedule": {"name": "cosine_decay", "arguments": [1e-4, 100], "warmup": 5}})
+    path = tmp_path / "back.yaml"
+    path.write_text(config.dump(cfg))
+    assert config.load(path) == cfg
