@@ -8,6 +8,7 @@ refuses `save_pretrained` ("quantized with gguf and is not serializable").
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from mlx_ft.errors import UserError
 
 # llama.cpp token types (gguf.TokenType)
 _CONTROL, _USER_DEFINED = 3, 4
+# llama.cpp's converter fills embedding rows past the tokenizer with these; they keep ids aligned, nothing more.
+_PADDING = re.compile(r"\[PAD\d+\]")
 
 
 def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
@@ -117,7 +120,7 @@ def _tokenizer(reader: GGUFReader) -> tuple[Tokenizer, dict[str, Any]]:
     added = [
         AddedToken(t, special=(ty == _CONTROL), normalized=False)
         for t, ty in zip(tokens, types)
-        if ty in (_CONTROL, _USER_DEFINED)
+        if ty == _CONTROL or (ty == _USER_DEFINED and not _PADDING.fullmatch(t))
     ]
     tok.add_tokens(added)
 

@@ -54,9 +54,12 @@ def bundled_blas() -> Path | None:
     spec = importlib.util.find_spec("mlx")
     if spec is None or not spec.submodule_search_locations:
         return None
-    site = Path(list(spec.submodule_search_locations)[0]).parent
-    hits = sorted(site.glob("mlx_cpu.libs/libblas*.so*"))
-    return hits[0] if hits else None
+    # Every location counts: a stray `mlx` folder on sys.path turns the spec into a namespace with several.
+    for location in spec.submodule_search_locations:
+        hits = sorted(Path(location).parent.glob("mlx_cpu.libs/libblas*.so*"))
+        if hits:
+            return hits[0]
+    return None
 
 
 def find_openblas() -> str | None:

@@ -161,10 +161,6 @@ def train(cfg: config_mod.TrainConfig) -> Path:
                         f"{cfg.batch_size}; lower --batch-size")
 
     model_path = models.resolve(cfg.model)
-    run = _run_dir(cfg)
-    cfg.adapter_path = str(run)
-    write_text(run / "config.yaml", config_mod.dump(cfg))
-
     print(f"mlx_ft: loading {model_path}", file=sys.stderr)
     model, tokenizer = mlx_lm_load(model_path)
     train_set = TokenizedChats(train_chats, tokenizer, cfg.mask_prompt, "train")
@@ -186,6 +182,10 @@ def train(cfg: config_mod.TrainConfig) -> Path:
         linear_to_lora_layers(model, cfg.num_layers, cfg.lora_parameters, use_dora=cfg.fine_tune_type == "dora")
     print_trainable_parameters(model)
 
+    # The run folder appears only once the model and data have loaded, so a bad input leaves nothing behind.
+    run = _run_dir(cfg)
+    cfg.adapter_path = str(run)
+    write_text(run / "config.yaml", config_mod.dump(cfg))
     # mlx-lm's adapter_config.json keys, so mlx_lm.load(..., adapter_path=run) and mlx_lm fuse work on the run.
     write_json(run / "adapter_config.json", {**cfg.to_dict(), "model": model_path, "base_model": cfg.model})
     (run / "checkpoints").mkdir(exist_ok=True)

@@ -105,3 +105,21 @@ def test_cli_reports_bad_data_in_one_line_and_exits_2(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == (
         f"mlx_ft: error: {tmp_path / 'd' / 'train.jsonl'}:1: the conversation must end with an assistant message")
     assert "Traceback" not in r.stderr
+
+
+def test_bad_model_leaves_no_run_folder(tiny_data, tmp_path):
+    from mlx_ft.errors import UserError
+
+    with pytest.raises(UserError, match="not a model folder"):
+        train(_cfg(tmp_path / "no-such-model", tiny_data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_folder_is_not_overwritten(qwen2_dir, tiny_data, tmp_path):
+    from mlx_ft.errors import UserError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "adapters.safetensors").write_bytes(b"precious")
+    with pytest.raises(UserError, match="not empty"):
+        train(_cfg(qwen2_dir, tiny_data, tmp_path / "run"))
+    assert (tmp_path / "run" / "adapters.safetensors").read_bytes() == b"precious"
