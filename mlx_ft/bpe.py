@@ -34,7 +34,6 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     "starcoder": PreTokenizer("digits"),
     "refact": PreTokenizer("digits"),
     "gpt-2": PreTokenizer("gpt2"),
-    "default": PreTokenizer("gpt2"),
 }
 
 

@@ -23,6 +23,8 @@ from mlx_ft.atomic import atomic_dir
 from mlx_ft.bpe import PRE_TOKENIZERS, build_normalizer, build_pre_tokenizer
 from mlx_ft.errors import UserError
 
+# Written into every folder we import, so a later import may replace that folder and no other.
+SOURCE_MARKER = "mlx_ft_source.json"
 # llama.cpp token types (gguf.TokenType)
 _CONTROL, _USER_DEFINED = 3, 4
 # llama.cpp's converter fills embedding rows past the tokenizer with these; they keep ids aligned, nothing more.
@@ -51,6 +53,10 @@ def _config(reader: GGUFReader, arch: arch_table.Arch, tied: bool, dtype: str) -
         cfg["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
     cfg.setdefault("rope_theta", 10000.0)
+    scaling = _field(reader, f"{arch.gguf}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise UserError(f"this GGUF uses {scaling!r} RoPE scaling, which the import does not reproduce yet; "
+                        "use the original Hugging Face model instead")
     # transformers 5 reads rope_parameters, mlx-lm 0.32 reads the top-level key: write both (design.md pitfalls).
     cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
     cfg.update(
@@ -69,13 +75,17 @@ def _config(reader: GGUFReader, arch: arch_table.Arch, tied: bool, dtype: str) -
     return cfg
 
 
-def _tensors(reader: GGUFReader, arch: arch_table.Arch, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for t in tqdm(reader.tensors, desc="dequantizing", unit="tensor", leave=False):
+def _tensors(reader: GGUFReader, arch: arch_table.Arch, cfg: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """HF-named weights as MLX arrays of `dtype`, converted one tensor at a time to keep peak memory low."""
+    import mlx.core as mx  # late: mlx_ft's BLAS fix must run before mlx.core loads
+
+    out: dict[str, Any] = {}
+    for t in tqdm(reader.tensors, desc="dequantizing", unit="tensor", leave=False, disable=None):
+        if t.name == "rope_freqs.weight":
+            raise UserError("this GGUF stores Llama 3.1-style RoPE scaling (rope_freqs), which the import does not "
+                            "reproduce yet; use the original Hugging Face model instead")
         hf_name = arch_table.gguf_to_hf(t.name)
         if hf_name is None:
-            if t.name == "rope_freqs.weight":  # derived from rope_theta; HF recomputes it
-                continue
             raise UserError(f"{t.name}: tensor not known for architecture {arch.gguf!r}")
         qtype = GGMLQuantizationType(t.tensor_type)
         try:
@@ -87,7 +97,8 @@ def _tensors(reader: GGUFReader, arch: arch_table.Arch, cfg: dict[str, Any]) -> 
         suffix = t.name.split(".", 2)[-1]
         if arch.permute_qk and suffix in arch_table.PERMUTED:
             w = _unpermute(w, cfg[arch_table.PERMUTED[suffix]])
-        out[hf_name] = w
+        out[hf_name] = mx.array(w).astype(getattr(mx, dtype))
+        mx.eval(out[hf_name])
     return out
 
 
@@ -171,29 +182,31 @@ def import_gguf(path: Path, out: Path, dtype: str = "float32") -> Path:
         )
     if dtype not in ("float32", "float16", "bfloat16"):
         raise UserError(f"dtype {dtype!r}: use float32, float16 or bfloat16")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / SOURCE_MARKER).is_file():
+        raise UserError(f"{out}: folder exists and is not an mlx_ft import; give --out a new or empty folder")
     tied = not any(t.name == "output.weight" for t in reader.tensors)
     cfg = _config(reader, arch, tied, dtype)
-    weights = _tensors(reader, arch, cfg)
     tokenizer, tok_cfg = _tokenizer(reader)
+    weights = _tensors(reader, arch, cfg, dtype)
 
-    import mlx.core as mx  # imported late: mlx_ft's BLAS fix must run first
+    import mlx.core as mx
 
-    mx_dtype = getattr(mx, dtype)
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        # llama.cpp keeps end-of-turn tokens (Llama 3's <|eot_id|>, <|eom_id|>) apart from eos; generation must
+        # stop on all of them.
+        stops = [i for key in ("eos", "eot", "eom") if (i := _field(reader, f"tokenizer.ggml.{key}_token_id")) is not None]
         (tmp / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]}, indent=2) + "\n"
+            json.dumps({"bos_token_id": cfg["bos_token_id"], "eos_token_id": list(dict.fromkeys(stops))}, indent=2)
+            + "\n"
         )
-        mx.save_safetensors(
-            str(tmp / "model.safetensors"),
-            {k: mx.array(v).astype(mx_dtype) for k, v in weights.items()},
-            metadata={"format": "pt"},
-        )
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
         tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
         (tmp / "special_tokens_map.json").write_text(
             json.dumps({k: tok_cfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if tok_cfg[k]})
             + "\n"
         )
-        (tmp / "mlx_ft_source.json").write_text(json.dumps({"gguf": str(path.resolve())}) + "\n")
-    return Path(out)
+        (tmp / SOURCE_MARKER).write_text(json.dumps({"gguf": str(path.resolve())}) + "\n")
+    return out

@@ -73,3 +73,13 @@ def test_import_refuses_what_it_cannot_read(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="no such GGUF file"):
         import_gguf(tmp_path / "missing.gguf", tmp_path / "out")
+
+
+def test_import_never_overwrites_a_folder_it_did_not_make(tmp_path):
+    gguf_file = builtin_gguf("smollm2-135m-instruct")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an mlx_ft import"):
+        import_gguf(gguf_file, mine)
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -1,6 +1,7 @@
-"""qwen2/qwen3 GGUF import: write the tiny Qwen fixtures as GGUF files the way llama.cpp's converter lays them out
-(Q8_0 matrices, F32 norms and biases, byte-level BPE vocab + merges + `qwen2` pre-tokenizer, padded vocab), import
-them back and compare with the source folder."""
+"""qwen2/qwen3 GGUF import: write the tiny Qwen fixtures as GGUF files in the layout llama.cpp's converter uses for
+these architectures (Q8_0 matrices, F32 norms and biases, byte-level BPE vocab + merges + `qwen2` pre-tokenizer, vocab
+padded with UNUSED `[PADn]` slots), import them back and compare with the source folder. (Token types follow the
+source tokenizer's special flags, where llama.cpp would mark every <|…|> token CONTROL.)"""
 
 import json
 from pathlib import Path
@@ -11,13 +12,14 @@ import numpy as np
 import pytest
 from mlx_lm.utils import load_tokenizer
 
+from mlx_ft.errors import UserError
 from mlx_ft.gguf_import import import_gguf
 from mlx_ft.arch import BY_MODEL_TYPE, CONFIG_KEYS, hf_to_gguf
 
 TEXTS = ["我的金鱼尾巴烂了，怎么办？", "Hello world, it's 2026-11-23!", "def f(x):\n    return x ** 2\n", "🐟🐠 ok"]
 
 
-def _write_gguf(src: Path, dest: Path) -> None:
+def _write_gguf(src: Path, dest: Path, extra_tensors: dict[str, np.ndarray] | None = None) -> None:
     cfg = json.loads((src / "config.json").read_text())
     tok_json = json.loads((src / "tokenizer.json").read_text())
     tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
@@ -41,8 +43,8 @@ def _write_gguf(src: Path, dest: Path) -> None:
     tokens, types = [], []
     for i in range(cfg["vocab_size"]):  # the embedding is padded past the tokenizer, as llama.cpp writes it
         tokens.append(by_id.get(i, f"[PAD{i}]"))
-        types.append(gguf.TokenType.CONTROL if i in special else
-                     gguf.TokenType.USER_DEFINED if i in added or i not in by_id else gguf.TokenType.NORMAL)
+        types.append(gguf.TokenType.CONTROL if i in special else gguf.TokenType.USER_DEFINED if i in added else
+                     gguf.TokenType.UNUSED if i not in by_id else gguf.TokenType.NORMAL)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
@@ -60,6 +62,8 @@ def _write_gguf(src: Path, dest: Path) -> None:
                          raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             w.add_tensor(hf_to_gguf(name), arr)
+    for name, arr in (extra_tensors or {}).items():
+        w.add_tensor(name, arr)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -94,3 +98,12 @@ def test_qwen_gguf_round_trip(request, fixture, tmp_path):
     assert t_out.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
         t_src.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     assert t_out.encode("[PAD151700]", add_special_tokens=False) != [151700], "padding slots are not real tokens"
+
+
+def test_rope_scaling_it_cannot_reproduce_is_refused(qwen2_dir, tmp_path):
+    """Llama 3.1+ files keep their RoPE scaling only as a rope_freqs tensor: importing without it would silently
+    give a different model, so the import says so and writes nothing."""
+    _write_gguf(Path(qwen2_dir), tmp_path / "m.gguf", {"rope_freqs.weight": np.ones(32, np.float32)})
+    with pytest.raises(UserError, match="RoPE scaling"):
+        import_gguf(tmp_path / "m.gguf", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
