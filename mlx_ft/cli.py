@@ -8,8 +8,6 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from mlx_ft import __version__, config as config_mod
 from mlx_ft.errors import UserError
 from mlx_ft.platform import blas_warning
@@ -26,30 +24,11 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
-def _default_config() -> Path | None:
-    local = Path("lora_config.yaml")
-    if local.is_file():
-        return local
-    from mlx_ft.resources import resource
-
-    try:
-        return resource("lora_config.yaml")
-    except FileNotFoundError:
-        return None
-
-
 def _cmd_train(args: argparse.Namespace) -> None:
-    overrides: dict[str, Any] = {k: v for k in config_mod.FIELDS if (v := getattr(args, k, None)) is not None}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lora_parameters.rank=16")
-        overrides[key.strip()] = yaml.safe_load(value)
-    cfg_path = Path(args.config) if args.config else _default_config()
-    cfg = config_mod.load(cfg_path, overrides)
     from mlx_ft.train import train
 
-    run = train(cfg)
+    flags = {k: getattr(args, k, None) for k in config_mod.FIELDS}
+    run = train(config_mod.from_cli(args.config, flags, args.set or []))
     print(f"adapter written to {run}")
 
 

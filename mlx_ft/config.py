@@ -18,8 +18,10 @@ from mlx_ft.errors import UserError
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
 LORA_KEYS = {"rank": int, "scale": float, "dropout": float, "keys": list}
-# mlx-lm keys that mean nothing here (our `train` command always trains); accepted so mlx-lm configs load.
-IGNORED_MLX_LM_KEYS = ("train", "test", "test_batches", "report_to", "project_name", "clear_cache_threshold")
+# mlx-lm keys that mean nothing here (our `train` command always trains and writes its own config); accepted so
+# mlx-lm configs load unchanged.
+IGNORED_MLX_LM_KEYS = ("train", "test", "test_batches", "report_to", "project_name", "config", "trust_remote_code")
+NESTED = ("lora_parameters", "optimizer_config", "lr_schedule")
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -51,6 +53,8 @@ class TrainConfig:
     steps_per_eval: int = _f(200, "steps between validation-loss reports")
     val_batches: int = _f(25, "validation batches per evaluation (-1: the whole split)")
     save_every: int = _f(100, "steps between adapter checkpoints")
+    clear_cache_threshold: int = _f(0, "free MLX's allocator cache when it grows past this many bytes (0: never)")
+    resume_adapter_file: str | None = _f(None, "adapters.safetensors to start from (mlx-lm's warm start)")
     adapter_path: str | None = _f(None, "run folder to write (default: runs/<date-time>)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,8 +82,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     elif base is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -107,6 +114,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
             raise UserError(f"config key {name!r} must be at least 1")
     if cfg.learning_rate <= 0:
         raise UserError("config key 'learning_rate' must be positive")
+    if cfg.val_batches == 0 or cfg.val_batches < -1:
+        raise UserError("config key 'val_batches' must be a positive number of batches, or -1 for the whole split")
     if cfg.num_layers == 0 or cfg.num_layers < -1:
         raise UserError("config key 'num_layers' must be a positive number of layers, or -1 for all")
     lora = dict(cfg.lora_parameters)
@@ -122,15 +131,15 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
 
 
 def _set(values: dict[str, Any], key: str, value: Any) -> None:
-    if "." in key:
-        head, sub = key.split(".", 1)
-        if head != "lora_parameters" and head != "optimizer_config":
-            raise UserError(f"config key {key!r}: only lora_parameters.* and optimizer_config.* have sub-keys")
-        nested = dict(values.get(head) or {})
-        nested[sub] = value
-        values[head] = nested
-    else:
-        values[key] = value
+    """Set `key` in `values`; dotted keys reach into the nested mappings (optimizer_config.adamw.weight_decay)."""
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] not in NESTED:
+        raise UserError(f"config key {key!r}: only {', '.join(NESTED)} have sub-keys")
+    target = values
+    for part in parts[:-1]:  # copy on the way down: the file's own mappings stay untouched
+        target[part] = dict(target.get(part) or {})
+        target = target[part]
+    target[parts[-1]] = value
 
 
 def build(file_values: dict[str, Any] | None, overrides: dict[str, Any] | None = None,
@@ -168,6 +177,30 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainCon
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of config keys")
     return build(values, overrides, source=str(path))
+
+
+def from_cli(path: str | None, flags: dict[str, Any], set_items: list[str]) -> TrainConfig:
+    """The config `train` runs with: the file (default ./lora_config.yaml, else the shipped one), then each
+    `--key value` flag, then each `--set KEY=VALUE` (VALUE read as YAML, so 1e-4, true and [a, b] work)."""
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    for item in set_items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lora_parameters.rank=16")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return load(Path(path) if path else default_path(), overrides)
+
+
+def default_path() -> Path | None:
+    local = Path("lora_config.yaml")
+    if local.is_file():
+        return local
+    from mlx_ft.resources import resource
+
+    try:
+        return resource("lora_config.yaml")
+    except FileNotFoundError:
+        return None
 
 
 def dump(cfg: TrainConfig) -> str:

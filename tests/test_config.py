@@ -54,3 +54,31 @@ def test_dump_round_trips(tmp_path):
     path = tmp_path / "back.yaml"
     path.write_text(config.dump(cfg))
     assert config.load(path) == cfg
+
+
+def test_nested_overrides_reach_optimizer_config():
+    cfg = config.from_cli(None, {"optimizer": "adamw"},
+                          ["optimizer_config.adamw.weight_decay=0.1", "lora_parameters.rank=16", "iters=3"])
+    assert cfg.optimizer_config == {"adamw": {"weight_decay": 0.1}}
+    assert cfg.lora_parameters["rank"] == 16 and cfg.iters == 3
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        config.from_cli(None, {}, ["iters"])
+    with pytest.raises(UserError, match="only lora_parameters, optimizer_config, lr_schedule have sub-keys"):
+        config.from_cli(None, {}, ["iters.x=1"])
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"iters": "--5"}, "'iters': expected int"),
+    ({"val_batches": 0}, "'val_batches' must be a positive"),
+])
+def test_more_bad_values(values, message):
+    with pytest.raises(UserError, match=message):
+        config.build(values)
+
+
+def test_mlx_lm_default_keys_are_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("config: null\ntrust_remote_code: false\nresume_adapter_file: null\nclear_cache_threshold: 0\n"
+                    "report_to: null\nproject_name: null\n")
+    cfg = config.load(path)
+    assert cfg.resume_adapter_file is None and cfg.clear_cache_threshold == 0
