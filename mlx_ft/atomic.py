@@ -40,10 +40,6 @@ def write_json(dest: Path, obj: Any) -> None:
     write_text(dest, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
-def write_jsonl(dest: Path, rows: list[dict[str, Any]]) -> None:
-    write_text(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -17,10 +17,15 @@ def _hf(tokenizer: Any) -> Any:
     return getattr(tokenizer, "_tokenizer", tokenizer)
 
 
+def has_template(tokenizer: Any) -> bool:
+    """Whether the model ships a chat template (base models often do not, and cannot be chat-tuned as they are)."""
+    return bool(getattr(_hf(tokenizer), "chat_template", None))
+
+
 def render(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
     """The conversation as the model's chat template writes it."""
     hf = _hf(tokenizer)
-    if not getattr(hf, "chat_template", None):
+    if not has_template(tokenizer):
         raise ValueError("this tokenizer has no chat template")
     return hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 

@@ -6,13 +6,14 @@ hash of each example, so it is the same on every machine and an example keeps it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mlx_ft.atomic import write_json, write_jsonl
+from mlx_ft.atomic import atomic_path
 from mlx_ft.errors import UserError
 
 SPLITS = ("train", "valid", "test")
@@ -189,8 +190,10 @@ def check_conversation(messages: list[dict[str, str]]) -> None:
 
 
 def split_of(messages: list[dict[str, str]], seed: int, valid: float, test: float) -> tuple[str, float]:
-    """The split an example belongs to, from a hash of its content: stable across machines and appends."""
-    digest = hashlib.sha256(f"{seed}\0{json.dumps(messages, ensure_ascii=False, sort_keys=True)}".encode()).digest()
+    """The split an example belongs to, from a hash of its content: stable across machines and appends. The system
+    prompt is left out of the hash, so rewording it never moves examples between splits."""
+    turns = [m for m in messages if m["role"] != "system"]
+    digest = hashlib.sha256(f"{seed}\0{json.dumps(turns, ensure_ascii=False, sort_keys=True)}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     return ("test" if u < test else "valid" if u < test + valid else "train"), u
 
@@ -276,33 +279,43 @@ def prepare(
     out = Path(out)
     report = Report(out, "+".join(sorted(formats_seen)), duplicates=len(conversations) - len(unique),
                     skipped=len(problems))
-    for split in SPLITS:
-        rows = [{"messages": m} for _, m in placed[split]]
-        write_jsonl(out / f"{split}.jsonl", rows)
-        report.counts[split] = len(rows)
-    write_json(
-        out / "prepare.json",
-        {
-            "inputs": [str(p) for p in inputs],
-            "format": report.format,
-            "seed": seed,
-            "valid": valid,
-            "test": test,
-            "system": opts.system,
-            "instruction": opts.instruction,
-            "counts": report.counts,
-            "duplicates_dropped": report.duplicates,
-            "invalid_skipped": report.skipped,
-        },
-    )
+    counts = {split: len(placed[split]) for split in SPLITS}
+    report.counts.update(counts)
+    recipe = {
+        "inputs": [str(p) for p in inputs],
+        "format": report.format,
+        "seed": seed,
+        "valid": valid,
+        "test": test,
+        "system": opts.system,
+        "instruction": opts.instruction,
+        "counts": counts,
+        "duplicates_dropped": report.duplicates,
+        "invalid_skipped": report.skipped,
+    }
+    # Every file is written under a temporary name first and all are renamed together at the end, so an interrupted
+    # run never leaves a new train.jsonl beside an old valid.jsonl (which could put one example in both).
+    with contextlib.ExitStack() as stack:
+        for split in SPLITS:
+            tmp = stack.enter_context(atomic_path(out / f"{split}.jsonl"))
+            tmp.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for _, m in placed[split]),
+                           encoding="utf-8")
+        tmp = stack.enter_context(atomic_path(out / "prepare.json"))
+        tmp.write_text(json.dumps(recipe, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return report
 
 
-def load_split(data_dir: Path, split: str) -> list[list[dict[str, str]]]:
+@dataclass(frozen=True)
+class Example:
+    where: str  # file:line, for error messages
+    messages: list[dict[str, str]]
+
+
+def load_split(data_dir: Path, split: str) -> list[Example]:
     """The conversations of one prepared split, validated (file:line errors) as `prepare` would."""
     path = Path(data_dir) / f"{split}.jsonl"
     records, problems = read_records(path)
-    conversations = []
+    examples = []
     for rec in records:
         try:
             if not isinstance(rec.value, dict):
@@ -312,7 +325,7 @@ def load_split(data_dir: Path, split: str) -> list[list[dict[str, str]]]:
         except ValueError as e:
             problems.append(f"{rec.where}: {e}")
             continue
-        conversations.append(messages)
+        examples.append(Example(rec.where, messages))
     if problems:
         raise DataError(problems)
-    return conversations
+    return examples

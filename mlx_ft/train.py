@@ -39,20 +39,45 @@ PAD_TO = 32  # pad batch lengths to a multiple of this: few distinct shapes, so 
 
 
 class TokenizedChats:
-    """Conversations as (ids, mask) pairs, tokenized once up front."""
+    """Conversations as (ids, mask) pairs, tokenized once up front.
 
-    def __init__(self, conversations: Sequence[list[dict[str, str]]], tokenizer: Any, mask_prompt: bool,
+    Ids are cut to max_seq_length + 1 (the model reads max_seq_length of them and predicts the next); an example
+    whose answer lies wholly past that cut would teach nothing, so it is left out and counted.
+    """
+
+    def __init__(self, examples: Sequence[data.Example], tokenizer: Any, mask_prompt: bool, max_seq_length: int,
                  desc: str) -> None:
-        self.items: list[tuple[list[int], list[int]]] = [
-            chat_template.training_tokens(tokenizer, c, mask_prompt)
-            for c in tqdm(conversations, desc=f"tokenizing {desc}", unit="ex", leave=False, disable=None)
-        ]
+        self.items: list[tuple[list[int], list[int]]] = []
+        self.truncated = 0
+        self.dropped = 0
+        problems = []
+        for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="ex", leave=False, disable=None):
+            try:
+                ids, mask = chat_template.training_tokens(tokenizer, ex.messages, mask_prompt)
+            except ValueError as e:
+                problems.append(f"{ex.where}: {e}")
+                continue
+            if len(ids) > max_seq_length + 1:
+                self.truncated += 1
+                ids, mask = ids[: max_seq_length + 1], mask[: max_seq_length + 1]
+            if not any(mask[1:]):
+                self.dropped += 1
+                continue
+            self.items.append((ids, mask))
+        if problems:
+            raise data.DataError(problems)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, idx: int) -> tuple[list[int], list[int]]:
         return self.items[idx]
+
+    def report(self, name: str, max_seq_length: int) -> str | None:
+        if not (self.truncated or self.dropped):
+            return None
+        return (f"{name}: {self.truncated} examples longer than max_seq_length {max_seq_length} are truncated; "
+                f"{self.dropped} of them keep no answer token and are left out")
 
 
 def masked_loss(model: nn.Module, batch: mx.array, weights: mx.array) -> tuple[mx.array, mx.array]:
@@ -78,7 +103,10 @@ def iterate_batches(dataset: TokenizedChats, batch_size: int, max_seq_length: in
         raise UserError(f"the dataset has {len(dataset)} examples, fewer than batch_size={batch_size}")
     rng = np.random.default_rng(seed)
     while True:
-        for b in rng.permutation(len(batches)) if loop else range(len(batches)):
+        # Evaluation (loop=False) may stop after val_batches batches: a fixed shuffled order scores a fair sample
+        # rather than only the shortest examples.
+        order_of_batches = rng.permutation(len(batches)) if loop else np.random.default_rng(0).permutation(len(batches))
+        for b in order_of_batches:
             rows = [dataset[j] for j in batches[b][rank::world]]
             longest = min(max(len(ids) for ids, _ in rows), max_seq_length + 1)
             width = min(PAD_TO * -(-longest // PAD_TO) + 1, max_seq_length + 1)
@@ -108,8 +136,9 @@ class MetricsLog(TrainingCallback):
 
     def on_train_loss_report(self, info: dict) -> None:
         self.last_step = info["iteration"]
+        # mlx_lm counts the tokens our loss returns: the learned (assistant) tokens, not every token processed.
         self._write({"step": info["iteration"], "loss": info["train_loss"], "lr": info["learning_rate"],
-                     "tokens_per_s": info["tokens_per_second"], "trained_tokens": info["trained_tokens"],
+                     "trained_tokens_per_s": info["tokens_per_second"], "trained_tokens": info["trained_tokens"],
                      "peak_memory_gb": info["peak_memory"]})
 
     def on_val_loss_report(self, info: dict) -> None:
@@ -129,10 +158,18 @@ def _data_dir(spec: str) -> Path:
 
 
 def _optimizer(cfg: config_mod.TrainConfig) -> optim.Optimizer:
-    lr = build_schedule(cfg.lr_schedule) if cfg.lr_schedule else cfg.learning_rate
     classes = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adafactor": optim.Adafactor,
                "muon": optim.Muon}
-    return classes[cfg.optimizer](learning_rate=lr, **cfg.optimizer_config.get(cfg.optimizer, {}))
+    try:
+        lr = build_schedule(cfg.lr_schedule) if cfg.lr_schedule else cfg.learning_rate
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise UserError(f"config key 'lr_schedule' {cfg.lr_schedule!r} is not an mlx-lm schedule ({e!r}); "
+                        "expected {name: cosine_decay, arguments: [1e-4, 1000], warmup: 10}") from None
+    extra = cfg.optimizer_config.get(cfg.optimizer, {})
+    try:
+        return classes[cfg.optimizer](learning_rate=lr, **extra)
+    except TypeError as e:
+        raise UserError(f"config key 'optimizer_config.{cfg.optimizer}': {e}") from None
 
 
 def _run_dir(cfg: config_mod.TrainConfig) -> Path:
@@ -146,9 +183,21 @@ def _run_dir(cfg: config_mod.TrainConfig) -> Path:
 def save_adapter(model: nn.Module, run: Path) -> Path:
     dest = run / "adapters.safetensors"
     tmp = run / ".adapters.partial.safetensors"  # mlx appends .safetensors to other names
-    mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
-    os.replace(tmp, dest)
+    try:
+        mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dest
+
+
+def _load(model_path: str, source: str) -> tuple[nn.Module, Any]:
+    try:
+        return mlx_lm_load(model_path)
+    except Exception as e:  # noqa: BLE001 -- hub, network and format failures all mean "this model cannot load"
+        if Path(model_path).is_dir():
+            raise  # a local folder that passed our checks but fails to load is more likely our bug: keep the trace
+        raise UserError(f"could not load model {source!r}: {type(e).__name__}: {e}".splitlines()[0]) from None
 
 
 def train(cfg: config_mod.TrainConfig) -> Path:
@@ -156,19 +205,20 @@ def train(cfg: config_mod.TrainConfig) -> Path:
     data_dir = _data_dir(cfg.data)
     train_chats = data.load_split(data_dir, "train")
     valid_chats = data.load_split(data_dir, "valid") if (data_dir / "valid.jsonl").is_file() else []
-    if len(train_chats) < cfg.batch_size:
-        raise UserError(f"{data_dir}/train.jsonl has {len(train_chats)} examples, fewer than batch_size "
-                        f"{cfg.batch_size}; lower --batch-size")
 
     model_path = models.resolve(cfg.model)
     print(f"mlx_ft: loading {model_path}", file=sys.stderr)
-    model, tokenizer = mlx_lm_load(model_path)
-    train_set = TokenizedChats(train_chats, tokenizer, cfg.mask_prompt, "train")
-    valid_set = TokenizedChats(valid_chats, tokenizer, cfg.mask_prompt, "valid") if valid_chats else None
-    too_long = sum(len(ids) > cfg.max_seq_length for ids, _ in train_set.items)
-    if too_long:
-        print(f"mlx_ft: {too_long} of {len(train_set)} training examples are longer than max_seq_length "
-              f"{cfg.max_seq_length} and will be truncated", file=sys.stderr)
+    model, tokenizer = _load(model_path, cfg.model)
+    if not chat_template.has_template(tokenizer):
+        raise UserError(f"model {cfg.model!r} has no chat template: fine-tune an instruct/chat model")
+    train_set = TokenizedChats(train_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "train")
+    valid_set = TokenizedChats(valid_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "valid")
+    for name, ds in (("train", train_set), ("valid", valid_set)):
+        if note := ds.report(f"{data_dir}/{name}.jsonl", cfg.max_seq_length):
+            print(f"mlx_ft: {note}", file=sys.stderr)
+    if len(train_set) < cfg.batch_size:
+        raise UserError(f"{data_dir}/train.jsonl: {len(train_set)} usable examples, fewer than batch_size "
+                        f"{cfg.batch_size}")
 
     n_layers = len(model.layers)
     if cfg.num_layers > n_layers:
@@ -180,7 +230,12 @@ def train(cfg: config_mod.TrainConfig) -> Path:
             layer.unfreeze()
     else:
         linear_to_lora_layers(model, cfg.num_layers, cfg.lora_parameters, use_dora=cfg.fine_tune_type == "dora")
+    if cfg.resume_adapter_file:
+        if not Path(cfg.resume_adapter_file).is_file():
+            raise UserError(f"{cfg.resume_adapter_file}: no such adapter file (resume_adapter_file)")
+        model.load_weights(cfg.resume_adapter_file, strict=False)
     print_trainable_parameters(model)
+    optimizer = _optimizer(cfg)
 
     # The run folder appears only once the model and data have loaded, so a bad input leaves nothing behind.
     run = _run_dir(cfg)
@@ -200,6 +255,7 @@ def train(cfg: config_mod.TrainConfig) -> Path:
         adapter_file=str(run / "checkpoints" / "adapters.safetensors"),
         grad_checkpoint=cfg.grad_checkpoint,
         grad_accumulation_steps=cfg.grad_accumulation_steps,
+        clear_cache_threshold=cfg.clear_cache_threshold,
     )
     log = MetricsLog(run / "metrics.jsonl")
 
@@ -208,7 +264,7 @@ def train(cfg: config_mod.TrainConfig) -> Path:
         return iterate_batches(dataset, batch_size, max_seq_length, loop, seed=cfg.seed, comm_group=comm_group)
 
     try:
-        mlx_lm_train(model=model, optimizer=_optimizer(cfg), train_dataset=train_set, val_dataset=valid_set,
+        mlx_lm_train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=valid_set or None,
                      args=args, loss=masked_loss, iterate_batches=batches, training_callback=log)
     except KeyboardInterrupt:
         save_adapter(model, run)

@@ -112,3 +112,21 @@ def test_shipped_fish_care_split_is_what_prepare_makes(tmp_path):
                  valid=recipe["valid"], test=recipe["test"], seed=recipe["seed"])
     for split in data.SPLITS:
         assert (tmp_path / "fc" / f"{split}.jsonl").read_text() == (shipped / f"{split}.jsonl").read_text()
+
+
+def test_rewording_the_system_prompt_keeps_every_split(tmp_path):
+    src = tmp_path / "qa.json"
+    src.write_text(json.dumps([{"question": f"q{i}", "answer": f"a{i}"} for i in range(60)]))
+    data.prepare([src], tmp_path / "a", opts=data.Options(system="You help."))
+    data.prepare([src], tmp_path / "b", opts=data.Options(system="You are a careful helper."))
+    for split in data.SPLITS:
+        users = lambda d: sorted(r["messages"][1]["content"] for r in _read(tmp_path / d / f"{split}.jsonl"))
+        assert users("a") == users("b")
+
+
+def test_prepare_leaves_no_temporary_files(tmp_path):
+    src = tmp_path / "qa.json"
+    src.write_text(json.dumps([{"question": f"q{i}", "answer": "a"} for i in range(10)]))
+    data.prepare([src], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "prepare.json", "test.jsonl", "train.jsonl", "valid.jsonl"]

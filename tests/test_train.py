@@ -11,6 +11,7 @@ import pytest
 from mlx_lm import load
 
 from mlx_ft import config, data
+from mlx_ft.errors import UserError
 from mlx_ft.chat_template import prompt_ids
 from mlx_ft.train import TokenizedChats, iterate_batches, masked_loss, train
 from tests.conftest import REPO
@@ -22,7 +23,6 @@ FACTS = [("金鱼每天喂几次？", "每天一到两次，三分钟内吃完�
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     src = tmp_path / "facts.json"
-    src.write_text(json.dumps([{"question": q, "answer": a} for q, a in FACTS * 2], ensure_ascii=False))
     rows = [{"question": q + "?" * i, "answer": a} for i, (q, a) in enumerate(FACTS * 2)]
     src.write_text(json.dumps(rows, ensure_ascii=False))
     data.prepare([src], tmp_path / "data", valid=0.25, test=0.0)
@@ -50,7 +50,7 @@ def test_lora_run_on_smollm2_writes_a_loadable_adapter(smollm2_dir, tiny_data, t
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6]
     assert train_rows[-1]["loss"] < train_rows[0]["loss"], "six steps at lr 1e-3 on 8 examples must lower the loss"
-    assert any("val_loss" in r for r in rows) and all(r.get("tokens_per_s", 1) > 0 for r in rows)
+    assert any("val_loss" in r for r in rows) and all(r["trained_tokens_per_s"] > 0 for r in train_rows)
     assert config.load(run / "config.yaml").iters == 6
 
     base, tok = load(str(smollm2_dir))
@@ -59,23 +59,31 @@ def test_lora_run_on_smollm2_writes_a_loadable_adapter(smollm2_dir, tiny_data, t
     assert not np.allclose(_last_logits(base, tok, q), _last_logits(tuned, tok, q), atol=1e-3)
 
 
-@pytest.mark.parametrize("fixture, kind", [("qwen2_dir", "dora"), ("qwen3_dir", "full")])
-def test_dora_and_full_on_qwen_fixtures(request, fixture, kind, tiny_data, tmp_path):
+@pytest.mark.parametrize("fixture, kind, layers", [("qwen2_dir", "dora", -1), ("qwen3_dir", "full", 1)])
+def test_dora_and_full_on_qwen_fixtures(request, fixture, kind, layers, tiny_data, tmp_path):
     model_dir = request.getfixturevalue(fixture)
-    run = train(_cfg(model_dir, tiny_data, tmp_path / "run", fine_tune_type=kind, iters=4, steps_per_eval=10))
+    run = train(_cfg(model_dir, tiny_data, tmp_path / "run", fine_tune_type=kind, num_layers=layers, iters=4,
+                     steps_per_eval=10))
     adapter = mx.load(str(run / "adapters.safetensors"))
     leaves = {k.rsplit(".", 1)[-1] for k in adapter}
+    trained_layers = {int(k.split(".layers.")[1].split(".")[0]) for k in adapter}
     if kind == "dora":
         assert leaves == {"lora_a", "lora_b", "m"}
+        assert trained_layers == {0, 1}, "num_layers -1 adapts every layer"
     else:
         assert "weight" in leaves and not any("lora" in k for k in adapter)
+        assert trained_layers == {1}, "a full fine-tune of num_layers 1 trains the last layer only"
     load(str(model_dir), adapter_path=str(run))
+
+
+def _examples(chats):
+    return [data.Example(f"mem:{i + 1}", c) for i, c in enumerate(chats)]
 
 
 def test_loss_counts_only_masked_positions(qwen2_dir):
     model, tok = load(str(qwen2_dir))
     chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in FACTS]
-    ds = TokenizedChats(chats, tok, mask_prompt=True, desc="test")
+    ds = TokenizedChats(_examples(chats), tok, mask_prompt=True, max_seq_length=256, desc="test")
     batch, weights = next(iterate_batches(ds, batch_size=4, max_seq_length=256))
     loss, ntoks = masked_loss(model, batch, weights)
     assert int(ntoks) == sum(sum(m) - m[0] for _, m in ds.items)
@@ -89,11 +97,71 @@ def test_loss_counts_only_masked_positions(qwen2_dir):
 def test_batches_group_similar_lengths_and_cover_every_example(qwen2_dir):
     _, tok = load(str(qwen2_dir))
     chats = [[{"role": "user", "content": "问" * n}, {"role": "assistant", "content": "答"}] for n in range(1, 41)]
-    ds = TokenizedChats(chats, tok, mask_prompt=True, desc="test")
+    ds = TokenizedChats(_examples(chats), tok, mask_prompt=True, max_seq_length=512, desc="test")
     batches = list(iterate_batches(ds, batch_size=8, max_seq_length=512))
     assert sum(b.shape[0] for b, _ in batches) == 40
-    widths = [b.shape[1] for b, _ in batches]
-    assert widths == sorted(widths) and widths[0] < widths[-1]
+    # Each batch holds 8 neighbours in length order, so its longest row is every 8th length.
+    longest = sorted(int((np.array(b) != 0).sum(axis=1).max()) for b, _ in batches)
+    assert longest == sorted(len(ids) for ids, _ in ds.items)[7::8]
+    assert all((b.shape[1] - 1) % 32 == 0 for b, _ in batches)
+
+
+def test_training_batches_are_full_seeded_and_cycle(qwen2_dir):
+    _, tok = load(str(qwen2_dir))
+    chats = [[{"role": "user", "content": "问" * n}, {"role": "assistant", "content": "答"}] for n in range(1, 12)]
+    ds = TokenizedChats(_examples(chats), tok, mask_prompt=True, max_seq_length=512, desc="test")
+
+    def first(seed: int, n: int) -> list:
+        it = iterate_batches(ds, batch_size=4, max_seq_length=512, loop=True, seed=seed)
+        return [np.array(next(it)[0]).tolist() for _ in range(n)]
+
+    run = first(0, 6)
+    assert all(len(b) == 4 for b in run), "11 examples make 2 full batches; the partial one is not trained on"
+    assert first(0, 6) == run
+    assert sorted(map(str, run[:2])) == sorted(map(str, run[2:4])), "each epoch visits every full batch once"
+
+
+def test_truncation_drops_examples_with_nothing_left_to_learn(qwen2_dir):
+    _, tok = load(str(qwen2_dir))
+    chats = [[{"role": "user", "content": "长" * 300}, {"role": "assistant", "content": "答案"}],
+             [{"role": "user", "content": "短"}, {"role": "assistant", "content": "答" * 300}],
+             [{"role": "user", "content": "短"}, {"role": "assistant", "content": "答"}]]
+    ds = TokenizedChats(_examples(chats), tok, mask_prompt=True, max_seq_length=64, desc="test")
+    assert (len(ds), ds.truncated, ds.dropped) == (2, 2, 1)
+    assert all(len(ids) <= 65 and any(m[1:]) for ids, m in ds.items)
+    assert "2 examples longer than max_seq_length 64" in ds.report("x", 64)
+
+
+def test_valid_split_smaller_than_a_batch_is_still_scored(qwen2_dir, tiny_data, tmp_path):
+    first = (tiny_data / "valid.jsonl").read_text().splitlines()[0]
+    (tiny_data / "valid.jsonl").write_text(first + "\n")
+    run = train(_cfg(qwen2_dir, tiny_data, tmp_path / "run", batch_size=4, iters=2, steps_per_eval=2))
+    val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
+    assert val and all(np.isfinite(r["val_loss"]) for r in val)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"optimizer": "adamw", "optimizer_config": {"adamw": {"weight_decya": 0.1}}}, "optimizer_config.adamw"),
+    ({"lr_schedule": {"name": "cosine_decay"}}, "'lr_schedule'"),
+])
+def test_bad_optimizer_settings_are_user_errors(qwen2_dir, tiny_data, tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        train(_cfg(qwen2_dir, tiny_data, tmp_path / "run", **override))
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_without_chat_template_is_refused(qwen2_dir, tiny_data, tmp_path):
+    base = tmp_path / "base-model"
+    base.mkdir()
+    for f in qwen2_dir.iterdir():
+        if f.name != "tokenizer_config.json":
+            (base / f.name).symlink_to(f)
+    cfg = json.loads((qwen2_dir / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template")
+    (base / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="has no chat template"):
+        train(_cfg(base, tiny_data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_reports_bad_data_in_one_line_and_exits_2(tmp_path):
@@ -108,18 +176,37 @@ def test_cli_reports_bad_data_in_one_line_and_exits_2(tmp_path):
 
 
 def test_bad_model_leaves_no_run_folder(tiny_data, tmp_path):
-    from mlx_ft.errors import UserError
-
     with pytest.raises(UserError, match="not a model folder"):
         train(_cfg(tmp_path / "no-such-model", tiny_data, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
 def test_existing_run_folder_is_not_overwritten(qwen2_dir, tiny_data, tmp_path):
-    from mlx_ft.errors import UserError
-
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "adapters.safetensors").write_bytes(b"precious")
     with pytest.raises(UserError, match="not empty"):
         train(_cfg(qwen2_dir, tiny_data, tmp_path / "run"))
     assert (tmp_path / "run" / "adapters.safetensors").read_bytes() == b"precious"
+
+
+def test_ctrl_c_saves_the_adapter_and_leaves_no_partial_file(qwen2_dir, tiny_data, tmp_path):
+    """SIGINT mid-run: the adapter so far is written whole, the CLI exits 130 without a traceback."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mlx_ft", "train", "--model", str(qwen2_dir), "--data", str(tiny_data),
+           "--adapter-path", str(run), "--fine-tune-type", "lora", "--num-layers", "2", "--batch-size", "2",
+           "--iters", "100000", "--steps-per-report", "1", "--steps-per-eval", "100000", "--max-seq-length", "64"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and '"loss"' in metrics.read_text()):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted after step" in err
+    assert mx.load(str(run / "adapters.safetensors")), "the adapter must be readable"
+    assert not [p.name for p in run.iterdir() if "partial" in p.name or p.name.endswith(".tmp")]
