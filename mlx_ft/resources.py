@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
+# In a wheel they sit in mlx_ft/shipped/ (not mlx_ft/data/, which would shadow-fight the mlx_ft.data module).
+_BASES = (_PACKAGE / "shipped", _PACKAGE.parent)
 
 
 def resource(name: str) -> Path:
-    """Path of a shipped file or folder such as `templates`, `data/fish_care` or `lora_config.yaml`."""
-    for base in (_PACKAGE, _PACKAGE.parent):
+    """Path of a shipped file or folder such as `data/fish_care` or `lora_config.yaml`."""
+    for base in _BASES:
         candidate = base / name
         if candidate.exists():
             return candidate
