@@ -79,20 +79,13 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-    elif base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    elif base in (int, float):
+        exact = (int,) if base is int else (int, float)  # an int may stand for a float, never the reverse
+        if isinstance(value, exact) and not isinstance(value, bool):
+            return base(value)
         if isinstance(value, str):
             try:
-                return int(value)
-            except ValueError:
-                pass
-    elif base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
+                return base(value)
             except ValueError:
                 pass
     elif base is str:
