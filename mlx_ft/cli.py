@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,11 +40,9 @@ def _cmd_import_gguf(args: argparse.Namespace) -> None:
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per scalar config key (`--learning-rate` for `learning_rate`), help taken from the schema."""
-    hints = typing.get_type_hints(config_mod.TrainConfig)
     for name, f in config_mod.FIELDS.items():
-        kind = hints[name]
-        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        if base in (dict, list) or typing.get_origin(base) in (dict, list):
+        base = config_mod.base_type(config_mod.HINTS[name])
+        if base in (dict, list):
             continue
         flag = "--" + name.replace("_", "-")
         help_text = f.metadata["help"]

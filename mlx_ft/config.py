@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from mlx_ft.errors import UserError
+from mlx_ft.resources import local_or_shipped
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
@@ -62,14 +63,19 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_HINTS = typing.get_type_hints(TrainConfig)
+HINTS = typing.get_type_hints(TrainConfig)
+
+
+def base_type(kind: Any) -> type:
+    """The plain type behind an annotation: `int | None` → int, `dict | None` → dict."""
+    inner = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    return typing.get_origin(inner) or inner
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """`value` as the type of `key`, or a UserError naming the key. YAML gives '1e-5' as a string; accept it."""
     optional = type(None) in typing.get_args(kind)
-    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if optional else kind
-    base = typing.get_origin(base) or base
+    base = base_type(kind)
     if value is None:
         if optional:
             return None
@@ -150,7 +156,7 @@ def build(file_values: dict[str, Any] | None, overrides: dict[str, Any] | None =
         if top not in FIELDS:
             raise UserError(f"unknown config key {key!r}; known keys: {', '.join(FIELDS)}")
         _set(values, key, value)
-    coerced = {k: _coerce(k, v, _HINTS[k]) for k, v in values.items()}
+    coerced = {k: _coerce(k, v, HINTS[k]) for k, v in values.items()}
     return _validate(TrainConfig(**coerced))
 
 
@@ -185,15 +191,9 @@ def from_cli(path: str | None, flags: dict[str, Any], set_items: list[str]) -> T
 
 
 def default_path() -> Path | None:
-    local = Path("lora_config.yaml")
-    if local.is_file():
-        return local
-    from mlx_ft.resources import resource
-
-    try:
-        return resource("lora_config.yaml")
-    except FileNotFoundError:
-        return None
+    """./lora_config.yaml, else the shipped one."""
+    path = local_or_shipped("lora_config.yaml")
+    return path if path.is_file() else None
 
 
 def dump(cfg: TrainConfig) -> str:

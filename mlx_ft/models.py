@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from mlx_ft.atomic import atomic_path
 from mlx_ft.errors import UserError
@@ -102,21 +103,20 @@ def resolve(source: str) -> str:
     """A local folder path, or a hub id, for `mlx_lm.load`. Imports GGUF and built-in models on first use."""
     from mlx_ft.gguf_import import import_gguf  # heavy imports only when needed
 
-    if source in BUILTINS:
-        folder = cache_home() / "models" / source
+    def imported(folder: Path, about: str, gguf: Callable[[], Path]) -> str:
+        """`folder`, importing the GGUF there first unless an earlier run already did."""
         if not _complete(folder):
-            print(f"mlx_ft: importing {BUILTINS[source].about} into {folder}", file=sys.stderr)
-            import_gguf(builtin_gguf(source), folder)
+            print(f"mlx_ft: importing {about} into {folder}", file=sys.stderr)
+            import_gguf(gguf(), folder)
         return str(folder)
+
+    if source in BUILTINS:
+        return imported(cache_home() / "models" / source, BUILTINS[source].about, lambda: builtin_gguf(source))
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"{path}: no such GGUF file")
-        folder = _gguf_cache_dir(path)
-        if not _complete(folder):
-            print(f"mlx_ft: importing {path} into {folder}", file=sys.stderr)
-            import_gguf(path, folder)
-        return str(folder)
+        return imported(_gguf_cache_dir(path), str(path), lambda: path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a model folder (no config.json)")

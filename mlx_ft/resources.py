@@ -16,3 +16,15 @@ def resource(name: str) -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"mlx_ft resource {name!r} is missing from this installation")
+
+
+def local_or_shipped(name: str) -> Path:
+    """`name` as given when it exists (or is absolute), else the copy mlx_ft ships, else `name` as given: a relative
+    `data/fish_care` or `lora_config.yaml` then works outside a checkout too."""
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    try:
+        return resource(name)
+    except FileNotFoundError:
+        return path

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from mlx_ft import chat_template, config as config_mod, data, models
 from mlx_ft.atomic import write_json, write_text
 from mlx_ft.errors import UserError
-from mlx_ft.resources import resource
+from mlx_ft.resources import local_or_shipped
 
 PAD_TO = 32  # pad batch lengths to a multiple of this: few distinct shapes, so mx.compile retraces rarely
 
@@ -146,12 +146,7 @@ class MetricsLog(TrainingCallback):
 
 
 def _data_dir(spec: str) -> Path:
-    path = Path(spec).expanduser()
-    if not path.exists() and not path.is_absolute():
-        try:
-            path = resource(spec)  # the shipped sample data, when run outside a checkout
-        except FileNotFoundError:
-            pass
+    path = local_or_shipped(spec)
     if not (path / "train.jsonl").is_file():
         raise UserError(f"{path}: no train.jsonl here; make one with `python -m mlx_ft prepare FILE --out {path}`")
     return path
