@@ -82,3 +82,13 @@ def training_tokens(tokenizer: Any, messages: Sequence[Message], mask_prompt: bo
         if end > start and any(s <= start < e for s, e in spans):
             mask[i] = 1
     return ids, mask
+
+
+def text_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """Ids of a plain-text example (continued pre-training) and its weights: every token is learned, the end-of-text
+    token included, so the model also learns where a document stops."""
+    hf = _hf(tokenizer)
+    ids = list(hf.encode(text, add_special_tokens=True))
+    if hf.eos_token_id is not None:
+        ids.append(hf.eos_token_id)
+    return ids, [1] * len(ids)

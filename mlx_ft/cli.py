@@ -7,18 +7,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mlx_ft import __version__, config as config_mod
+from mlx_ft import __version__, config as config_mod, data, data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.platform import blas_warning
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from mlx_ft import data
-
     report = data.prepare(
         [Path(p) for p in args.inputs], Path(args.out), fmt=args.format,
         opts=data.Options(system=args.system, instruction=args.instruction),
-        valid=args.valid, test=args.test, seed=args.seed, skip_invalid=args.skip_invalid,
+        valid=args.valid, test=args.test, seed=args.seed, skip_invalid=args.skip_invalid, datasets=args.dataset,
+        stats=None if args.no_stats else data_stats.settings(args.model, args.max_seq_length),
     )
     print(report.summary())
 
@@ -61,20 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlx_ft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("prepare", help="turn raw Q&A / input-output / chat files into train/valid/test chat JSONL",
-                       description="Convert raw examples (.json array or .jsonl) into {\"messages\": […]} chat JSONL "
-                       "split into train/valid/test. Formats: qa (question/answer), io (input/output), messages "
-                       "(OpenAI chat); detected per example unless --format is given. Every problem is reported "
-                       "as FILE:LINE before anything is written.")
-    p.add_argument("inputs", nargs="+", metavar="FILE", help="raw data files (.json or .jsonl)")
+    p = sub.add_parser("prepare", help="turn raw chat / instruction / text files into train/valid/test JSONL",
+                       description="Convert raw examples (.json array, .jsonl or .csv with a header row; or "
+                       "LLaMA-Factory's dataset_info.json) into {\"messages\": […]} chat JSONL (or {\"text\": …} "
+                       "for continued pre-training) split into train/valid/test. Formats: "
+                       + ", ".join(data.FORMATS) + "; detected per example unless --format is given. Every problem "
+                       "is reported as FILE:LINE before anything is written. Then prints token lengths per split "
+                       "under the model's chat template and how many examples max_seq_length would cut.")
+    p.add_argument("inputs", nargs="+", metavar="FILE",
+                   help="raw data files (.json, .jsonl, .csv) or a dataset_info.json")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write train/valid/test.jsonl into")
-    p.add_argument("--format", choices=["qa", "io", "messages"], help="input format (default: detect)")
-    p.add_argument("--system", help="system prompt to put at the start of every conversation")
+    p.add_argument("--format", choices=list(data.FORMATS), help="format of plain input files (default: detect)")
+    p.add_argument("--dataset", action="append", metavar="NAME",
+                   help="entry of dataset_info.json to use (repeatable; default: every entry whose file is here)")
+    p.add_argument("--system", help="system prompt to put at the start of every conversation that has none")
     p.add_argument("--instruction", help="text put before every input (io format)")
     p.add_argument("--valid", type=float, default=0.1, help="fraction for the validation split (default 0.1)")
     p.add_argument("--test", type=float, default=0.1, help="fraction for the test split (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     p.add_argument("--skip-invalid", action="store_true", help="skip bad examples (and count them) instead of failing")
+    p.add_argument("--model", help="model whose tokenizer measures the token lengths (default: the config's model)")
+    p.add_argument("--max-seq-length", type=int, metavar="N",
+                   help="count the examples longer than this (default: the config's max_seq_length)")
+    p.add_argument("--no-stats", action="store_true", help="skip the token-length statistics (no tokenizer load)")
     p.set_defaults(func=_cmd_prepare, needs_mlx=False)
 
     p = sub.add_parser("train", help="train a LoRA/DoRA adapter (or a full fine-tune) from lora_config.yaml",
