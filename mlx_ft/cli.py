@@ -26,7 +26,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from mlx_ft.train import train
 
     flags = {k: getattr(args, k, None) for k in config_mod.FIELDS}
-    run = train(config_mod.from_cli(args.config, flags, args.set or []))
+    if args.resume:
+        if args.config:
+            raise UserError("--resume reads the run's own config.yaml; leave out --config")
+        run = train(config_mod.for_resume(Path(args.resume), flags, args.set or []), resume=True)
+    else:
+        run = train(config_mod.from_cli(args.config, flags, args.set or []))
     print(f"adapter written to {run}")
 
 
@@ -48,8 +53,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if base is bool:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            p.add_argument(flag, dest=name, type=base, default=None, choices=f.metadata.get("choices"),
-                           help=help_text)
+            choices = [c for c in f.metadata.get("choices") or () if c is not None] or None
+            p.add_argument(flag, dest=name, type=base, default=None, choices=choices, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,10 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a LoRA/DoRA adapter (or a full fine-tune) from lora_config.yaml",
                        description="Train with mlx_lm's tuner. Settings come from the config file (default: "
                        "./lora_config.yaml, else the shipped one); every flag below overrides its key. Writes a run "
-                       "folder with config.yaml, adapter_config.json, adapters.safetensors and metrics.jsonl.")
+                       "folder with config.yaml, adapter_config.json, adapters.safetensors, metrics.jsonl, loss.png, "
+                       "best/ (the best validation loss) and checkpoints/. Ctrl-C saves a checkpoint after the current step; "
+                       "`--resume RUN` continues. Data-parallel over several Macs: mlx.launch --hosts A,B "
+                       "python -m mlx_ft train …")
     p.add_argument("-c", "--config", metavar="YAML", help="config file (default: ./lora_config.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any key, nested ones too: --set lora_parameters.rank=16")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint, exactly as if it had "
+                   "never stopped (only when-to-stop/report/save keys may change, e.g. --iters)")
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train, needs_mlx=True)
 

@@ -23,9 +23,12 @@ LORA_KEYS = {"rank": int, "scale": float, "dropout": float, "keys": list}
 # mlx-lm configs load unchanged.
 IGNORED_MLX_LM_KEYS = ("train", "test", "test_batches", "report_to", "project_name", "config", "trust_remote_code")
 NESTED = ("lora_parameters", "optimizer_config", "lr_schedule")
+# Settings a resumed run may change: when to stop, report and save. Anything else would make it a different run.
+RESUMABLE_KEYS = ("iters", "epochs", "steps_per_report", "steps_per_eval", "val_batches", "save_every",
+                  "keep_checkpoints", "early_stopping_patience", "clear_cache_threshold")
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
     meta = {"help": help, "choices": choices}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: typing.cast(Any, type(default))(default), metadata=meta)
@@ -38,9 +41,11 @@ class TrainConfig:
     data: str = _f("data/fish_care", "folder with train.jsonl and valid.jsonl (made by `mlx_ft prepare`)")
     fine_tune_type: str = _f("lora", "lora, dora or full", FINE_TUNE_TYPES)
     num_layers: int = _f(16, "how many of the last layers get adapters (-1: all)")
+    quantize: int | None = _f(None, "quantize the base model to 4 or 8 bits before training (QLoRA)", (None, 4, 8))
     lora_parameters: dict = _f({"rank": 8, "scale": 20.0, "dropout": 0.0}, "rank, scale, dropout, keys")
     batch_size: int = _f(4, "examples per step")
-    iters: int = _f(1000, "optimizer steps to train for")
+    iters: int = _f(1000, "steps to train for")
+    epochs: float | None = _f(None, "passes over the training data; when set, it decides iters")
     learning_rate: float = _f(1e-5, "peak learning rate")
     lr_schedule: dict | None = _f(None, "mlx-lm schedule: {name, arguments, warmup, warmup_init}")
     optimizer: str = _f("adam", "optimizer", OPTIMIZERS)
@@ -53,7 +58,10 @@ class TrainConfig:
     steps_per_report: int = _f(10, "steps between training-loss reports")
     steps_per_eval: int = _f(200, "steps between validation-loss reports")
     val_batches: int = _f(25, "validation batches per evaluation (-1: the whole split)")
-    save_every: int = _f(100, "steps between adapter checkpoints")
+    save_every: int = _f(100, "steps between checkpoints (adapter, optimizer state and counters)")
+    keep_checkpoints: int = _f(3, "newest checkpoints kept on disk (0: all)")
+    early_stopping_patience: int | None = _f(None, "stop after this many evaluations without a better validation "
+                                             "loss, keeping the best adapter")
     clear_cache_threshold: int = _f(0, "free MLX's allocator cache when it grows past this many bytes (0: never)")
     resume_adapter_file: str | None = _f(None, "adapters.safetensors to start from (mlx-lm's warm start)")
     adapter_path: str | None = _f(None, "run folder to write (default: runs/<date-time>)")
@@ -106,11 +114,23 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     for name, f in FIELDS.items():
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, name) not in choices:
-            raise UserError(f"config key {name!r}: {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
+            raise UserError(f"config key {name!r}: {getattr(cfg, name)!r} is not one of {', '.join(map(str, choices))}")
     for name in ("batch_size", "iters", "grad_accumulation_steps", "max_seq_length", "steps_per_report",
                  "steps_per_eval", "save_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"config key {name!r} must be at least 1")
+    if cfg.save_every % cfg.grad_accumulation_steps:
+        raise UserError("config key 'save_every' must be a multiple of grad_accumulation_steps (a checkpoint cannot "
+                        "hold a half-accumulated gradient)")
+    if cfg.epochs is not None and cfg.epochs <= 0:
+        raise UserError("config key 'epochs' must be positive")
+    if cfg.early_stopping_patience is not None and cfg.early_stopping_patience < 1:
+        raise UserError("config key 'early_stopping_patience' must be at least 1")
+    if cfg.keep_checkpoints < 0:
+        raise UserError("config key 'keep_checkpoints' must be 0 (keep all) or more")
+    if cfg.quantize and cfg.fine_tune_type == "full":
+        raise UserError("config key 'quantize' needs fine_tune_type lora or dora: a full fine-tune cannot train "
+                        "quantized weights")
     if cfg.learning_rate <= 0:
         raise UserError("config key 'learning_rate' must be positive")
     if cfg.val_batches == 0 or cfg.val_batches < -1:
@@ -198,3 +218,20 @@ def default_path() -> Path | None:
 
 def dump(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def for_resume(run: Path, flags: dict[str, Any], set_items: list[str]) -> TrainConfig:
+    """The config of the run in `run`, with overrides of the keys a resumed run may change (and only those)."""
+    saved_path = Path(run) / "config.yaml"
+    if not saved_path.is_file():
+        raise UserError(f"{run}: not a run folder (no config.yaml)")
+    if flags.get("adapter_path"):
+        raise UserError("--resume continues the run where it is; --adapter-path cannot move it")
+    saved = load(saved_path)
+    cfg = from_cli(str(saved_path), flags, set_items)
+    cfg.adapter_path = saved.adapter_path = str(run)  # the folder may have moved since it was written
+    changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS and v != getattr(saved, k)]
+    if changed:
+        raise UserError(f"--resume continues {run} as it was configured; it cannot change {', '.join(changed)} "
+                        f"(changeable: {', '.join(RESUMABLE_KEYS)})")
+    return cfg

@@ -1,38 +1,41 @@
 """Training: a thin layer over mlx_lm's tuner.
 
-We call `mlx_lm.tuner.trainer.train` with three things of our own:
-- a dataset of (ids, loss mask) from `chat_template.training_tokens`, so the loss covers every assistant turn and no
-  system/user text (mlx-lm's `mask_prompt` keeps only the last message);
+We call `mlx_lm.tuner.trainer.train` with pieces of our own:
+- a dataset of (ids, loss weights) from `chat_template`, so the loss covers every assistant turn and no system/user
+  text (mlx-lm's `mask_prompt` keeps only the last message);
 - a batch iterator that sorts by *token* length (mlx-lm sorts chat records by `len()` of the JSON object, i.e. not at
-  all, so batches are padded far more than needed);
-- a callback that writes `metrics.jsonl` in the run folder.
-The adapter is written in mlx-lm's format, so `mlx_lm.load(model, adapter_path=run)` accepts the run folder.
+  all), whose k-th batch depends only on (seed, k) so a resumed run continues the same data order;
+- a loss normalised over the global batch, so data-parallel workers (`mlx.launch`) compute what one worker would;
+- `step_hooks.StepHooks`, called after every step: progress, metrics.jsonl, validation, checkpoints, early stopping
+  and Ctrl-C all happen there, counted in global steps.
+The run folder is an mlx-lm adapter folder: `mlx_lm.load(model, adapter_path=run)` accepts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+from unittest import mock
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten
-from mlx_lm.tuner.callbacks import TrainingCallback
-from mlx_lm.tuner.trainer import TrainingArgs
-from mlx_lm.tuner.trainer import train as mlx_lm_train
+from mlx_lm.tuner import trainer as mlx_lm_trainer
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers, print_trainable_parameters
 from mlx_lm.utils import load as mlx_lm_load
 from tqdm import tqdm
 
-from mlx_ft import chat_template, config as config_mod, data, models
+from mlx_ft import chat_template, checkpoints, config as config_mod, data, data_stats, models, step_hooks
 from mlx_ft.atomic import write_json, write_text
+from mlx_ft.checkpoints import ADAPTERS, TrainerState
 from mlx_ft.errors import UserError
+from mlx_ft.loss_plot import read_metrics
 from mlx_ft.resources import local_or_shipped
 
 PAD_TO = 32  # pad batch lengths to a multiple of this: few distinct shapes, so mx.compile retraces rarely
@@ -53,11 +56,14 @@ class TokenizedChats:
         problems = []
         for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="ex", leave=False, disable=None):
             try:
-                ids, mask = chat_template.training_tokens(tokenizer, ex.messages, mask_prompt)
+                if ex.text is not None:
+                    ids, mask = chat_template.text_tokens(tokenizer, ex.text)
+                else:
+                    ids, mask = chat_template.training_tokens(tokenizer, ex.messages, mask_prompt)
             except ValueError as e:
                 problems.append(f"{ex.where}: {e}")
                 continue
-            if len(ids) > max_seq_length + 1:
+            if data_stats.is_truncated(len(ids), max_seq_length):
                 self.truncated += 1
                 ids, mask = ids[: max_seq_length + 1], mask[: max_seq_length + 1]
             if not any(mask[1:]):
@@ -80,69 +86,70 @@ class TokenizedChats:
                 f"{self.dropped} of them keep no answer token and are left out")
 
 
-def masked_loss(model: nn.Module, batch: mx.array, weights: mx.array) -> tuple[mx.array, mx.array]:
-    """Mean cross-entropy over the positions whose target token is marked for learning."""
+def masked_loss(model: nn.Module, batch: mx.array, weights: mx.array,
+                norm: mx.array | None = None) -> tuple[mx.array, mx.array]:
+    """Cross-entropy over the positions whose target token is marked for learning, and how many there are.
+
+    Divided by `norm` when given, else by this batch's own count. Training passes norm = (learned tokens in the whole
+    global batch) / workers: averaging the workers' gradients then gives exactly the mean over the global batch, as
+    one worker with the whole batch would (a mean of per-worker means would weight short answers up).
+    """
     logits = model(batch[:, :-1])
     w = weights[:, 1:].astype(mx.float32)
     ce = nn.losses.cross_entropy(logits, batch[:, 1:]) * w
     ntoks = w.sum()
-    return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
+    denominator = norm if norm is not None else mx.maximum(ntoks, 1)
+    return ce.astype(mx.float32).sum() / denominator, ntoks
+
+
+def _batch_order(n_batches: int, loop: bool, seed: int | None) -> Iterator[int]:
+    """Training (loop): a fresh seeded permutation every epoch, so the k-th batch depends only on (seed, k) and a
+    resumed run can skip straight to it. Evaluation: one fixed shuffled pass, so a limited number of validation
+    batches scores a fair sample rather than only the shortest examples."""
+    if not loop:
+        yield from np.random.default_rng(0).permutation(n_batches).tolist()
+        return
+    rng = np.random.default_rng(seed)
+    while True:
+        yield from rng.permutation(n_batches).tolist()
 
 
 def iterate_batches(dataset: TokenizedChats, batch_size: int, max_seq_length: int, loop: bool = False,
-                    seed: int | None = None, comm_group: Any = None) -> Iterator[tuple[mx.array, mx.array]]:
-    """Batches of similar token length in a seeded random order; signature of mlx_lm's iterate_batches."""
+                    seed: int | None = None, comm_group: Any = None, skip: int = 0,
+                    on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[mx.array, ...]]:
+    """Batches of similar token length (mlx_lm's iterate_batches signature, plus `skip` batches already trained on
+    and `on_batch`, told each batch's count of real tokens). Training batches carry the loss normaliser as a third
+    array (see masked_loss); evaluation batches do not."""
     rank, world = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
     if batch_size % world:
         raise UserError(f"batch_size {batch_size} must be divisible by the number of workers ({world})")
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    by_length = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
+    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
     if loop:  # training: only full batches, so every step sees batch_size examples
         batches = [b for b in batches if len(b) == batch_size]
     if not batches:
         raise UserError(f"the dataset has {len(dataset)} examples, fewer than batch_size={batch_size}")
-    rng = np.random.default_rng(seed)
-    while True:
-        # Evaluation (loop=False) may stop after val_batches batches: a fixed shuffled order scores a fair sample
-        # rather than only the shortest examples.
-        order_of_batches = rng.permutation(len(batches)) if loop else np.random.default_rng(0).permutation(len(batches))
-        for b in order_of_batches:
-            rows = [dataset[j] for j in batches[b][rank::world]]
-            longest = min(max(len(ids) for ids, _ in rows), max_seq_length + 1)
-            width = min(PAD_TO * -(-longest // PAD_TO) + 1, max_seq_length + 1)
-            ids_arr = np.zeros((len(rows), width), np.int32)
-            mask_arr = np.zeros((len(rows), width), np.int8)
-            for r, (ids, mask) in enumerate(rows):
-                n = min(len(ids), width)
-                ids_arr[r, :n] = ids[:n]
-                mask_arr[r, :n] = mask[:n]
+    limit = max_seq_length + 1
+    for k, b in enumerate(_batch_order(len(batches), loop, seed)):
+        if k < skip:
+            continue
+        everyone = [dataset[j] for j in batches[b]]
+        rows = everyone[rank::world]
+        longest = min(max(len(ids) for ids, _ in rows), limit)
+        width = min(PAD_TO * -(-longest // PAD_TO) + 1, limit)
+        ids_arr = np.zeros((len(rows), width), np.int32)
+        mask_arr = np.zeros((len(rows), width), np.int8)
+        for r, (ids, mask) in enumerate(rows):
+            n = min(len(ids), width)
+            ids_arr[r, :n] = ids[:n]
+            mask_arr[r, :n] = mask[:n]
+        if on_batch is not None:
+            on_batch(sum(min(len(ids), width) for ids, _ in rows))
+        if loop:
+            learned = sum(sum(mask[1:limit]) for _, mask in everyone)
+            yield mx.array(ids_arr), mx.array(mask_arr), mx.array(learned / world, mx.float32)
+        else:
             yield mx.array(ids_arr), mx.array(mask_arr)
-        if not loop:
-            return
-
-
-class MetricsLog(TrainingCallback):
-    """Appends one JSON line per report to metrics.jsonl (whole lines only, so a reader never sees half of one)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.t0 = time.time()
-        self.last_step = 0
-
-    def _write(self, row: dict[str, Any]) -> None:
-        row = {"time": round(time.time() - self.t0, 3), **row}
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def on_train_loss_report(self, info: dict) -> None:
-        self.last_step = info["iteration"]
-        # mlx_lm counts the tokens our loss returns: the learned (assistant) tokens, not every token processed.
-        self._write({"step": info["iteration"], "loss": info["train_loss"], "lr": info["learning_rate"],
-                     "trained_tokens_per_s": info["tokens_per_second"], "trained_tokens": info["trained_tokens"],
-                     "peak_memory_gb": info["peak_memory"]})
-
-    def on_val_loss_report(self, info: dict) -> None:
-        self._write({"step": info["iteration"], "val_loss": info["val_loss"], "val_time": info["val_time"]})
 
 
 def _data_dir(spec: str) -> Path:
@@ -167,25 +174,6 @@ def _optimizer(cfg: config_mod.TrainConfig) -> optim.Optimizer:
         raise UserError(f"config key 'optimizer_config.{cfg.optimizer}': {e}") from None
 
 
-def _run_dir(cfg: config_mod.TrainConfig) -> Path:
-    run = Path(cfg.adapter_path) if cfg.adapter_path else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if run.exists() and any(run.iterdir()):
-        raise UserError(f"{run}: run folder exists and is not empty; choose another --adapter-path")
-    run.mkdir(parents=True, exist_ok=True)
-    return run
-
-
-def save_adapter(model: nn.Module, run: Path) -> Path:
-    dest = run / "adapters.safetensors"
-    tmp = run / ".adapters.partial.safetensors"  # mlx appends .safetensors to other names
-    try:
-        mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
 def _load(model_path: str, source: str) -> tuple[nn.Module, Any]:
     try:
         return mlx_lm_load(model_path)
@@ -195,17 +183,110 @@ def _load(model_path: str, source: str) -> tuple[nn.Module, Any]:
         raise UserError(f"could not load model {source!r}: {type(e).__name__}: {e}".splitlines()[0]) from None
 
 
-def train(cfg: config_mod.TrainConfig) -> Path:
-    """Train as `cfg` says and return the run folder, which holds the adapter, its config and the metrics."""
+class _SilentUI:
+    """Stands in for mlx_lm's TrainUI, which would print a line for every step we ask it to report: StepHooks draws
+    the progress instead."""
+
+    def __init__(self, total_iters: int, rank: int = 0) -> None:
+        pass
+
+    def __enter__(self) -> "_SilentUI":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        return False
+
+    def advance(self) -> None:
+        pass
+
+    def report_train(self, *args: Any) -> None:
+        pass
+
+    def report_val(self, *args: Any) -> None:
+        pass
+
+    def report_save(self, *args: Any) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def val_task(self, total: int) -> Iterator[Callable[[], None]]:
+        yield lambda: None
+
+
+def _new_run_dir(cfg: config_mod.TrainConfig, world: Any) -> Path:
+    """The run folder, made by the first worker only. Every worker must name the same one: rank 0's clock decides
+    the default name."""
+    if cfg.adapter_path:
+        run = Path(cfg.adapter_path)
+    else:
+        stamp = int(time.time()) if world.rank() == 0 else 0
+        if world.size() > 1:
+            stamp = int(mx.distributed.all_sum(mx.array(stamp), stream=mx.cpu).item())
+        run = Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.localtime(stamp))
+    if world.rank() == 0:
+        if run.exists() and any(run.iterdir()):
+            raise UserError(f"{run}: run folder exists and is not empty; choose another --adapter-path, or continue "
+                            f"it with `train --resume {run}`")
+        run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def _quantize(model: nn.Module, bits: int, group_size: int = 64) -> int:
+    """Quantize the linear layers of the transformer blocks in place (QLoRA); returns how many were quantized.
+
+    Embeddings and the output head stay in full precision, as in QLoRA and PEFT (bitsandbytes skips lm_head): they
+    are a small share of a model's weights, quantizing them costs the most quality, and on CPUs MLX's quantized
+    matmul over a 150k-word head is ~30x slower than the float one. A layer whose input width is not a multiple of
+    the group size stays in full precision too."""
+    count = 0
+
+    def predicate(path: str, module: nn.Module) -> bool:
+        nonlocal count
+        in_blocks = ".layers." in f".{path}."
+        ok = in_blocks and isinstance(module, nn.Linear) and module.weight.shape[-1] % group_size == 0
+        count += ok
+        return ok
+
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
+    return count
+
+
+def _attach_adapters(model: nn.Module, cfg: config_mod.TrainConfig) -> None:
+    model.freeze()
+    if cfg.fine_tune_type == "full":
+        for layer in model.layers[-cfg.num_layers if cfg.num_layers > 0 else 0 :]:
+            layer.unfreeze()
+    else:
+        linear_to_lora_layers(model, cfg.num_layers, cfg.lora_parameters, use_dora=cfg.fine_tune_type == "dora")
+
+
+def _keep_metrics_until(run: Path, step: int) -> None:
+    """Drop metrics rows past the checkpoint a run resumes from: those steps are about to be trained again."""
+    path = run / "metrics.jsonl"
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
+    """Train as `cfg` says and return the run folder (adapter, config, checkpoints, metrics, loss.png).
+
+    With `resume`, continue the run in cfg.adapter_path from its newest checkpoint."""
     data_dir = _data_dir(cfg.data)
     train_chats = data.load_split(data_dir, "train")
     valid_chats = data.load_split(data_dir, "valid") if (data_dir / "valid.jsonl").is_file() else []
+    if resume:
+        run = Path(cfg.adapter_path or "")
+        ckpt = checkpoints.latest(run)
+        if ckpt is None:
+            raise UserError(f"{run}: no checkpoint to resume from (checkpoints/step-*)")
 
     model_path = models.resolve(cfg.model)
     print(f"mlx_ft: loading {model_path}", file=sys.stderr)
     model, tokenizer = _load(model_path, cfg.model)
-    if not chat_template.has_template(tokenizer):
-        raise UserError(f"model {cfg.model!r} has no chat template: fine-tune an instruct/chat model")
+    chats = any(ex.text is None for ex in train_chats + valid_chats)  # plain text needs no chat template
+    if chats and not chat_template.has_template(tokenizer):
+        raise UserError(f"model {cfg.model!r} has no chat template: fine-tune an instruct/chat model on chat data "
+                        "(or give it plain text examples)")
     train_set = TokenizedChats(train_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "train")
     valid_set = TokenizedChats(valid_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "valid")
     for name, ds in (("train", train_set), ("valid", valid_set)):
@@ -214,56 +295,92 @@ def train(cfg: config_mod.TrainConfig) -> Path:
     if len(train_set) < cfg.batch_size:
         raise UserError(f"{data_dir}/train.jsonl: {len(train_set)} usable examples, fewer than batch_size "
                         f"{cfg.batch_size}")
+    if cfg.early_stopping_patience and not len(valid_set):
+        raise UserError(f"early_stopping_patience needs validation data, and {data_dir} has no usable valid.jsonl")
+    if cfg.epochs is not None:
+        cfg.iters = max(1, math.ceil(cfg.epochs * (len(train_set) // cfg.batch_size)))
 
     n_layers = len(model.layers)
     if cfg.num_layers > n_layers:
         raise UserError(f"num_layers {cfg.num_layers} is more than the model's {n_layers} layers")
+    if cfg.quantize:
+        n = _quantize(model, cfg.quantize)
+        print(f"mlx_ft: quantized {n} layers of the base model to {cfg.quantize} bits (QLoRA)", file=sys.stderr)
     mx.random.seed(cfg.seed)
-    model.freeze()
-    if cfg.fine_tune_type == "full":
-        for layer in model.layers[-cfg.num_layers if cfg.num_layers > 0 else 0 :]:
-            layer.unfreeze()
-    else:
-        linear_to_lora_layers(model, cfg.num_layers, cfg.lora_parameters, use_dora=cfg.fine_tune_type == "dora")
-    if cfg.resume_adapter_file:
+    _attach_adapters(model, cfg)
+    if cfg.resume_adapter_file and not resume:
         if not Path(cfg.resume_adapter_file).is_file():
             raise UserError(f"{cfg.resume_adapter_file}: no such adapter file (resume_adapter_file)")
         model.load_weights(cfg.resume_adapter_file, strict=False)
     print_trainable_parameters(model)
     optimizer = _optimizer(cfg)
 
-    # The run folder appears only once the model and data have loaded, so a bad input leaves nothing behind.
-    run = _run_dir(cfg)
-    cfg.adapter_path = str(run)
-    write_text(run / "config.yaml", config_mod.dump(cfg))
-    # mlx-lm's adapter_config.json keys, so mlx_lm.load(..., adapter_path=run) and mlx_lm fuse work on the run.
-    write_json(run / "adapter_config.json", {**cfg.to_dict(), "model": model_path, "base_model": cfg.model})
-    (run / "checkpoints").mkdir(exist_ok=True)
-    args = TrainingArgs(
+    world = mx.distributed.init()
+    if resume:
+        state = checkpoints.load(ckpt, model, optimizer)
+        if state.step >= cfg.iters:
+            raise UserError(f"{run} already trained {state.step} steps (iters {cfg.iters}); pass a larger --iters "
+                            "to train further")
+        if world.rank() == 0:
+            _keep_metrics_until(run, state.step)
+        print(f"mlx_ft: resuming {run} from step {state.step}", file=sys.stderr)
+    else:
+        state = TrainerState()
+        # The run folder appears only once the model and data have loaded, so a bad input leaves nothing behind.
+        run = _new_run_dir(cfg, world)
+        cfg.adapter_path = str(run)
+    if world.rank() == 0:
+        write_text(run / "config.yaml", config_mod.dump(cfg))
+        # mlx-lm's adapter_config.json keys, so mlx_lm.load(..., adapter_path=run) and mlx_lm fuse work on the run.
+        write_json(run / "adapter_config.json", {**cfg.to_dict(), "model": model_path, "base_model": cfg.model})
+
+    tokens_seen = [0]
+
+    def batches(dataset: TokenizedChats, batch_size: int, max_seq_length: int, loop: bool = False,
+                comm_group: Any = None) -> Iterator[tuple[mx.array, ...]]:
+        if not loop:
+            return iterate_batches(dataset, batch_size, max_seq_length, comm_group=comm_group)
+        return iterate_batches(dataset, batch_size, max_seq_length, loop=True, seed=cfg.seed, comm_group=comm_group,
+                               skip=state.step, on_batch=lambda n: tokens_seen.__setitem__(0, tokens_seen[0] + n))
+
+    def evaluate() -> float:
+        return mlx_lm_trainer.evaluate(model=model, dataset=valid_set, batch_size=cfg.batch_size,
+                                       num_batches=cfg.val_batches, max_seq_length=cfg.max_seq_length,
+                                       loss=masked_loss, iterate_batches=batches,
+                                       clear_cache_threshold=cfg.clear_cache_threshold)
+
+    schedule = step_hooks.Schedule(cfg.iters, cfg.steps_per_report, cfg.steps_per_eval, cfg.save_every,
+                                   cfg.grad_accumulation_steps, cfg.early_stopping_patience, cfg.keep_checkpoints)
+    args = mlx_lm_trainer.TrainingArgs(
         batch_size=cfg.batch_size,
-        iters=cfg.iters,
-        val_batches=cfg.val_batches,
-        steps_per_report=cfg.steps_per_report,
-        steps_per_eval=cfg.steps_per_eval,
-        steps_per_save=cfg.save_every,
+        iters=cfg.iters - state.step,
+        steps_per_report=1,  # StepHooks runs after every step and reports at cfg.steps_per_report itself
+        steps_per_eval=cfg.iters + 1,  # validation and saving happen in StepHooks, at global steps
+        steps_per_save=cfg.iters + 1,
         max_seq_length=cfg.max_seq_length,
-        adapter_file=str(run / "checkpoints" / "adapters.safetensors"),
+        adapter_file=str(run / ADAPTERS),  # never written by mlx_lm: StepHooks ends the loop before its final save
         grad_checkpoint=cfg.grad_checkpoint,
         grad_accumulation_steps=cfg.grad_accumulation_steps,
         clear_cache_threshold=cfg.clear_cache_threshold,
     )
-    log = MetricsLog(run / "metrics.jsonl")
-
-    def batches(dataset: TokenizedChats, batch_size: int, max_seq_length: int, loop: bool = False,
-                comm_group: Any = None) -> Iterator[tuple[mx.array, mx.array]]:
-        return iterate_batches(dataset, batch_size, max_seq_length, loop, seed=cfg.seed, comm_group=comm_group)
-
-    try:
-        mlx_lm_train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=valid_set or None,
-                     args=args, loss=masked_loss, iterate_batches=batches, training_callback=log)
-    except KeyboardInterrupt:
-        save_adapter(model, run)
-        print(f"\nmlx_ft: interrupted after step {log.last_step}; adapter so far saved in {run}", file=sys.stderr)
-        raise
-    save_adapter(model, run)
+    with step_hooks.deferred_interrupt() as interrupt_requested:
+        hooks = step_hooks.StepHooks(run, model, optimizer, state, schedule, cfg.seed,
+                                     evaluate if len(valid_set) else None, lambda: tokens_seen[0],
+                                     interrupt_requested)
+        if state.step == 0:
+            hooks.validate(0)
+        mx.random.seed(step_hooks.seed_for_step(cfg.seed, state.step + 1))
+        try:
+            with mock.patch.object(mlx_lm_trainer, "TrainUI", _SilentUI):
+                mlx_lm_trainer.train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None,
+                                     args=args, loss=masked_loss, iterate_batches=batches, training_callback=hooks)
+        except step_hooks.StopTraining as stop:
+            if stop.reason != "finished":
+                print(f"mlx_ft: {stop.reason}", file=sys.stderr)
+        except step_hooks.TrainingInterrupted as e:
+            print(f"\nmlx_ft: interrupted after step {e.step}; checkpoint saved in {e.checkpoint}; continue with "
+                  f"`python -m mlx_ft train --resume {run}`", file=sys.stderr)
+            raise
+        else:  # mlx_lm ran out of batches without our hook ending the run: a bug, never a silent partial result
+            raise RuntimeError("mlx_lm's training loop ended before the last step")
     return run

@@ -70,6 +70,12 @@ def test_nested_overrides_reach_optimizer_config():
 @pytest.mark.parametrize("values, message", [
     ({"iters": "--5"}, "'iters': expected int"),
     ({"val_batches": 0}, "'val_batches' must be a positive"),
+    ({"quantize": 3}, "'quantize': 3 is not one of None, 4, 8"),
+    ({"quantize": 4, "fine_tune_type": "full"}, "a full fine-tune cannot train quantized weights"),
+    ({"save_every": 3, "grad_accumulation_steps": 2}, "'save_every' must be a multiple of grad_accumulation_steps"),
+    ({"epochs": 0}, "'epochs' must be positive"),
+    ({"early_stopping_patience": 0}, "'early_stopping_patience' must be at least 1"),
+    ({"keep_checkpoints": -1}, "'keep_checkpoints' must be 0"),
 ])
 def test_more_bad_values(values, message):
     with pytest.raises(UserError, match=message):

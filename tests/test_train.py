@@ -1,11 +1,13 @@
 """Real MLX training steps through mlx_lm's tuner, on the real SmolLM2 and the tiny Qwen fixtures."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx_lm import load
@@ -150,15 +152,21 @@ def test_bad_optimizer_settings_are_user_errors(qwen2_dir, tiny_data, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-def test_model_without_chat_template_is_refused(qwen2_dir, tiny_data, tmp_path):
+def _without_chat_template(model_dir: Path, tmp_path: Path) -> Path:
+    """The model as a base model: the same weights and tokenizer, no chat template."""
     base = tmp_path / "base-model"
     base.mkdir()
-    for f in qwen2_dir.iterdir():
+    for f in model_dir.iterdir():
         if f.name != "tokenizer_config.json":
             (base / f.name).symlink_to(f)
-    cfg = json.loads((qwen2_dir / "tokenizer_config.json").read_text())
+    cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
     cfg.pop("chat_template")
     (base / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return base
+
+
+def test_model_without_chat_template_is_refused(qwen2_dir, tiny_data, tmp_path):
+    base = _without_chat_template(qwen2_dir, tmp_path)
     with pytest.raises(UserError, match="has no chat template"):
         train(_cfg(base, tiny_data, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
@@ -189,24 +197,150 @@ def test_existing_run_folder_is_not_overwritten(qwen2_dir, tiny_data, tmp_path):
     assert (tmp_path / "run" / "adapters.safetensors").read_bytes() == b"precious"
 
 
-def test_ctrl_c_saves_the_adapter_and_leaves_no_partial_file(qwen2_dir, tiny_data, tmp_path):
-    """SIGINT mid-run: the adapter so far is written whole, the CLI exits 130 without a traceback."""
+def _no_partial_files(run: Path) -> list[str]:
+    return [str(p) for p in run.rglob("*") if "partial" in p.name or p.name.endswith((".tmp", ".old"))]
+
+
+def test_ctrl_c_checkpoints_and_resume_ends_equal_to_an_uninterrupted_run(qwen2_dir, tiny_data, tmp_path):
+    """SIGINT mid-run: a checkpoint of the last whole step is saved, the CLI exits 130 without a traceback; `train
+    --resume` then ends with the adapter an uninterrupted run with the same seed writes. Dropout, AdamW and a warmup
+    schedule make the random stream, the optimizer state and its step counter all matter."""
     import signal
     import time
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "mlx_ft", "train", "--model", str(qwen2_dir), "--data", str(tiny_data),
            "--adapter-path", str(run), "--fine-tune-type", "lora", "--num-layers", "2", "--batch-size", "2",
-           "--iters", "100000", "--steps-per-report", "1", "--steps-per-eval", "100000", "--max-seq-length", "64"]
+           "--iters", "100000", "--steps-per-report", "1", "--steps-per-eval", "100000", "--save-every", "100000",
+           "--max-seq-length", "64", "--optimizer", "adamw", "--learning-rate", "1e-3",
+           "--set", "lora_parameters.dropout=0.2",
+           "--set", "lr_schedule={name: cosine_decay, arguments: [1.0e-3, 50], warmup: 3}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"loss"' in metrics.read_text()):
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted after step" in err
-    assert mx.load(str(run / "adapters.safetensors")), "the adapter must be readable"
-    assert not [p.name for p in run.iterdir() if "partial" in p.name or p.name.endswith(".tmp")]
+    assert "Traceback" not in err and "interrupted after step" in err and "--resume" in err
+    assert not _no_partial_files(run)
+    (ckpt,) = (run / "checkpoints").iterdir()
+    stopped = json.loads((ckpt / "state.json").read_text())["step"]
+    assert stopped >= 1 and ckpt.name == f"step-{stopped:07d}"
+    assert mx.load(str(run / "adapters.safetensors")).keys() == mx.load(str(ckpt / "adapters.safetensors")).keys()
+
+    total = stopped + 4
+    r = subprocess.run([sys.executable, "-m", "mlx_ft", "train", "--resume", str(run), "--iters", str(total)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {run} from step {stopped}" in r.stderr
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"loss"' in x]
+    assert steps == list(range(1, total + 1)), "every step reported once, none twice"
+
+    straight = train(config.load(run / "config.yaml", {"iters": total, "adapter_path": str(tmp_path / "straight")}))
+    resumed, uninterrupted = mx.load(str(run / "adapters.safetensors")), mx.load(str(straight / "adapters.safetensors"))
+    assert resumed.keys() == uninterrupted.keys()
+    for k in resumed:
+        np.testing.assert_allclose(np.array(resumed[k]), np.array(uninterrupted[k]), rtol=0, atol=1e-6, err_msg=k)
+    assert not np.allclose(np.array(resumed[k]), np.array(mx.load(str(ckpt / "adapters.safetensors"))[k])), \
+        "the resumed steps must have trained"
+
+
+def test_resume_refuses_changes_that_would_make_another_run(qwen2_dir, tiny_data, tmp_path):
+    run = train(_cfg(qwen2_dir, tiny_data, tmp_path / "run", iters=2, save_every=2, steps_per_eval=2))
+    with pytest.raises(UserError, match="cannot change learning_rate"):
+        config.for_resume(run, {"learning_rate": 0.5}, [])
+    with pytest.raises(UserError, match="already trained 2 steps"):
+        train(config.for_resume(run, {}, []), resume=True)
+    (run / "checkpoints").rename(tmp_path / "gone")
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(config.for_resume(run, {"iters": 4}, []), resume=True)
+
+
+def test_early_stopping_keeps_the_best_adapter(qwen2_dir, tiny_data, tmp_path):
+    """SGD at a learning rate far too high makes the validation loss climb: training stops after `patience`
+    evaluations without improvement, and the run's adapter is the best one, not the last."""
+    run = train(_cfg(qwen2_dir, tiny_data, tmp_path / "run", optimizer="sgd", learning_rate=30.0, iters=40,
+                     steps_per_eval=1, save_every=1, keep_checkpoints=2, early_stopping_patience=2))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    best_step = min(val, key=lambda v: v[1])[0]
+    assert val[-1][0] < 40, "stopped early"
+    assert [s for s, _ in val][-1] == best_step + 2, "two evaluations without improvement, then stop"
+    final = mx.load(str(run / "adapters.safetensors"))
+    best = mx.load(str(run / "best" / "adapters.safetensors"))
+    assert all(np.array_equal(np.array(final[k]), np.array(best[k])) for k in final)
+    assert len(list((run / "checkpoints").iterdir())) == 2, "keep_checkpoints prunes older checkpoints"
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    load(str(qwen2_dir), adapter_path=str(run / "best"))  # best/ is itself an adapter folder
+
+
+def test_qlora_quantizes_the_base_in_the_same_command(qwen2_dir, tiny_data, tmp_path):
+    from mlx_ft.train import _quantize
+
+    model, _ = load(str(qwen2_dir))
+    assert _quantize(model, 4) > 0
+    assert isinstance(model.layers[0].self_attn.q_proj, nn.QuantizedLinear)
+    run = train(_cfg(qwen2_dir, tiny_data, tmp_path / "run", quantize=4, iters=6, learning_rate=3e-3))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    adapter = mx.load(str(run / "adapters.safetensors"))
+    assert {k.rsplit(".", 1)[-1] for k in adapter} == {"lora_a", "lora_b"}, "only the adapter is saved"
+    assert config.load(run / "config.yaml").quantize == 4
+
+
+def test_epochs_decide_iters(qwen2_dir, tiny_data, tmp_path):
+    n_train = len((tiny_data / "train.jsonl").read_text().splitlines())
+    run = train(_cfg(qwen2_dir, tiny_data, tmp_path / "run", epochs=2.0, steps_per_eval=100))
+    assert config.load(run / "config.yaml").iters == 2 * (n_train // 2)
+
+
+def test_progress_lines_replace_mlx_lm_output(qwen2_dir, tiny_data, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mlx_ft", "train", "--model", str(qwen2_dir), "--data",
+                        str(tiny_data), "--adapter-path", str(tmp_path / "run"), "--fine-tune-type", "lora",
+                        "--num-layers", "1", "--batch-size", "2", "--iters", "4", "--steps-per-report", "2",
+                        "--steps-per-eval", "4", "--max-seq-length", "64"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("step ")]
+    assert [x.split()[1] for x in lines] == ["0/4", "2/4", "4/4", "4/4"]
+    assert all(w in lines[1] for w in ("loss", "lr", "tok/s", "peak", "GB", "eta"))
+    assert "val_loss" in lines[0] and "val_loss" in lines[3]
+    assert "train_loss" not in r.stdout + r.stderr, "mlx_lm's own progress table is replaced"
+
+
+def test_two_workers_over_mlx_launch_match_one_worker_with_the_whole_batch(qwen2_dir, tmp_path):
+    """Data parallel over MLX's ring backend on 127.0.0.1: each of 2 workers takes half of every batch of 4 and the
+    gradients are averaged. Answers of different lengths give the workers different token counts, so this also
+    checks the loss is normalised over the global batch (a mean of per-worker means differs by ~1e-2 here)."""
+    src = tmp_path / "facts.json"
+    src.write_text(json.dumps([{"question": q + "?" * i, "answer": a * (1 + i % 3)}
+                               for i, (q, a) in enumerate(FACTS * 2)], ensure_ascii=False))
+    data.prepare([src], tmp_path / "data", valid=0.25, test=0.0)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config.dump(_cfg(qwen2_dir, tmp_path / "data", tmp_path / "unused", batch_size=4, iters=3,
+                                    steps_per_eval=3)).replace(f"adapter_path: {tmp_path / 'unused'}\n", ""))
+    launch = Path(sys.executable).parent / "mlx.launch"
+    r = subprocess.run([str(launch), "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", sys.executable, "-m",
+                        "mlx_ft", "train", "-c", str(cfg), "--adapter-path", str(tmp_path / "two")], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    one = train(config.load(cfg, {"adapter_path": str(tmp_path / "one")}))
+    a, b = mx.load(str(one / "adapters.safetensors")), mx.load(str(tmp_path / "two" / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float(mx.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < 5e-4, f"2 workers differ from 1 by {worst}"
+    assert any(float(mx.abs(b[k]).max()) > 1e-2 for k in b if "lora_b" in k), "the adapter must have trained"
+
+
+def test_text_examples_train_every_token_even_without_a_chat_template(qwen2_dir, tmp_path, write_jsonl):
+    src = write_jsonl("notes.jsonl", [{"text": f"第{i}号缸：水温{20 + i}度，pH {6 + i % 3}。"} for i in range(8)])
+    data.prepare([src], tmp_path / "data", valid=0.0, test=0.0, stats=None)
+    (ex, *_) = data.load_split(tmp_path / "data", "train")
+    _, tok = load(str(qwen2_dir))
+    ds = TokenizedChats([ex], tok, mask_prompt=True, max_seq_length=128, desc="test")
+    ids, mask = ds[0]
+    assert tok.decode(ids[:-1]) == ex.text and ids[-1] == tok.eos_token_id and mask == [1] * len(ids)
+    run = train(_cfg(_without_chat_template(qwen2_dir, tmp_path), tmp_path / "data", tmp_path / "run", iters=2, steps_per_eval=10))
+    assert (run / "adapters.safetensors").is_file()
