@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from mlx_ft import __version__, config as config_mod, data, data_stats
 from mlx_ft.errors import UserError

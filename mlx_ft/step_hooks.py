@@ -90,10 +90,11 @@ class Schedule:
 class StepHooks(TrainingCallback):
     def __init__(self, run: Path, model: nn.Module, optimizer: optim.Optimizer, state: TrainerState,
                  schedule: Schedule, seed: int, evaluate: Callable[[], float] | None,
-                 tokens_seen: Callable[[], int], interrupt_requested: Callable[[], bool]) -> None:
+                 interrupt_requested: Callable[[], bool]) -> None:
         self.run, self.model, self.optimizer, self.state = run, model, optimizer, state
         self.schedule, self.seed, self.evaluate = schedule, seed, evaluate
-        self.tokens_seen, self.interrupt_requested = tokens_seen, interrupt_requested
+        self.interrupt_requested = interrupt_requested
+        self.tokens_seen = 0  # real tokens in the training batches this worker has been handed since the start
         self.start_step = state.step
         self.tokens_at_start = state.tokens
         self.tokens_at_report = state.tokens
@@ -119,9 +120,13 @@ class StepHooks(TrainingCallback):
         if self.main:
             self.bar.write(text, file=sys.stderr)
 
+    def count_batch(self, real_tokens: int) -> None:
+        """`iterate_batches`' on_batch: called with each training batch's count of real tokens."""
+        self.tokens_seen += real_tokens
+
     def _count_tokens(self) -> None:
         """Bring the count of real tokens processed by all workers up to date."""
-        local = self.tokens_seen()
+        local = self.tokens_seen
         if self.group.size() > 1:
             local = int(mx.distributed.all_sum(mx.array(local), stream=mx.cpu).item())
         self.state.tokens = self.tokens_at_start + local
@@ -202,9 +207,9 @@ class StepHooks(TrainingCallback):
         ckpt = None
         if step % sch.save_every == 0 or last or early_stop or interrupted:
             self._count_tokens()  # collective: every worker takes part
-        if self.main and (step % sch.save_every == 0 or last or early_stop or interrupted):
-            ckpt = checkpoints.save(self.run, self.model, self.optimizer, st)
-            checkpoints.prune(self.run, sch.keep_checkpoints)
+            if self.main:
+                ckpt = checkpoints.save(self.run, self.model, self.optimizer, st)
+                checkpoints.prune(self.run, sch.keep_checkpoints)
         if interrupted:
             if self.main:
                 checkpoints.save_weights(self.model, self.run / ADAPTERS)

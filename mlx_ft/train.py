@@ -334,14 +334,12 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         # mlx-lm's adapter_config.json keys, so mlx_lm.load(..., adapter_path=run) and mlx_lm fuse work on the run.
         write_json(run / "adapter_config.json", {**cfg.to_dict(), "model": model_path, "base_model": cfg.model})
 
-    tokens_seen = [0]
-
     def batches(dataset: TokenizedChats, batch_size: int, max_seq_length: int, loop: bool = False,
                 comm_group: Any = None) -> Iterator[tuple[mx.array, ...]]:
         if not loop:
             return iterate_batches(dataset, batch_size, max_seq_length, comm_group=comm_group)
         return iterate_batches(dataset, batch_size, max_seq_length, loop=True, seed=cfg.seed, comm_group=comm_group,
-                               skip=state.step, on_batch=lambda n: tokens_seen.__setitem__(0, tokens_seen[0] + n))
+                               skip=state.step, on_batch=hooks.count_batch)  # mlx_lm calls this once hooks exist
 
     def evaluate() -> float:
         return mlx_lm_trainer.evaluate(model=model, dataset=valid_set, batch_size=cfg.batch_size,
@@ -365,8 +363,7 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
     )
     with step_hooks.deferred_interrupt() as interrupt_requested:
         hooks = step_hooks.StepHooks(run, model, optimizer, state, schedule, cfg.seed,
-                                     evaluate if len(valid_set) else None, lambda: tokens_seen[0],
-                                     interrupt_requested)
+                                     evaluate if len(valid_set) else None, interrupt_requested)
         if state.step == 0:
             hooks.validate(0)
         mx.random.seed(step_hooks.seed_for_step(cfg.seed, state.step + 1))
