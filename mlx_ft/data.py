@@ -19,7 +19,7 @@ from typing import Any
 from mlx_ft import data_stats
 from mlx_ft.atomic import atomic_path
 from mlx_ft.data_formats import (FORMATS, ROLES, Content, Example, Options, check_conversation,  # noqa: F401
-                                 detect_format, to_example)
+                                 detect_format, meta_fields, to_example)
 from mlx_ft.data_sources import DataError, Record, Source, read_records, sources  # noqa: F401
 from mlx_ft.errors import UserError
 
@@ -64,7 +64,8 @@ def _example(rec: Record, src: Source, opts: Options) -> tuple[str, Example]:
     if name is None:
         raise ValueError("cannot tell the format; expected one of: " + "; ".join(f.about for f in FORMATS.values()))
     convert = src.convert or FORMATS[name].convert
-    return name, to_example(rec.where, convert(rec.value, opts))
+    keep = rec.value.keys() if opts.keep is None else opts.keep
+    return name, to_example(rec.where, convert(rec.value, opts), meta_fields(rec.value, keep))
 
 
 def _read_all(srcs: list[Source], opts: Options) -> tuple[list[Example], set[str], list[str]]:
@@ -172,11 +173,19 @@ def _prepared_line(rec: dict[str, Any], opts: Options) -> Content:
     return FORMATS["text" if "text" in rec else "messages"].convert(rec, opts)
 
 
+def common_system(examples: list[Example]) -> str | None:
+    """The system prompt every conversation starts with, when they all share one: a model trained only with it
+    should be used with it (inference defaults to it; the Modelfile's SYSTEM is it)."""
+    firsts = {ex.messages[0]["content"] if ex.messages and ex.messages[0]["role"] == "system" else None
+              for ex in examples if ex.text is None}
+    return firsts.pop() if len(firsts) == 1 else None
+
+
 def load_split(data_dir: Path, split: str) -> list[Example]:
     """The examples of one prepared split (conversations, or `text` ones for continued pre-training), validated
     (file:line errors) as `prepare` would."""
     path = Path(data_dir) / f"{split}.jsonl"
-    examples, _, problems = _read_all([Source(path, "messages", _prepared_line)], Options())
+    examples, _, problems = _read_all([Source(path, "messages", _prepared_line)], Options(keep=None))
     if problems:
         raise DataError(problems)
     return examples

@@ -7,8 +7,8 @@ ShareGPT are parameterised by column and tag names, so LLaMA-Factory's `dataset_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 Message = dict[str, str]
 Content = list[Message] | str  # a conversation, or raw text
@@ -25,16 +25,21 @@ class Example:
     where: str  # file:line, for error messages
     messages: list[Message]
     text: str | None = None  # raw text for continued pre-training; then `messages` is empty
+    # Scalar fields carried along for evaluation (`task`, for a per-task breakdown); never shown to the model.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         """The example's line in a prepared split."""
-        return {"text": self.text} if self.text is not None else {"messages": self.messages}
+        body = {"text": self.text} if self.text is not None else {"messages": self.messages}
+        return {**body, **self.meta}
 
 
 @dataclass(frozen=True)
 class Options:
     system: str | None = None  # system prompt added to every conversation that has none
     instruction: str | None = None  # text put before each input (io format)
+    # Top-level scalar fields to carry into the prepared splits; None: every one (reading a prepared split back).
+    keep: tuple[str, ...] | None = ("task",)
 
 
 # ---------------------------------------------------------------------------------------------------------- fields
@@ -229,9 +234,17 @@ def check_conversation(messages: list[Message]) -> None:
         raise ValueError("the conversation must start with a user message (after an optional system message)")
 
 
-def to_example(where: str, content: Content) -> Example:
+CONTENT_KEYS = ("messages", "text")  # what a prepared line holds besides its metadata
+
+
+def meta_fields(rec: Mapping[str, Any], keep: Iterable[str]) -> dict[str, Any]:
+    """The record's fields named in `keep` that hold a scalar (a label to group results by, not content)."""
+    return {k: rec[k] for k in keep if k not in CONTENT_KEYS and isinstance(rec.get(k), (str, int, float, bool))}
+
+
+def to_example(where: str, content: Content, meta: dict[str, Any] | None = None) -> Example:
     """Wrap converted content, checking a conversation's shape (raises ValueError)."""
     if isinstance(content, str):
-        return Example(where, [], content)
+        return Example(where, [], content, meta or {})
     check_conversation(content)
-    return Example(where, content)
+    return Example(where, content, meta=meta or {})

@@ -454,3 +454,30 @@ def test_cli_prepare_formats_come_from_data_and_errors_are_one_line(write_jsonl,
     assert json.loads((tmp_path / "out" / "prepare.json").read_text())["stats"] is None
     assert cli.main(["prepare", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x"), "--no-stats"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_task_and_named_fields_travel_to_the_splits_for_eval(write_jsonl, tmp_path):
+    src = write_jsonl("raw.jsonl", [
+        {"question": "发服务怎么做？", "answer": "数据平台相关问题", "task": "scene", "category": "gis", "n": [1]},
+        {"input": "今天天气", "output": "通用问题", "task": "scene"},
+        {"question": "西安市地类图斑的数据怎么发服务", "answer": "西安市地类图斑", "task": "extract"},
+    ])
+    from mlx_ft import cli
+
+    assert cli.main(["prepare", str(src), "--out", str(tmp_path / "d"), "--valid", "0", "--test", "0",
+                     "--keep-field", "category", "--no-stats"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "d" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r.get("task") for r in rows] == ["scene", "scene", "extract"]
+    assert rows[0]["category"] == "gis" and "n" not in rows[0], "only scalar fields named for keeping travel"
+    loaded = data.load_split(tmp_path / "d", "train")
+    assert [ex.meta for ex in loaded] == [{"task": "scene", "category": "gis"}, {"task": "scene"}, {"task": "extract"}]
+
+
+def test_common_system_is_the_prompt_every_conversation_shares():
+    def ex(system):
+        head = [{"role": "system", "content": system}] if system else []
+        return data.Example("x:1", head + [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+
+    assert data.common_system([ex("你是观赏鱼专家。"), ex("你是观赏鱼专家。")]) == "你是观赏鱼专家。"
+    assert data.common_system([ex("你是观赏鱼专家。"), ex(None)]) is None
+    assert data.common_system([ex("a"), ex("b")]) is None
