@@ -7,6 +7,7 @@ exactly the tokens it will see when it is used. The template itself is the model
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 Message = dict[str, Any]
@@ -32,19 +33,75 @@ def render(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: b
 
 def encode(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
     """Token ids of the rendered conversation. Templates write their own BOS, so no special tokens are added."""
-    return list(_hf(tokenizer).encode(render(tokenizer, messages, add_generation_prompt), add_special_tokens=False))
+    return _ids(tokenizer, render(tokenizer, messages, add_generation_prompt))
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(_hf(tokenizer).encode(text, add_special_tokens=False))
+
+
+_PROBE = "\u2063answer\u2063"  # text no real answer contains, to find where the template puts an answer
+
+
+@dataclass(frozen=True)
+class AnswerFrame:
+    """What the template writes around an assistant answer: `preamble` between the generation prompt and the answer
+    (Qwen3 writes an empty `<think>\n\n</think>\n\n` block there), and `end` after it (`<|im_end|>\n`)."""
+
+    preamble: str
+    end: str
+
+
+_frames: dict[tuple[Any, ...], AnswerFrame] = {}
+
+
+def answer_frame(tokenizer: Any) -> AnswerFrame:
+    """The template's frame around an answer, found by rendering a probe conversation (once per template)."""
+    hf = _hf(tokenizer)
+    key = (getattr(hf, "chat_template", None), getattr(hf, "bos_token", None), getattr(hf, "eos_token", None))
+    if key not in _frames:
+        _frames[key] = _probe_frame(tokenizer)
+    return _frames[key]
+
+
+def _probe_frame(tokenizer: Any) -> AnswerFrame:
+    question = [{"role": "user", "content": "?"}]
+    prompt = render(tokenizer, question, add_generation_prompt=True)
+    full = render(tokenizer, [*question, {"role": "assistant", "content": _PROBE}])
+    at = full.find(_PROBE)
+    if at < 0:
+        raise ValueError("the chat template does not write the assistant's answer")
+    preamble = full[len(prompt):at] if full.startswith(prompt) else ""
+    return AnswerFrame(preamble, full[at + len(_PROBE):])
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The token that ends an assistant turn (`<|im_end|>`, `<|eot_id|>`): generation must stop there. None when the
+    template ends a turn with plain text only."""
+    end = answer_frame(tokenizer).end.strip()
+    ids = _ids(tokenizer, end) if end else []
+    special = set(getattr(_hf(tokenizer), "all_special_ids", ())) | set(
+        getattr(_hf(tokenizer), "added_tokens_decoder", {}) or {})
+    return ids[0] if ids and ids[0] in special else None
+
+
+def prompt_text(tokenizer: Any, messages: Sequence[Message]) -> str:
+    """The text a model reads before it writes its answer to the conversation's last message: the generation prompt
+    plus the answer preamble. Training learns only what follows this, so inference gives exactly this."""
+    return render(tokenizer, messages, add_generation_prompt=True) + answer_frame(tokenizer).preamble
 
 
 def prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
     """Ids to feed a model that must answer the conversation's last (user) message."""
-    return encode(tokenizer, messages, add_generation_prompt=True)
+    return _ids(tokenizer, prompt_text(tokenizer, messages))
 
 
 def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the model should learn to write: each assistant turn,
     its end-of-turn marker included, and nothing of the system or user turns.
 
-    A span is found by rendering the conversation up to that turn: the prompt before it ends where the answer starts.
+    A span is found by rendering the conversation up to that turn: the prompt before it (`prompt_text`, the answer
+    preamble included, since inference writes that into the prompt) ends where the answer starts.
     Templates that rewrite earlier turns (Qwen3 drops old reasoning) break that prefix property; then only the last
     turn is learned, which is still never wrong.
     """
@@ -53,7 +110,7 @@ def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, l
     for k, m in enumerate(messages):
         if m.get("role") != "assistant":
             continue
-        before = render(tokenizer, messages[:k], add_generation_prompt=True) if k else ""
+        before = prompt_text(tokenizer, messages[:k]) if k else ""
         through = render(tokenizer, messages[: k + 1])
         if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
             if k == len(messages) - 1 and text.startswith(before):

@@ -60,3 +60,27 @@ def test_qwen3_learns_its_final_answer_and_no_prompt(qwen3_dir):
 def test_conversation_without_answer_is_refused(tokenizer):
     with pytest.raises(ValueError, match="no assistant turn"):
         ct.training_tokens(tokenizer, CHAT[:2])
+
+
+ENGLISH = [{"role": "user", "content": "How often should I feed goldfish?"},
+           {"role": "assistant", "content": "Once or twice a day, only what they eat in three minutes."}]
+
+
+@pytest.mark.parametrize("model", ["smollm2_dir", "qwen2_dir", "qwen3_dir"])
+@pytest.mark.parametrize("chat", [CHAT, CHAT[1:3], ENGLISH], ids=["multi-turn", "chinese", "english"])
+def test_inference_sends_exactly_the_tokens_training_saw(request, model, chat):
+    """Training's ids for a conversation = inference's prompt ids + the answer's ids + the end-of-turn token that
+    generation stops at (for Qwen3, its empty think block is part of the prompt on both sides)."""
+    from mlx_ft import loader
+
+    loaded = loader.load(str(request.getfixturevalue(model)))
+    tok = loaded.tokenizer
+    ids, mask = ct.training_tokens(tok, chat)
+    prompt = ct.prompt_ids(tok, chat[:-1])
+    assert ids[: len(prompt)] == prompt
+    assert mask[len(prompt) - 1] == 0 and mask[len(prompt)] == 1, "learning starts where inference generates"
+    eot = ct.end_of_turn_id(tok)
+    assert eot is not None and eot in tok.eos_token_ids, "generation stops where training's answer ends"
+    answer = ids[len(prompt):]
+    assert tok.decode(answer[: answer.index(eot)]) == chat[-1]["content"]
+    assert all(mask[len(prompt): len(prompt) + answer.index(eot) + 1])
