@@ -27,14 +27,14 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx_lm.tuner import trainer as mlx_lm_trainer
-from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers, print_trainable_parameters
-from mlx_lm.utils import load as mlx_lm_load
+from mlx_lm.tuner.utils import build_schedule, print_trainable_parameters
 from tqdm import tqdm
 
-from mlx_ft import chat_template, checkpoints, config as config_mod, data, data_stats, models, step_hooks
+from mlx_ft import adapters, chat_template, checkpoints, config as config_mod, data, data_stats, models, step_hooks
 from mlx_ft.atomic import write_json, write_text
 from mlx_ft.checkpoints import ADAPTERS, TrainerState
 from mlx_ft.errors import UserError
+from mlx_ft.loader import load_model
 from mlx_ft.loss_plot import read_metrics
 from mlx_ft.resources import local_or_shipped
 
@@ -174,15 +174,6 @@ def _optimizer(cfg: config_mod.TrainConfig) -> optim.Optimizer:
         raise UserError(f"config key 'optimizer_config.{cfg.optimizer}': {e}") from None
 
 
-def _load(model_path: str, source: str) -> tuple[nn.Module, Any]:
-    try:
-        return mlx_lm_load(model_path)
-    except Exception as e:  # noqa: BLE001 -- hub, network and format failures all mean "this model cannot load"
-        if Path(model_path).is_dir():
-            raise  # a local folder that passed our checks but fails to load is more likely our bug: keep the trace
-        raise UserError(f"could not load model {source!r}: {type(e).__name__}: {e}".splitlines()[0]) from None
-
-
 class _SilentUI:
     """Stands in for mlx_lm's TrainUI, which would print a line for every step we ask it to report: StepHooks draws
     the progress instead."""
@@ -231,35 +222,6 @@ def _new_run_dir(cfg: config_mod.TrainConfig, world: Any) -> Path:
     return run
 
 
-def _quantize(model: nn.Module, bits: int, group_size: int = 64) -> int:
-    """Quantize the linear layers of the transformer blocks in place (QLoRA); returns how many were quantized.
-
-    Embeddings and the output head stay in full precision, as in QLoRA and PEFT (bitsandbytes skips lm_head): they
-    are a small share of a model's weights, quantizing them costs the most quality, and on CPUs MLX's quantized
-    matmul over a 150k-word head is ~30x slower than the float one. A layer whose input width is not a multiple of
-    the group size stays in full precision too."""
-    count = 0
-
-    def predicate(path: str, module: nn.Module) -> bool:
-        nonlocal count
-        in_blocks = ".layers." in f".{path}."
-        ok = in_blocks and isinstance(module, nn.Linear) and module.weight.shape[-1] % group_size == 0
-        count += ok
-        return ok
-
-    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
-    return count
-
-
-def _attach_adapters(model: nn.Module, cfg: config_mod.TrainConfig) -> None:
-    model.freeze()
-    if cfg.fine_tune_type == "full":
-        for layer in model.layers[-cfg.num_layers if cfg.num_layers > 0 else 0 :]:
-            layer.unfreeze()
-    else:
-        linear_to_lora_layers(model, cfg.num_layers, cfg.lora_parameters, use_dora=cfg.fine_tune_type == "dora")
-
-
 def _keep_metrics_until(run: Path, step: int) -> None:
     """Drop metrics rows past the checkpoint a run resumes from: those steps are about to be trained again."""
     path = run / "metrics.jsonl"
@@ -282,7 +244,7 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
 
     model_path = models.resolve(cfg.model)
     print(f"mlx_ft: loading {model_path}", file=sys.stderr)
-    model, tokenizer = _load(model_path, cfg.model)
+    model, tokenizer = load_model(model_path, cfg.model)
     chats = any(ex.text is None for ex in train_chats + valid_chats)  # plain text needs no chat template
     if chats and not chat_template.has_template(tokenizer):
         raise UserError(f"model {cfg.model!r} has no chat template: fine-tune an instruct/chat model on chat data "
@@ -304,10 +266,10 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
     if cfg.num_layers > n_layers:
         raise UserError(f"num_layers {cfg.num_layers} is more than the model's {n_layers} layers")
     if cfg.quantize:
-        n = _quantize(model, cfg.quantize)
+        n = adapters.quantize_base(model, cfg.quantize)
         print(f"mlx_ft: quantized {n} layers of the base model to {cfg.quantize} bits (QLoRA)", file=sys.stderr)
     mx.random.seed(cfg.seed)
-    _attach_adapters(model, cfg)
+    adapters.attach(model, cfg)
     if cfg.resume_adapter_file and not resume:
         if not Path(cfg.resume_adapter_file).is_file():
             raise UserError(f"{cfg.resume_adapter_file}: no such adapter file (resume_adapter_file)")
@@ -332,7 +294,8 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
     if world.rank() == 0:
         write_text(run / "config.yaml", config_mod.dump(cfg))
         # mlx-lm's adapter_config.json keys, so mlx_lm.load(..., adapter_path=run) and mlx_lm fuse work on the run.
-        write_json(run / "adapter_config.json", {**cfg.to_dict(), "model": model_path, "base_model": cfg.model})
+        write_json(run / "adapter_config.json", {**cfg.to_dict(), "model": model_path, "base_model": cfg.model,
+                                                 "system_prompt": data.common_system(train_chats)})
 
     def batches(dataset: TokenizedChats, batch_size: int, max_seq_length: int, loop: bool = False,
                 comm_group: Any = None) -> Iterator[tuple[mx.array, ...]]:

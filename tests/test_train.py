@@ -278,10 +278,10 @@ def test_early_stopping_keeps_the_best_adapter(qwen2_dir, tiny_data, tmp_path):
 
 
 def test_qlora_quantizes_the_base_in_the_same_command(qwen2_dir, tiny_data, tmp_path):
-    from mlx_ft.train import _quantize
+    from mlx_ft.adapters import quantize_base
 
     model, _ = load(str(qwen2_dir))
-    assert _quantize(model, 4) > 0
+    assert quantize_base(model, 4) > 0
     assert isinstance(model.layers[0].self_attn.q_proj, nn.QuantizedLinear)
     run = train(_cfg(qwen2_dir, tiny_data, tmp_path / "run", quantize=4, iters=6, learning_rate=3e-3))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
