@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mlx_ft import __version__, config as config_mod, data, data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.platform import blas_warning
 
+if TYPE_CHECKING:
+    from mlx_ft.generation import Sampling
+    from mlx_ft.loader import Loaded
+
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
     report = data.prepare(
         [Path(p) for p in args.inputs], Path(args.out), fmt=args.format,
-        opts=data.Options(system=args.system, instruction=args.instruction),
+        opts=data.Options(system=args.system, instruction=args.instruction,
+                          keep=tuple(dict.fromkeys(["task", *(args.keep_field or [])]))),
         valid=args.valid, test=args.test, seed=args.seed, skip_invalid=args.skip_invalid, datasets=args.dataset,
         stats=None if args.no_stats else data_stats.settings(args.model, args.max_seq_length),
     )
@@ -40,6 +45,62 @@ def _cmd_import_gguf(args: argparse.Namespace) -> None:
 
     out = import_gguf(Path(args.file), Path(args.out), dtype=args.dtype)
     print(f"imported {args.file} into {out}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from mlx_ft import evaluate
+
+    report = evaluate.evaluate(args.run, args.data, args.split, compare_base=args.compare_base,
+                               by_field=args.by_field, out=Path(args.out) if args.out else None,
+                               max_tokens=args.max_tokens, batch_size=args.batch_size)
+    print(evaluate.format_report(report))
+
+
+def _sampling(args: argparse.Namespace) -> "Sampling":
+    from mlx_ft.generation import Sampling
+
+    return Sampling(temp=args.temp, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
+
+
+def _system(args: argparse.Namespace, loaded: "Loaded") -> str | None:
+    """--system, else the system prompt the run was trained with (answers match training best under it)."""
+    if args.system is not None:
+        return args.system or None
+    if loaded.system:
+        print(f"mlx_ft: using the run's training system prompt: {loaded.system}", file=sys.stderr)
+    return loaded.system
+
+
+def _cmd_infer(args: argparse.Namespace) -> None:
+    from mlx_ft import infer, loader
+
+    if (args.text is None) == (args.file is None):
+        raise UserError("give either a TEXT to answer or --file FILE")
+    if args.file and not args.out:
+        raise UserError("--file needs --out FILE for the answers")
+    loaded = loader.load(args.run)
+    if args.file:
+        n = infer.run_file(loaded, Path(args.file), Path(args.out), _sampling(args), _system(args, loaded))
+        print(f"answered {n} prompts into {args.out}", file=sys.stderr)
+    else:
+        infer.run_one(loaded, args.text, _sampling(args), _system(args, loaded))
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from mlx_ft import chat_repl, loader
+
+    loaded = loader.load(args.run)
+    chat_repl.run(chat_repl.Session(loaded, _sampling(args), _system(args, loaded)))
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser, temp: float) -> None:
+    p.add_argument("--temp", type=float, default=temp, help=f"sampling temperature; 0 is greedy (default {temp})")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens "
+                   "whose probabilities sum to this (default 1.0: all)")
+    p.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+    p.add_argument("--seed", type=int, help="random seed, for repeatable sampled answers")
+    p.add_argument("--system", help="system prompt (default: the one every training example had, if any; "
+                   "--system '' for none)")
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -80,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entry of dataset_info.json to use (repeatable; default: every entry whose file is here)")
     p.add_argument("--system", help="system prompt to put at the start of every conversation that has none")
     p.add_argument("--instruction", help="text put before every input (io format)")
+    p.add_argument("--keep-field", action="append", metavar="NAME",
+                   help="carry this field of each record (a label such as a category) into the prepared splits, "
+                   "for `eval --by-field NAME` (repeatable; `task` is always carried)")
     p.add_argument("--valid", type=float, default=0.1, help="fraction for the validation split (default 0.1)")
     p.add_argument("--test", type=float, default=0.1, help="fraction for the test split (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
@@ -113,6 +177,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="weight type to store (default float32: exact, and fastest on CPU)")
     p.set_defaults(func=_cmd_import_gguf, needs_mlx=True)
+
+    run_help = ("a run folder (base model + adapter; also RUN/best or RUN/checkpoints/step-N), a fused model folder, "
+                "a .gguf file, a built-in model or a Hugging Face repo id")
+    p = sub.add_parser("eval", help="score a run on a data split: loss, exact match, BLEU, ROUGE-L …",
+                       description="Loss and perplexity over the learned tokens of a prepared split, and generation "
+                       "metrics on each example's final answer (greedy): exact match, label accuracy with a "
+                       "confusion table when the answers are a small set of labels, BLEU-4 and ROUGE-L (characters "
+                       "for Chinese, words otherwise), and the length ratio. Per task when examples carry a `task` "
+                       "field. Writes metrics.json and predictions.jsonl to RUN/eval.")
+    p.add_argument("run", metavar="RUN", help=run_help)
+    p.add_argument("--data", metavar="DIR", help="prepared data folder (default: the run's training data)")
+    p.add_argument("--split", default="test", help="which split file to score (default test)")
+    p.add_argument("--compare-base", action="store_true",
+                   help="score the base model without the adapter too, side by side")
+    p.add_argument("--by-field", metavar="NAME", help="break every metric down by this field of the examples "
+                   "(default: `task` when the examples have it)")
+    p.add_argument("--out", metavar="DIR", help="where to write the results (default RUN/eval)")
+    p.add_argument("--max-tokens", type=int, help="longest answer generated (default: twice the longest expected "
+                   "answer + 16 tokens)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per batch for the loss (default 8)")
+    p.set_defaults(func=_cmd_eval, needs_mlx=True)
+
+    p = sub.add_parser("infer", help="answer one prompt (streamed), or a JSONL file of prompts (batched)",
+                       description="Answer TEXT, streaming the answer as it is generated, or every line of --file "
+                       "(JSONL/JSON/CSV rows with `messages`, or a `prompt`/`input`/`question`/`instruction` field) "
+                       "into --out, each row with an `output` field added.")
+    p.add_argument("run", metavar="RUN", help=run_help)
+    p.add_argument("text", nargs="?", help="the prompt")
+    p.add_argument("--file", metavar="FILE", help="prompts to answer in batches")
+    p.add_argument("--out", metavar="FILE", help="where --file's answers go (JSONL)")
+    _add_sampling_flags(p, temp=0.0)
+    p.set_defaults(func=_cmd_infer, needs_mlx=True)
+
+    p = sub.add_parser("chat", help="talk to a run in the terminal",
+                       description="A multi-turn chat in the terminal. Commands: /clear, /system TEXT, /save FILE, "
+                       "/help, /exit. Ctrl-D quits; Ctrl-C stops an answer, or quits at the prompt.")
+    p.add_argument("run", metavar="RUN", help=run_help)
+    _add_sampling_flags(p, temp=0.7)
+    p.set_defaults(func=_cmd_chat, needs_mlx=True)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""`infer`: answer one prompt (streamed to the terminal) or a file of them (batched), with a run or any model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from mlx_ft import generation, loader
+from mlx_ft.atomic import write_text
+from mlx_ft.chat_template import Message
+from mlx_ft.data import DataError, check_conversation, read_records
+from mlx_ft.errors import UserError
+
+PROMPT_KEYS = ("prompt", "input", "question", "instruction")  # a batch line's text, when it has no `messages`
+
+
+def conversation(text: str, system: str | None) -> list[Message]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+
+
+def with_system(messages: list[Message], system: str | None) -> list[Message]:
+    if system and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def _batch_prompt(value: Any) -> list[Message]:
+    """The conversation to answer on a batch line: `messages` (a final assistant turn is dropped: it is the expected
+    answer), or one of PROMPT_KEYS as a single user message."""
+    if not isinstance(value, dict):
+        raise ValueError("a line must be a JSON object")
+    if "messages" in value:
+        messages = value["messages"]
+        if not (isinstance(messages, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                   and m.get("role") in ("system", "user", "assistant", "tool")
+                                                   for m in messages)):
+            raise ValueError('"messages" must be a list of {"role", "content"} objects')
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        check_conversation([*messages, {"role": "assistant", "content": "-"}])
+        return messages
+    for key in PROMPT_KEYS:
+        if isinstance(value.get(key), str) and value[key].strip():
+            return [{"role": "user", "content": value[key]}]
+    raise ValueError(f'expected "messages" or a text field ({", ".join(PROMPT_KEYS)})')
+
+
+def read_batch(path: Path) -> tuple[list[Any], list[list[Message]]]:
+    """The lines of a batch file and the conversation each asks to answer (file:line errors for bad lines)."""
+    records, bad = read_records(path)
+    rows, prompts = [], []
+    problems = [f"{b.where}: {b.value}" for b in bad]
+    for rec in records:
+        try:
+            prompts.append(_batch_prompt(rec.value))
+            rows.append(rec.value)
+        except ValueError as e:
+            problems.append(f"{rec.where}: {e}")
+    if problems:
+        raise DataError(problems)
+    if not rows:
+        raise UserError(f"{path}: no prompts")
+    return rows, prompts
+
+
+def run_one(loaded: loader.Loaded, text: str, sampling: generation.Sampling, system: str | None,
+            out: TextIO = sys.stdout) -> str:
+    """Stream the answer to `text` onto `out` as it is generated; return it."""
+    pieces = []
+    for chunk in generation.stream(loaded.model, loaded.tokenizer, conversation(text, system), sampling):
+        out.write(chunk.text)
+        out.flush()
+        pieces.append(chunk.text)
+    out.write("\n")
+    out.flush()
+    if chunk.finish_reason == "length":
+        print(f"mlx_ft: stopped at --max-tokens {sampling.max_tokens}", file=sys.stderr)
+    return "".join(pieces)
+
+
+def run_file(loaded: loader.Loaded, src: Path, dest: Path, sampling: generation.Sampling,
+             system: str | None) -> int:
+    """Answer every line of `src` in batches; write each line back with an `output` field to `dest` (atomically,
+    once all are done). Returns how many were answered."""
+    rows, prompts = read_batch(src)
+    answers = generation.answer_many(loaded.model, loaded.tokenizer, [with_system(p, system) for p in prompts],
+                                     sampling)
+    write_text(dest, "".join(json.dumps({**r, "output": a}, ensure_ascii=False) + "\n"
+                             for r, a in zip(rows, answers)))
+    return len(rows)
