@@ -79,7 +79,8 @@ def split_loss(loaded: loader.Loaded, examples: list[data.Example], batch_size: 
 def _score_column(loaded: loader.Loaded, examples: list[data.Example], todo: list[Target], sampling: generation.Sampling,
                   batch_size: int, name: str) -> tuple[dict[str, Any], list[str]]:
     print(f"mlx_ft: scoring {name}: {loaded.label}", file=sys.stderr)
-    scores: dict[str, Any] = split_loss(loaded, examples, batch_size)
+    scores: dict[str, Any] = split_loss(loaded, examples, batch_size)  # unfused: exactly the model training scored
+    loaded.fuse()
     outputs = generation.answer_many(loaded.model, loaded.tokenizer, [t.prompt for t in todo], sampling,
                                      desc=f"answering ({name})")
     if todo:

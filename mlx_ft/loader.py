@@ -16,7 +16,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.utils import load as mlx_lm_load
 
 from mlx_ft import adapters, chat_template, config as config_mod, models
@@ -73,6 +73,17 @@ class Loaded:
         mx.eval(self.model.parameters())
         self.adapted = True
 
+    def fuse(self) -> None:
+        """Merge LoRA/DoRA into the weights for generation: the same function, without the adapter's extra matmuls
+        on every token (DoRA recomputes a weight norm per call). A QLoRA run stays unfused: re-quantizing the merged
+        weight would change the model the adapter was trained with."""
+        if not self.adapted or self.cfg is None or self.cfg.quantize or self.cfg.fine_tune_type == "full":
+            return
+        fused = [(name, module.fuse()) for name, module in self.model.named_modules() if hasattr(module, "fuse")]
+        if fused:
+            self.model.update_modules(tree_unflatten(fused))
+            mx.eval(self.model.parameters())
+
 
 def find_run(path: Path) -> tuple[Path, Path] | None:
     """(run folder, adapter file) when `path` is a run folder or an adapter folder inside one, else None."""
@@ -89,9 +100,10 @@ def _training_system(run: Path) -> str | None:
         return None
 
 
-def load(source: str, adapter: bool = True) -> Loaded:
-    """Load `source` for generation. With adapter=False a run's base model is loaded bare (quantized as it was
-    trained), and `apply_adapter()` adds the adapter later: `eval --compare-base` scores both from one load."""
+def load(source: str, adapter: bool = True, fuse: bool = True) -> Loaded:
+    """Load `source` for generation (adapter fused in, when `fuse`). With adapter=False a run's base model is loaded
+    bare (quantized as it was trained), and `apply_adapter()` adds the adapter later: `eval --compare-base` scores
+    both from one load."""
     path = Path(source).expanduser()
     found = find_run(path) if path.is_dir() else None
     if found is None:
@@ -114,5 +126,7 @@ def load(source: str, adapter: bool = True) -> Loaded:
             loaded.tokenizer.add_eos_token(eot)
     if adapter:
         loaded.apply_adapter()
+        if fuse:
+            loaded.fuse()
     loaded.model.eval()
     return loaded

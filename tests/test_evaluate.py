@@ -180,3 +180,18 @@ def test_help_explains_eval_infer_chat():
     out = subprocess.run([sys.executable, "-m", "mlx_ft", "eval", "--help"], capture_output=True, text=True,
                          cwd=REPO).stdout
     assert "--compare-base" in out and "--by-field" in out and "confusion" in out
+
+
+def test_fused_adapter_answers_like_the_unfused_one(memorised):
+    """infer/chat/serve merge LoRA into the weights for speed: same logits as base + adapter layers."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_ft.chat_template import prompt_ids
+
+    run, _ = memorised
+    plain, fused = loader.load(str(run), fuse=False), loader.load(str(run))
+    assert not any(hasattr(m, "lora_a") for _, m in fused.model.named_modules())
+    ids = mx.array([prompt_ids(plain.tokenizer, [{"role": "user", "content": ROUTER[0][0]}])])
+    a, b = np.array(plain.model(ids)), np.array(fused.model(ids))
+    assert np.abs(a - b).max() < 1e-3 and (a.argmax(-1) == b.argmax(-1)).all()
