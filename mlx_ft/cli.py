@@ -93,6 +93,12 @@ def _cmd_chat(args: argparse.Namespace) -> None:
     chat_repl.run(chat_repl.Session(loaded, _sampling(args), _system(args, loaded)))
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from mlx_ft.server.app import serve
+
+    serve(args.run, args.host, args.port, Path(args.db), Path(args.runs))
+
+
 def _add_sampling_flags(p: argparse.ArgumentParser, temp: float) -> None:
     p.add_argument("--temp", type=float, default=temp, help=f"sampling temperature; 0 is greedy (default {temp})")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens "
@@ -216,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help=run_help)
     _add_sampling_flags(p, temp=0.7)
     p.set_defaults(func=_cmd_chat, needs_mlx=True)
+
+    p = sub.add_parser("serve", help="web chat with history, OpenAI-compatible API and a runs dashboard",
+                       description="Serve RUN in a browser chat at http://HOST:PORT (conversations kept in a SQLite "
+                       "file across restarts, answers streamed), with a runs page (loss curves, live while "
+                       "training) and JSON APIs: /api/chat + /api/clear (server-side history), /api/conversations, "
+                       "and OpenAI's /v1/chat/completions (stream: true too) and /v1/models.")
+    p.add_argument("run", metavar="RUN", help=run_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    p.add_argument("--db", default="chat_history.db", metavar="PATH", help="history file (default ./chat_history.db)")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="runs folder shown on /runs (default ./runs)")
+    p.set_defaults(func=_cmd_serve, needs_mlx=True)
     return parser
 
 

@@ -42,7 +42,11 @@ class Chunk:
 
 def stream(model: nn.Module, tokenizer: Any, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
     """The answer to the conversation's last message, piece by piece as it is generated."""
-    prompt = chat_template.prompt_ids(tokenizer, messages)
+    return stream_ids(model, tokenizer, chat_template.prompt_ids(tokenizer, messages), sampling)
+
+
+def stream_ids(model: nn.Module, tokenizer: Any, prompt: list[int], sampling: Sampling) -> Iterator[Chunk]:
+    """The answer to a prompt already rendered to ids (`chat_template.prompt_ids`), piece by piece."""
     for r in stream_generate(model, tokenizer, prompt, max_tokens=sampling.max_tokens, sampler=sampling.sampler()):
         yield Chunk(r.text, r.finish_reason, r.prompt_tokens, r.generation_tokens, r.generation_tps)
 

@@ -1,0 +1,159 @@
+"""The page's conversation API and the seed's `/api/chat` + `/api/clear`, over the SQLite history."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from flask import Blueprint, Response, jsonify
+
+from mlx_ft import generation
+from mlx_ft.server.app import ApiError, event_stream, json_body, sse, state, text_field
+from mlx_ft.server.engine import TooLong
+from mlx_ft.server.history import Conversation
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+API_CONVERSATION = "api"  # the seed API kept one server-side history; callers that name none share this one
+SETTING_KEYS = ("title", "system", "temperature", "top_p", "max_tokens")
+
+
+def _conversation(cid: str) -> Conversation:
+    conv = state()["history"].get(cid)
+    if conv is None:
+        raise ApiError(404, f"no conversation {cid!r}")
+    return conv
+
+
+def _settings(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(body) - set(SETTING_KEYS))
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(SETTING_KEYS)}")
+    return body
+
+
+def _prepare(conv: Conversation, text: str) -> tuple[list[int], generation.Sampling]:
+    """The prompt for `text` after the conversation so far, and the conversation's sampling settings."""
+    history = state()["history"]
+    messages = [*history.chat_messages(conv.id), {"role": "user", "content": text}]
+    try:
+        prompt = state()["engine"].prompt(messages, conv.max_tokens)
+    except TooLong as e:
+        raise ApiError(400, str(e)) from None
+    return prompt, generation.Sampling(temp=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens)
+
+
+@bp.get("/conversations")
+def list_conversations() -> Response:
+    return jsonify(conversations=[c.to_dict() for c in state()["history"].list()])
+
+
+@bp.post("/conversations")
+def create_conversation() -> tuple[Response, int]:
+    try:
+        conv = state()["history"].create(**_settings(json_body()))
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    return jsonify(conv.to_dict()), 201
+
+
+@bp.get("/conversations/<cid>")
+def get_conversation(cid: str) -> Response:
+    conv = _conversation(cid)
+    return jsonify({**conv.to_dict(), "messages": [m.to_dict() for m in state()["history"].messages(cid)]})
+
+
+@bp.patch("/conversations/<cid>")
+def update_conversation(cid: str) -> Response:
+    _conversation(cid)
+    try:
+        conv = state()["history"].update(cid, **_settings(json_body()))
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    if conv is None:
+        raise ApiError(404, f"no conversation {cid!r}")
+    return jsonify(conv.to_dict())
+
+
+@bp.delete("/conversations/<cid>")
+def delete_conversation(cid: str) -> Response:
+    if not state()["history"].delete(cid):
+        raise ApiError(404, f"no conversation {cid!r}")
+    return jsonify(deleted=True)
+
+
+@bp.post("/conversations/<cid>/clear")
+def clear_conversation(cid: str) -> Response:
+    if not state()["history"].clear(cid):
+        raise ApiError(404, f"no conversation {cid!r}")
+    return jsonify(cleared=True)
+
+
+@bp.post("/conversations/<cid>/messages")
+def send_message(cid: str) -> Response:
+    """Stream the answer as server-sent events; the exchange is saved once it ends, or with the part generated so
+    far when the client stops reading (the page's Stop button)."""
+    conv = _conversation(cid)
+    text = text_field(json_body(), "content")
+    prompt, sampling = _prepare(conv, text)
+    history, engine = state()["history"], state()["engine"]
+
+    def events() -> Iterator[str]:
+        pieces: list[str] = []
+        reason = None
+        saved = False
+        try:
+            for chunk in engine.stream(prompt, sampling):
+                pieces.append(chunk.text)
+                reason = chunk.finish_reason
+                if chunk.text:
+                    yield sse({"delta": chunk.text})
+            _, answer = history.add_exchange(cid, text, "".join(pieces))
+            saved = True
+            yield sse({"done": True, "finish_reason": reason, "message": answer.to_dict(),
+                       "conversation": history.get(cid).to_dict()})
+        except KeyError:
+            yield sse({"error": f"conversation {cid!r} was deleted while answering"})
+        finally:
+            if not saved and pieces:  # the client went away mid-answer: keep what it saw
+                try:
+                    history.add_exchange(cid, text, "".join(pieces))
+                except KeyError:
+                    pass
+
+    return event_stream(events())
+
+
+@bp.post("/chat")
+def seed_chat() -> Response:
+    """The seed's API: `{"message", "conversation_id"?}` → `{"response", "conversation_id"}`, history kept here."""
+    body = json_body()
+    text = text_field(body, "message")
+    history = state()["history"]
+    cid = body.get("conversation_id")
+    if cid is None:
+        cid = API_CONVERSATION
+        if history.get(cid) is None:
+            history.create(title="API chat", cid=cid)
+    elif not isinstance(cid, str):
+        raise ApiError(400, "field 'conversation_id' must be a string")
+    conv = _conversation(cid)
+    prompt, sampling = _prepare(conv, text)
+    answer, _, _ = state()["engine"].answer(prompt, sampling)
+    try:
+        history.add_exchange(cid, text, answer)
+    except KeyError:
+        raise ApiError(404, f"conversation {cid!r} was deleted while answering") from None
+    return jsonify(response=answer, conversation_id=cid)
+
+
+@bp.post("/clear")
+def seed_clear() -> Response:
+    body = json_body()
+    cid = body.get("conversation_id", API_CONVERSATION)
+    if not isinstance(cid, str):
+        raise ApiError(400, "field 'conversation_id' must be a string")
+    history = state()["history"]
+    if history.get(cid) is None and cid != API_CONVERSATION:
+        raise ApiError(404, f"no conversation {cid!r}")
+    history.clear(cid)
+    return jsonify(cleared=True, conversation_id=cid)

@@ -1,0 +1,412 @@
+"""The web chat's conversation history: a small SQLite store that survives restarts and serves many threads.
+
+One file holds two tables, `conversations` (title, system prompt, sampling settings) and `messages` (the user and
+assistant turns, in insertion order). The file runs in WAL mode so readers never wait for a writer and a second
+process (another `serve` on the same `--db`) can use it too; every write is one `BEGIN IMMEDIATE` transaction.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import enum
+import math
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from mlx_ft.errors import UserError
+
+SCHEMA_VERSION = 1
+DEFAULT_TITLE = "New chat"
+DEFAULT_SETTINGS: dict[str, Any] = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512}
+ROLES = ("user", "assistant")
+MAX_TITLE_CHARS = 200
+AUTO_TITLE_CHARS = 40
+MAX_TOKENS_LIMIT = 32768
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id          TEXT PRIMARY KEY,
+    title       TEXT NOT NULL,
+    system      TEXT NULL,
+    temperature REAL NOT NULL,
+    top_p       REAL NOT NULL,
+    max_tokens  INTEGER NOT NULL,
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role            TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content         TEXT NOT NULL,
+    created         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+"""
+# Executed one statement at a time: `executescript` would COMMIT first and so escape our transaction.
+_SCHEMA_STATEMENTS = [s.strip() for s in _SCHEMA.split(";") if s.strip()]
+
+_CONVERSATION_COLUMNS = "id, title, system, temperature, top_p, max_tokens, created, updated"
+
+
+class _Unset(enum.Enum):
+    """Sentinel type for `update`: "not given" must differ from `None`, which clears the system prompt."""
+
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    title: str
+    system: str | None
+    temperature: float
+    top_p: float
+    max_tokens: int
+    created: float
+    updated: float
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The sampling settings, keyed like DEFAULT_SETTINGS (what generation takes)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    role: str
+    content: str
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- validation: the server passes request JSON straight in, so every field is checked here, by name ----------------
+
+def _check_title(title: object) -> str:
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError("title must be a non-empty string")
+    title = title.strip()
+    if len(title) > MAX_TITLE_CHARS:
+        raise ValueError(f"title must be at most {MAX_TITLE_CHARS} characters (got {len(title)})")
+    return title
+
+
+def _check_system(system: object) -> str | None:
+    if system is None:
+        return None
+    if not isinstance(system, str):
+        raise ValueError("system must be a string or null")
+    # A blank system prompt would still render as an empty system turn; store it as "no system prompt".
+    return system if system.strip() else None
+
+
+def _number(name: str, value: object) -> float:
+    # bool is an int subclass: `True` as a temperature is a client bug, not 1.0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number")
+    return float(value)
+
+
+def _check_temperature(value: object) -> float:
+    t = _number("temperature", value)
+    if not 0.0 <= t <= 2.0:
+        raise ValueError(f"temperature must be between 0 and 2 (got {t})")
+    return t
+
+
+def _check_top_p(value: object) -> float:
+    p = _number("top_p", value)
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (got {p})")
+    return p
+
+
+def _check_max_tokens(value: object) -> int:
+    # Accept 256.0 from JSON clients, refuse 256.5.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("max_tokens must be an integer")
+    if not 1 <= value <= MAX_TOKENS_LIMIT:
+        raise ValueError(f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT} (got {value})")
+    return value
+
+
+_SETTING_CHECKS: dict[str, Callable[[object], Any]] = {
+    "temperature": _check_temperature,
+    "top_p": _check_top_p,
+    "max_tokens": _check_max_tokens,
+}
+
+
+def _check_role(role: object) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)} (got {role!r})")
+    return role  # type: ignore[return-value]
+
+
+def _check_content(content: object) -> str:
+    # Empty is allowed: a model can legitimately answer with nothing (EOS first, or max_tokens reached at once).
+    if not isinstance(content, str):
+        raise ValueError("content must be a string")
+    return content
+
+
+def auto_title(text: str) -> str | None:
+    """The title a conversation gets from its first user message: whitespace collapsed, cut at 40 characters + "…"."""
+    flat = " ".join(text.split())
+    if not flat:
+        return None
+    if len(flat) <= AUTO_TITLE_CHARS:
+        return flat
+    return flat[:AUTO_TITLE_CHARS].rstrip() + "…"
+
+
+def _conversation(row: tuple) -> Conversation:
+    return Conversation(*row)
+
+
+def _message(row: tuple) -> Message:
+    return Message(*row)
+
+
+class History:
+    """Conversations and their messages in one SQLite file; safe to share between threads and processes.
+
+    Threads share ONE connection (`check_same_thread=False`) behind a lock rather than one connection per thread:
+    Werkzeug's threaded server starts a fresh thread per request, so per-thread connections would be opened on every
+    request and never closed deterministically (`close()` cannot close another thread's connection). Each operation
+    takes well under a millisecond, so serialising them costs nothing a chat UI could notice, and SQLite serialises
+    writers anyway. Other processes are handled by WAL (readers don't block) and busy_timeout (writers wait).
+    """
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock  # injectable so tests can order conversations without sleeping
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: the sqlite3 module opens no transactions behind our back; we BEGIN explicitly.
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            self._setup(self._conn)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            self._conn = None
+            raise UserError(f"{self.path} is not a usable chat history database ({exc}); "
+                            "pass another --db path or move this file away") from exc
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        # These pragmas are per connection (or, for journal_mode, must be set outside a transaction).
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite: without it ON DELETE CASCADE does nothing
+        conn.execute("PRAGMA journal_mode=WAL")
+        # IMMEDIATE: two processes starting on a fresh file must not both try to create the schema half-way.
+        conn.execute("BEGIN IMMEDIATE")
+        with conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise UserError(f"{self.path} was written by a newer mlx_ft (history schema {version}, this version "
+                                f"reads {SCHEMA_VERSION}); upgrade mlx_ft or pass another --db path")
+            for statement in _SCHEMA_STATEMENTS:
+                conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # PRAGMA takes no parameters; a constant
+
+    # --- connection plumbing ----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the file (idempotent). The last connection to close checkpoints WAL back into the main file."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("History is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. IMMEDIATE takes the write lock up front: a deferred transaction that reads, then
+        writes, can fail with SQLITE_BUSY at once (no busy_timeout wait) when another process wrote in between."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            with conn:  # commits on success, rolls back on any exception (KeyboardInterrupt included)
+                yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several SELECTs see one snapshot even while another process writes."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN")
+            with conn:
+                yield conn
+
+    # --- conversations ----------------------------------------------------------------------------------------------
+
+    def create(self, title: str | None = None, system: str | None = None, cid: str | None = None,
+               **settings: Any) -> Conversation:
+        """A new, empty conversation. `settings` are temperature / top_p / max_tokens; the rest come from defaults.
+        `cid` names it (the seed API's one server-side conversation has a fixed id); default a fresh uuid."""
+        unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)} (known: {', '.join(DEFAULT_SETTINGS)})")
+        values = {name: _SETTING_CHECKS[name](settings.get(name, default))
+                  for name, default in DEFAULT_SETTINGS.items()}
+        now = self._clock()
+        conversation = Conversation(
+            id=cid or uuid.uuid4().hex,
+            title=DEFAULT_TITLE if title is None else _check_title(title),
+            system=_check_system(system),
+            created=now, updated=now, **values)
+        with self._write() as conn:
+            conn.execute(f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         _row(conversation))
+        return conversation
+
+    def get(self, cid: str) -> Conversation | None:
+        with self._read() as conn:
+            return self._get(conn, cid)
+
+    def list(self) -> builtins.list[Conversation]:
+        """All conversations, most recently updated first (ties: most recently created first)."""
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
+                                "ORDER BY updated DESC, rowid DESC").fetchall()
+        return [_conversation(r) for r in rows]
+
+    def update(self, cid: str, *,
+               title: str | _Unset = _UNSET,
+               system: str | None | _Unset = _UNSET,
+               temperature: float | _Unset = _UNSET,
+               top_p: float | _Unset = _UNSET,
+               max_tokens: int | _Unset = _UNSET) -> Conversation | None:
+        """Change only the given fields (`system=None` clears the system prompt); None if there is no such
+        conversation. Any change bumps `updated`. Raises ValueError naming the first invalid field."""
+        changes: dict[str, Any] = {}
+        if title is not _UNSET:
+            changes["title"] = _check_title(title)
+        if system is not _UNSET:
+            changes["system"] = _check_system(system)
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens)):
+            if value is not _UNSET:
+                changes[name] = _SETTING_CHECKS[name](value)
+        with self._write() as conn:
+            if self._get(conn, cid) is None:
+                return None
+            if changes:
+                changes["updated"] = self._clock()
+                # Column names come from the fixed keys above, never from the caller; values are parameters.
+                assignments = ", ".join(f"{name} = ?" for name in changes)
+                conn.execute(f"UPDATE conversations SET {assignments} WHERE id = ?", [*changes.values(), cid])
+            return self._get(conn, cid)
+
+    def delete(self, cid: str) -> bool:
+        """Delete a conversation and (ON DELETE CASCADE) its messages; False if there was none."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM conversations WHERE id = ?", (cid,)).rowcount > 0
+
+    def clear(self, cid: str) -> bool:
+        """Delete a conversation's messages, keeping the conversation and its settings; False if there is none."""
+        with self._write() as conn:
+            if conn.execute("UPDATE conversations SET updated = ? WHERE id = ?", (self._clock(), cid)).rowcount == 0:
+                return False
+            conn.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
+            return True
+
+    # --- messages ---------------------------------------------------------------------------------------------------
+
+    def add(self, cid: str, role: str, content: str) -> Message:
+        """Append one message. Raises KeyError for an unknown conversation, ValueError for a bad role or content."""
+        role, content = _check_role(role), _check_content(content)
+        with self._write() as conn:
+            return self._add(conn, cid, role, content, self._clock())
+
+    def add_exchange(self, cid: str, user_text: str, assistant_text: str) -> tuple[Message, Message]:
+        """Append a question and its answer in one transaction: a crash never keeps one without the other."""
+        user_text, assistant_text = _check_content(user_text), _check_content(assistant_text)
+        with self._write() as conn:
+            now = self._clock()
+            return (self._add(conn, cid, "user", user_text, now),
+                    self._add(conn, cid, "assistant", assistant_text, now))
+
+    def messages(self, cid: str) -> builtins.list[Message]:
+        """The conversation's messages in the order they were added (empty for an unknown conversation)."""
+        with self._read() as conn:
+            return self._messages(conn, cid)
+
+    def chat_messages(self, cid: str) -> builtins.list[dict[str, str]]:
+        """The conversation as chat-template messages: its system prompt first (when set), then every turn.
+        Raises KeyError for an unknown conversation."""
+        with self._read() as conn:  # one snapshot: the system prompt and the turns belong together
+            conversation = self._get(conn, cid)
+            if conversation is None:
+                raise KeyError(cid)
+            turns = self._messages(conn, cid)
+        system = [{"role": "system", "content": conversation.system}] if conversation.system is not None else []
+        return system + [{"role": m.role, "content": m.content} for m in turns]
+
+    # --- helpers that run inside a caller's transaction -------------------------------------------------------------
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, cid: str) -> Conversation | None:
+        row = conn.execute(f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (cid,)).fetchone()
+        return None if row is None else _conversation(row)
+
+    @staticmethod
+    def _messages(conn: sqlite3.Connection, cid: str) -> builtins.list[Message]:
+        rows = conn.execute("SELECT id, role, content, created FROM messages WHERE conversation_id = ? ORDER BY id",
+                            (cid,)).fetchall()
+        return [_message(r) for r in rows]
+
+    @staticmethod
+    def _add(conn: sqlite3.Connection, cid: str, role: str, content: str, now: float) -> Message:
+        row = conn.execute("SELECT title FROM conversations WHERE id = ?", (cid,)).fetchone()
+        if row is None:
+            raise KeyError(cid)
+        title = None
+        if role == "user" and row[0] == DEFAULT_TITLE and conn.execute(
+                "SELECT 1 FROM messages WHERE conversation_id = ? AND role = 'user' LIMIT 1", (cid,)).fetchone() is None:
+            title = auto_title(content)
+        if title is not None:
+            conn.execute("UPDATE conversations SET title = ?, updated = ? WHERE id = ?", (title, now, cid))
+        else:
+            conn.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, cid))
+        cursor = conn.execute("INSERT INTO messages (conversation_id, role, content, created) VALUES (?, ?, ?, ?)",
+                              (cid, role, content, now))
+        assert cursor.lastrowid is not None
+        return Message(id=cursor.lastrowid, role=role, content=content, created=now)
+
+
+def _row(c: Conversation) -> tuple:
+    return (c.id, c.title, c.system, c.temperature, c.top_p, c.max_tokens, c.created, c.updated)

@@ -1,0 +1,61 @@
+"""The runs dashboard's data: every run folder under the runs folder, its config, latest metrics and whether it is
+training right now (metrics.jsonl written recently and the last step short of `iters`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from flask import Blueprint, Response, jsonify
+
+from mlx_ft.loss_plot import read_metrics
+from mlx_ft.server.app import ApiError, state
+
+bp = Blueprint("runs", __name__, url_prefix="/api/runs")
+RUNNING_WITHIN_S = 120  # a run that has written no metrics for this long is not training any more
+
+
+def _config(run: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def summary(run: Path) -> dict[str, Any]:
+    cfg = _config(run)
+    rows = read_metrics(run / "metrics.jsonl")
+    losses = [r for r in rows if "loss" in r]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    step = max((r.get("step", 0) for r in rows), default=0)
+    metrics = run / "metrics.jsonl"
+    recent = metrics.is_file() and time.time() - metrics.stat().st_mtime < RUNNING_WITHIN_S
+    iters = cfg.get("iters")
+    return {"name": run.name, "path": str(run), "model": cfg.get("model"), "fine_tune_type": cfg.get("fine_tune_type"),
+            "iters": iters, "step": step, "loss": losses[-1]["loss"] if losses else None,
+            "val_loss": vals[-1] if vals else None, "best_val_loss": min(vals) if vals else None,
+            "running": bool(recent and isinstance(iters, int) and step < iters), "config": cfg}
+
+
+def _runs() -> dict[str, Path]:
+    root = Path(state()["config"].runs_dir)
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / "config.yaml").is_file()}
+
+
+@bp.get("")
+def list_runs() -> Response:
+    runs = sorted((summary(p) for p in _runs().values()), key=lambda r: r["name"], reverse=True)
+    return jsonify(runs=runs)
+
+
+@bp.get("/<name>/metrics")
+def run_metrics(name: str) -> Response:
+    run = _runs().get(name)  # only names that are run folders: no path from the request reaches the filesystem
+    if run is None:
+        raise ApiError(404, f"no run {name!r} in {state()['config'].runs_dir}")
+    return jsonify(rows=read_metrics(run / "metrics.jsonl"))
