@@ -257,3 +257,11 @@ def test_real_server_16_concurrent_streaming_chats_survive_a_restart(qwen2_dir, 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_new_conversations_get_the_runs_training_system_prompt(client, engine, monkeypatch):
+    monkeypatch.setattr(engine.loaded, "system", "你是观赏鱼专家。")
+    assert _new(client)["system"] == "你是观赏鱼专家。"
+    assert _new(client, system=None)["system"] is None, "an explicit null means none"
+    client.post("/api/chat", json={"message": "你好"})
+    assert client.get("/api/conversations/api").get_json()["system"] == "你是观赏鱼专家。"

@@ -31,6 +31,16 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _new_conversation(**fields: Any) -> Conversation:
+    """A new conversation; without a system prompt of its own it gets the one the run was trained with, if any
+    (the model answers best under it)."""
+    fields.setdefault("system", state()["engine"].loaded.system)
+    try:
+        return state()["history"].create(**fields)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+
+
 def _prepare(conv: Conversation, text: str) -> tuple[list[int], generation.Sampling]:
     """The prompt for `text` after the conversation so far, and the conversation's sampling settings."""
     history = state()["history"]
@@ -49,11 +59,7 @@ def list_conversations() -> Response:
 
 @bp.post("/conversations")
 def create_conversation() -> tuple[Response, int]:
-    try:
-        conv = state()["history"].create(**_settings(json_body()))
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
-    return jsonify(conv.to_dict()), 201
+    return jsonify(_new_conversation(**_settings(json_body())).to_dict()), 201
 
 
 @bp.get("/conversations/<cid>")
@@ -133,7 +139,7 @@ def seed_chat() -> Response:
     if cid is None:
         cid = API_CONVERSATION
         if history.get(cid) is None:
-            history.create(title="API chat", cid=cid)
+            _new_conversation(title="API chat", cid=cid)
     elif not isinstance(cid, str):
         raise ApiError(400, "field 'conversation_id' must be a string")
     conv = _conversation(cid)

@@ -72,10 +72,15 @@ def event_stream(events: Iterator[str]) -> Response:
     return resp
 
 
-def create_app(config: ServeConfig, engine: Any) -> Flask:
-    """The app. `engine` is a `server.engine.Engine` (tests may pass one around any loaded model)."""
+def create_app(config: ServeConfig, engine: Any = None) -> Flask:
+    """The app around `engine` (a `server.engine.Engine`), loaded from `config.source` when not given."""
     from mlx_ft.server import api, openai_api, runs
 
+    if engine is None:
+        from mlx_ft import loader
+        from mlx_ft.server.engine import Engine
+
+        engine = Engine(loader.load(config.source))
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.extensions["mlx_ft"] = {"config": config, "engine": engine, "history": History(config.db)}
@@ -137,11 +142,8 @@ def check_port(host: str, port: int) -> None:
 def serve(source: str, host: str, port: int, db: Path, runs_dir: Path) -> None:
     from werkzeug.serving import run_simple
 
-    from mlx_ft import loader
-    from mlx_ft.server.engine import Engine
-
     check_port(host, port)
-    engine = Engine(loader.load(source))
-    app = create_app(ServeConfig(source, db, runs_dir), engine)
-    print(f"mlx_ft: serving {engine.loaded.label} at http://{host}:{port} (history in {db})", file=sys.stderr)
+    app = create_app(ServeConfig(source, db, runs_dir))
+    label = app.extensions["mlx_ft"]["engine"].loaded.label
+    print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {db})", file=sys.stderr)
     run_simple(host, port, app, threaded=True, use_reloader=False)
