@@ -99,6 +99,12 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     serve(args.run, args.host, args.port, Path(args.db), Path(args.runs))
 
 
+def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from mlx_ft.export.hf import export_hf
+
+    print(f"fused model written to {export_hf(args.run, Path(args.out))}")
+
+
 def _add_sampling_flags(p: argparse.ArgumentParser, temp: float) -> None:
     p.add_argument("--temp", type=float, default=temp, help=f"sampling temperature; 0 is greedy (default {temp})")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens "
@@ -234,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="chat_history.db", metavar="PATH", help="history file (default ./chat_history.db)")
     p.add_argument("--runs", default="runs", metavar="DIR", help="runs folder shown on /runs (default ./runs)")
     p.set_defaults(func=_cmd_serve, needs_mlx=True)
+
+    p = sub.add_parser("export", help="write a run out: a fused Hugging Face folder",
+                       description="Export a run for other tools.")
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    q = formats.add_parser("hf", help="the adapter fused into the base: safetensors + config + tokenizer",
+                           description="Fuse RUN's adapter into its base model and write a Hugging Face folder "
+                           "(safetensors, sharded when large; config.json; tokenizer files with the chat template) "
+                           "that transformers and mlx_lm load. A QLoRA base is dequantized.")
+    q.add_argument("run", metavar="RUN", help=run_help)
+    q.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
+    q.set_defaults(func=_cmd_export_hf, needs_mlx=True)
     return parser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-COMMANDS = ["prepare", "train", "import-gguf", "eval", "infer", "chat", "serve"]  # only commands that work are listed
+COMMANDS = ["prepare", "train", "import-gguf", "eval", "infer", "chat", "serve", "export"]  # only commands that work are listed
 
 
 def test_wheel_ships_data_and_default_config(tmp_path):
