@@ -130,6 +130,9 @@ def state() -> dict[str, Any]:
 def check_port(host: str, port: int) -> None:
     """Fail with one line before loading the model when the port is taken."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # As Werkzeug's server does: a port left in TIME_WAIT by a server that just stopped is free to reuse, while
+        # one another process listens on is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
