@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,18 @@ CONFIG_KEYS: tuple[tuple[str, str], ...] = (
 
 # Which of a layer's projections llama.cpp permutes, and which head count goes with each.
 PERMUTED = {"attn_q.weight": "num_attention_heads", "attn_k.weight": "num_key_value_heads"}
+
+
+def permute_qk(w: "np.ndarray", n_head: int) -> "np.ndarray":
+    """llama.cpp's Q/K row order for llama: HF's rotate-half halves → interleaved RoPE pairs (per head)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: "np.ndarray", n_head: int) -> "np.ndarray":
+    """The inverse of `permute_qk`: interleaved pairs → HF's rotate-half layout."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _template_regex(template: str) -> re.Pattern[str]:

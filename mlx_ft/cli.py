@@ -105,6 +105,26 @@ def _cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"fused model written to {export_hf(args.run, Path(args.out))}")
 
 
+def _cmd_export_gguf(args: argparse.Namespace) -> None:
+    from mlx_ft.export.gguf import export_gguf
+
+    out = Path(args.out) if args.out else Path(f"{Path(args.run).resolve().name}-{args.type}.gguf")
+    export_gguf(args.run, args.type, out)
+    print(f"GGUF written to {out}, with {out.parent / 'Modelfile'}; then: cd {out.parent} && "
+          f"ollama create NAME -f Modelfile")
+
+
+def _cmd_export_modelfile(args: argparse.Namespace) -> None:
+    from mlx_ft import loader
+    from mlx_ft.atomic import write_text
+    from mlx_ft.export.modelfile import modelfile
+
+    loaded = loader.load(args.run, adapter=False)
+    out = Path(args.out)
+    write_text(out, modelfile(Path(args.gguf).name, loaded.tokenizer, loaded.system))
+    print(f"Modelfile written to {out}")
+
+
 def _add_sampling_flags(p: argparse.ArgumentParser, temp: float) -> None:
     p.add_argument("--temp", type=float, default=temp, help=f"sampling temperature; 0 is greedy (default {temp})")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens "
@@ -241,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", metavar="DIR", help="runs folder shown on /runs (default ./runs)")
     p.set_defaults(func=_cmd_serve, needs_mlx=True)
 
-    p = sub.add_parser("export", help="write a run out: a fused Hugging Face folder",
+    p = sub.add_parser("export", help="write a run out: fused Hugging Face folder, GGUF + Ollama Modelfile",
                        description="Export a run for other tools.")
     formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
     q = formats.add_parser("hf", help="the adapter fused into the base: safetensors + config + tokenizer",
@@ -251,6 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run", metavar="RUN", help=run_help)
     q.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
     q.set_defaults(func=_cmd_export_hf, needs_mlx=True)
+    from mlx_ft.export.tensor_types import FILE_TYPES
+
+    q = formats.add_parser("gguf", help="one GGUF file for llama.cpp / Ollama, plus a Modelfile",
+                           description="Fuse RUN's adapter and write a GGUF file (llama, qwen2, qwen3) of --type, "
+                           "with the tokenizer and chat template as llama.cpp's converter writes them, quantized in "
+                           "Python as llama-quantize would (its per-tensor type choice and fallbacks), and an Ollama "
+                           "Modelfile beside it.")
+    q.add_argument("run", metavar="RUN", help=run_help)
+    q.add_argument("--type", default="q4_k_m", choices=list(FILE_TYPES), help="file type (default q4_k_m)")
+    q.add_argument("--out", metavar="FILE", help="GGUF file to write (default ./<run name>-<type>.gguf)")
+    q.set_defaults(func=_cmd_export_gguf, needs_mlx=True)
+
+    q = formats.add_parser("modelfile", help="only the Ollama Modelfile for a GGUF file",
+                           description="Write an Ollama Modelfile for GGUF: FROM, a TEMPLATE equivalent to RUN's "
+                           "chat template, stop tokens, the training system prompt and sampling defaults.")
+    q.add_argument("run", metavar="RUN", help=run_help)
+    q.add_argument("--gguf", required=True, metavar="FILE", help="the GGUF file the Modelfile points at")
+    q.add_argument("--out", default="Modelfile", metavar="FILE", help="where to write it (default ./Modelfile)")
+    q.set_defaults(func=_cmd_export_modelfile, needs_mlx=True)
     return parser
 
 

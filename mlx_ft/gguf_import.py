@@ -36,12 +36,6 @@ def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
     return default if f is None else f.contents()
 
 
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row permutation (HF rotate-half layout ← interleaved pairs)."""
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def _config(reader: GGUFReader, arch: arch_table.Arch, tied: bool, dtype: str) -> dict[str, Any]:
     cfg: dict[str, Any] = {"architectures": [arch.hf_class], "model_type": arch.model_type}
     for gguf_key, hf_key in arch_table.CONFIG_KEYS:
@@ -96,7 +90,7 @@ def _tensors(reader: GGUFReader, arch: arch_table.Arch, cfg: dict[str, Any], dty
         w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
         suffix = t.name.split(".", 2)[-1]
         if arch.permute_qk and suffix in arch_table.PERMUTED:
-            w = _unpermute(w, cfg[arch_table.PERMUTED[suffix]])
+            w = arch_table.unpermute_qk(w, cfg[arch_table.PERMUTED[suffix]])
         out[hf_name] = mx.array(w).astype(getattr(mx, dtype))
         mx.eval(out[hf_name])
     return out

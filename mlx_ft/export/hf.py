@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import mlx.nn as nn
 from mlx.utils import tree_unflatten
 from mlx_lm.utils import dequantize_model, save
 
@@ -21,11 +24,20 @@ from mlx_ft.errors import UserError
 QUANTIZATION_KEYS = ("quantization", "quantization_config")
 
 
-def export_hf(source: str, out: Path) -> Path:
-    """Write `source` (run folder, adapter folder or model) as a fused, dequantized HF folder at `out`."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise UserError(f"{out}: exists and is not a model folder; choose another --out")
+@dataclass
+class Fused:
+    """A run (or model) as one plain float model: what every export writes."""
+
+    model: nn.Module
+    tokenizer: Any
+    config: dict[str, Any]  # the base's config.json, without MLX quantization keys
+    base_dir: Path
+    label: str
+    system: str | None  # the run's training system prompt, if one
+
+
+def fuse(source: str) -> Fused:
+    """Load `source` (run folder, adapter folder or model), fold its adapter into the weights, dequantize."""
     loaded = loader.load(source, fuse=False)
     model = loaded.model
     fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules() if hasattr(m, "fuse")]
@@ -36,7 +48,16 @@ def export_hf(source: str, out: Path) -> Path:
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     for key in QUANTIZATION_KEYS:
         config.pop(key, None)
-    print(f"mlx_ft: writing {loaded.label} fused into {out}", file=sys.stderr)
+    return Fused(model, loaded.tokenizer, config, base_dir, loaded.label, loaded.system)
+
+
+def export_hf(source: str, out: Path) -> Path:
+    """Write `source` as a fused, dequantized HF folder at `out`."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise UserError(f"{out}: exists and is not a model folder; choose another --out")
+    f = fuse(source)
+    print(f"mlx_ft: writing {f.label} fused into {out}", file=sys.stderr)
     with atomic_dir(out) as tmp:
-        save(tmp, base_dir, model, loaded.tokenizer, config, donate_model=False)
+        save(tmp, f.base_dir, f.model, f.tokenizer, f.config, donate_model=False)
     return out
