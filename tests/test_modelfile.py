@@ -122,3 +122,14 @@ def test_modelfile_lines(smollm2_dir):
     assert 'SYSTEM """你是观赏鱼专家。"""' in lines and 'PARAMETER stop "<|im_end|>"' in lines
     assert "PARAMETER temperature 0.7" in lines
     assert "SYSTEM" not in modelfile.modelfile("x.gguf", tok, None)
+
+
+def test_shipped_modelfile_is_what_export_writes_for_the_default_run(smollm2_dir):
+    """The repo's Modelfile is the one `export gguf` writes for the README's default run (SmolLM2 + fish_care):
+    regenerate it with `python -m mlx_ft export modelfile RUN --gguf fish-care-q4_k_m.gguf` when either changes."""
+    from mlx_ft import data
+    from tests.conftest import REPO
+
+    system = data.common_system(data.load_split(REPO / "data" / "fish_care", "train"))
+    expected = modelfile.modelfile("fish-care-q4_k_m.gguf", load_tokenizer(Path(smollm2_dir)), system)
+    assert (REPO / "Modelfile").read_text(encoding="utf-8") == expected
