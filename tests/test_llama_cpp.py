@@ -75,16 +75,14 @@ def test_llama_cpp_tokenizes_and_computes_like_mlx(f16_files, name, tmp_path):
         assert (f32.argmax(-1) == theirs.argmax(-1)).mean() > 0.95
 
 
-@pytest.mark.parametrize("file_type, ftype", [("q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"), ("q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0"),
-                                              ("q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
-                                              ("q6_k", "LLAMA_FTYPE_MOSTLY_Q6_K")])
-def test_our_quantization_is_as_good_as_llama_quantize(f16_files, tmp_path, file_type, ftype):
+@pytest.mark.parametrize("file_type", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k"])
+def test_our_quantization_is_as_good_as_llama_quantize(f16_files, tmp_path, file_type):
     """Mean KL from the f16 logits: our file against llama.cpp's own quantization of the same f16 file."""
     src, f16 = f16_files["smollm2"]
     ours_path = export_gguf(str(src), file_type, tmp_path / f"ours-{file_type}.gguf")
     theirs_path = tmp_path / f"theirs-{file_type}.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, ftype)
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type.upper()}")
     assert llama_cpp.llama_model_quantize(str(f16).encode(), str(theirs_path).encode(), ctypes.byref(params)) == 0
 
     tok = loader.load(str(src)).tokenizer
@@ -97,3 +95,13 @@ def test_our_quantization_is_as_good_as_llama_quantize(f16_files, tmp_path, file
         kl_theirs += _softmax_kl(base, _cpp_logits(theirs, ids))
     print(f"{file_type}: mean KL ours {kl_ours / 2:.5f}, llama-quantize {kl_theirs / 2:.5f}")
     assert kl_ours <= 1.2 * kl_theirs + 1e-6
+
+
+@pytest.mark.parametrize("file_type", ["f32", "bf16"])
+def test_float_exports_load_and_agree(f16_files, tmp_path, file_type):
+    src, f16 = f16_files["smollm2"]
+    path = export_gguf(str(src), file_type, tmp_path / f"m-{file_type}.gguf")
+    tok = loader.load(str(src)).tokenizer
+    ids = chat_template.prompt_ids(tok, CHATS[0])
+    a, b = _cpp_logits(_llama(f16), ids), _cpp_logits(_llama(path), ids)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.95 and _softmax_kl(a, b) < 0.01
