@@ -10,7 +10,8 @@ from transformers import AutoConfig, AutoTokenizer
 
 from mlx_ft import chat_template as ct
 from mlx_ft.errors import UserError
-from mlx_ft.gguf_import import _unpermute, import_gguf
+from mlx_ft.arch import permute_qk, unpermute_qk
+from mlx_ft.gguf_import import import_gguf
 from mlx_ft.models import builtin_gguf
 
 
@@ -22,7 +23,8 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 @pytest.mark.parametrize("n_head", [3, 9])
 def test_unpermute_inverts_llama_cpp_permutation(n_head):
     w = np.random.default_rng(0).normal(size=(n_head * 64, 40)).astype(np.float32)
-    assert np.array_equal(_unpermute(_llama_cpp_permute(w, n_head), n_head), w)
+    assert np.array_equal(permute_qk(w, n_head), _llama_cpp_permute(w, n_head)), "export permutes as llama.cpp"
+    assert np.array_equal(unpermute_qk(_llama_cpp_permute(w, n_head), n_head), w)
     assert not np.array_equal(_llama_cpp_permute(w, n_head), w)
 
 
