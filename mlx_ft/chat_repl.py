@@ -10,7 +10,7 @@ from typing import Callable, TextIO
 from mlx_ft import generation, loader
 from mlx_ft.atomic import write_text
 from mlx_ft.chat_template import Message
-from mlx_ft.infer import with_system
+from mlx_ft.data_formats import with_system
 
 HELP = ("commands: /clear (forget the conversation), /system TEXT (set the system prompt; /system alone removes "
         "it), /save FILE (write the conversation as JSON), /help; Ctrl-D or /exit quits, Ctrl-C stops an answer")

@@ -13,19 +13,19 @@ from typing import Any, Sequence
 Message = dict[str, Any]
 
 
-def _hf(tokenizer: Any) -> Any:
+def hf_tokenizer(tokenizer: Any) -> Any:
     """The Hugging Face tokenizer inside mlx_lm's TokenizerWrapper (or the tokenizer itself)."""
     return getattr(tokenizer, "_tokenizer", tokenizer)
 
 
 def has_template(tokenizer: Any) -> bool:
     """Whether the model ships a chat template (base models often do not, and cannot be chat-tuned as they are)."""
-    return bool(getattr(_hf(tokenizer), "chat_template", None))
+    return bool(getattr(hf_tokenizer(tokenizer), "chat_template", None))
 
 
 def render(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
     """The conversation as the model's chat template writes it."""
-    hf = _hf(tokenizer)
+    hf = hf_tokenizer(tokenizer)
     if not has_template(tokenizer):
         raise ValueError("this tokenizer has no chat template")
     return hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -37,7 +37,7 @@ def encode(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: b
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(_hf(tokenizer).encode(text, add_special_tokens=False))
+    return list(hf_tokenizer(tokenizer).encode(text, add_special_tokens=False))
 
 
 _PROBE = "\u2063answer\u2063"  # text no real answer contains, to find where the template puts an answer
@@ -57,7 +57,7 @@ _frames: dict[tuple[Any, ...], AnswerFrame] = {}
 
 def answer_frame(tokenizer: Any) -> AnswerFrame:
     """The template's frame around an answer, found by rendering a probe conversation (once per template)."""
-    hf = _hf(tokenizer)
+    hf = hf_tokenizer(tokenizer)
     key = (getattr(hf, "chat_template", None), getattr(hf, "bos_token", None), getattr(hf, "eos_token", None))
     if key not in _frames:
         _frames[key] = _probe_frame(tokenizer)
@@ -80,8 +80,8 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     template ends a turn with plain text only."""
     end = answer_frame(tokenizer).end.strip()
     ids = _ids(tokenizer, end) if end else []
-    special = set(getattr(_hf(tokenizer), "all_special_ids", ())) | set(
-        getattr(_hf(tokenizer), "added_tokens_decoder", {}) or {})
+    special = set(getattr(hf_tokenizer(tokenizer), "all_special_ids", ())) | set(
+        getattr(hf_tokenizer(tokenizer), "added_tokens_decoder", {}) or {})
     return ids[0] if ids and ids[0] in special else None
 
 
@@ -130,7 +130,7 @@ def training_tokens(tokenizer: Any, messages: Sequence[Message], mask_prompt: bo
     a turn boundary are handled the way the model will actually see them.
     """
     text, spans = assistant_spans(tokenizer, messages)
-    enc = _hf(tokenizer)(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = hf_tokenizer(tokenizer)(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     if not mask_prompt:
         return ids, [1] * len(ids)
@@ -144,7 +144,7 @@ def training_tokens(tokenizer: Any, messages: Sequence[Message], mask_prompt: bo
 def text_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
     """Ids of a plain-text example (continued pre-training) and its weights: every token is learned, the end-of-text
     token included, so the model also learns where a document stops."""
-    hf = _hf(tokenizer)
+    hf = hf_tokenizer(tokenizer)
     ids = list(hf.encode(text, add_special_tokens=True))
     if hf.eos_token_id is not None:
         ids.append(hf.eos_token_id)

@@ -74,7 +74,8 @@ def _list_field(rec: Mapping[str, Any], key: str) -> list[Any]:
     return v
 
 
-def _with_system(messages: list[Message], system: str | None) -> list[Message]:
+def with_system(messages: list[Message], system: str | None) -> list[Message]:
+    """`messages` with `system` put first, unless it is empty or the conversation already starts with one."""
     if system and (not messages or messages[0]["role"] != "system"):
         return [{"role": "system", "content": system}, *messages]
     return messages
@@ -84,7 +85,7 @@ def _with_system(messages: list[Message], system: str | None) -> list[Message]:
 
 
 def _from_qa(rec: dict[str, Any], opts: Options) -> Content:
-    return _with_system([{"role": "user", "content": text_field(rec, "question")},
+    return with_system([{"role": "user", "content": text_field(rec, "question")},
                          {"role": "assistant", "content": text_field(rec, "answer")}], opts.system)
 
 
@@ -92,7 +93,7 @@ def _from_io(rec: dict[str, Any], opts: Options) -> Content:
     prompt = text_field(rec, "input")
     if opts.instruction:
         prompt = f"{opts.instruction}{prompt}"
-    return _with_system([{"role": "user", "content": prompt},
+    return with_system([{"role": "user", "content": prompt},
                          {"role": "assistant", "content": text_field(rec, "output")}], opts.system)
 
 
@@ -122,7 +123,7 @@ class Chat:
                 out.append({"role": role, "content": text_field(m, self.content_tag)})
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
-        return _with_system(_with_system(out, _optional_text(rec, self.system)), opts.system)
+        return with_system(with_system(out, _optional_text(rec, self.system)), opts.system)
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class Alpaca:
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
         answer = text_field(rec, self.response)
         messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        return _with_system(messages, _optional_text(rec, self.system) or opts.system)
+        return with_system(messages, _optional_text(rec, self.system) or opts.system)
 
     def _history(self, rec: dict[str, Any]) -> list[Any]:
         if self.history is None or rec.get(self.history) in (None, "", []):

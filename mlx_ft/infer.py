@@ -11,19 +11,14 @@ from mlx_ft import generation, loader
 from mlx_ft.atomic import write_text
 from mlx_ft.chat_template import Message
 from mlx_ft.data import DataError, check_conversation, read_records
+from mlx_ft.data_formats import with_system
 from mlx_ft.errors import UserError
 
 PROMPT_KEYS = ("prompt", "input", "question", "instruction")  # a batch line's text, when it has no `messages`
 
 
 def conversation(text: str, system: str | None) -> list[Message]:
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-
-
-def with_system(messages: list[Message], system: str | None) -> list[Message]:
-    if system and not (messages and messages[0]["role"] == "system"):
-        return [{"role": "system", "content": system}, *messages]
-    return messages
+    return with_system([{"role": "user", "content": text}], system)
 
 
 def _batch_prompt(value: Any) -> list[Message]:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from mlx_ft import arch as arch_table
 from mlx_ft.atomic import atomic_path, write_text
 from mlx_ft.bpe import PRE_TOKENIZERS, build_normalizer, build_pre_tokenizer
+from mlx_ft.chat_template import hf_tokenizer
 from mlx_ft.errors import UserError
 from mlx_ft.export import modelfile, quants, tensor_types
 from mlx_ft.export.hf import Fused, fuse
@@ -34,7 +35,7 @@ _PROBE = ("Hello world! It's 2026-11-23, 12345 items @ $1020.0 each.\n\n  indent
 def pre_tokenizer_name(tokenizer: Any) -> str:
     """llama.cpp's `tokenizer.ggml.pre` name for this tokenizer: the first known pre-tokenizer that splits (and
     normalizes) a probe text exactly as the tokenizer's own pipeline does."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer._tokenizer, "backend_tokenizer")
+    backend = hf_tokenizer(tokenizer).backend_tokenizer
     text = backend.normalizer.normalize_str(_PROBE) if backend.normalizer else _PROBE
     theirs = [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
     for name, spec in PRE_TOKENIZERS.items():
@@ -46,13 +47,9 @@ def pre_tokenizer_name(tokenizer: Any) -> str:
                     f"({', '.join(PRE_TOKENIZERS)}); GGUF export would tokenize differently")
 
 
-def _hf(tokenizer: Any) -> Any:
-    return getattr(tokenizer, "_tokenizer", tokenizer)
-
-
 def _vocab(tokenizer: Any, n_vocab: int) -> tuple[list[str], list[int]]:
     """Tokens by id and their GGUF types, padded to the embedding's row count as llama.cpp's converter pads them."""
-    hf = _hf(tokenizer)
+    hf = hf_tokenizer(tokenizer)
     by_id = {i: t for t, i in hf.get_vocab().items()}
     added = {i: a for i, a in (hf.added_tokens_decoder or {}).items()}
     tokens, types = [], []

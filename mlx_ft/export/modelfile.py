@@ -80,7 +80,7 @@ def go_template(t: Turns) -> str:
 
 def stop_tokens(tokenizer: Any) -> list[str]:
     """Every token generation must stop at: the end-of-turn token and EOS."""
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    hf = chat_template.hf_tokenizer(tokenizer)
     ids = [chat_template.end_of_turn_id(tokenizer), hf.eos_token_id]
     return list(dict.fromkeys(hf.convert_ids_to_tokens(i) for i in ids if i is not None))
 
