@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from mlx_ft import __version__, config as config_mod, data, data_stats
 from mlx_ft.errors import UserError
@@ -123,6 +123,22 @@ def _cmd_export_modelfile(args: argparse.Namespace) -> None:
     out = Path(args.out)
     write_text(out, modelfile(Path(args.gguf).name, loaded.tokenizer, loaded.system))
     print(f"Modelfile written to {out}")
+
+
+class _GGUFTypes:
+    """`export gguf --type` choices, read from tensor_types only when argparse checks or prints them: importing
+    gguf takes ~0.1 s, which every other command would otherwise pay at start-up."""
+
+    def _names(self) -> list[str]:
+        from mlx_ft.export.tensor_types import FILE_TYPES
+
+        return list(FILE_TYPES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, temp: float) -> None:
@@ -271,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run", metavar="RUN", help=run_help)
     q.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
     q.set_defaults(func=_cmd_export_hf, needs_mlx=True)
-    from mlx_ft.export.tensor_types import FILE_TYPES
 
     q = formats.add_parser("gguf", help="one GGUF file for llama.cpp / Ollama, plus a Modelfile",
                            description="Fuse RUN's adapter and write a GGUF file (llama, qwen2, qwen3) of --type, "
@@ -279,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "Python as llama-quantize would (its per-tensor type choice and fallbacks), and an Ollama "
                            "Modelfile beside it.")
     q.add_argument("run", metavar="RUN", help=run_help)
-    q.add_argument("--type", default="q4_k_m", choices=list(FILE_TYPES), help="file type (default q4_k_m)")
+    q.add_argument("--type", default="q4_k_m", choices=_GGUFTypes(), metavar="TYPE",
+                   help="file type: %(choices)s (default q4_k_m)")
     q.add_argument("--out", metavar="FILE", help="GGUF file to write (default ./<run name>-<type>.gguf)")
     q.set_defaults(func=_cmd_export_gguf, needs_mlx=True)
 
