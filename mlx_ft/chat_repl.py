@@ -78,17 +78,18 @@ def run(session: Session, read: Callable[[str], str] = input) -> None:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
-    session._say(f"chatting with {session.loaded.label}; {HELP}")
-    while True:
-        try:
+    # The outer handler matters as much as the one round `read`: a Ctrl-C that lands between two statements of
+    # the loop (after the banner, during a /command) must quit as cleanly as one at the prompt.
+    try:
+        session._say(f"chatting with {session.loaded.label}; {HELP}")
+        while True:
             line = read("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            session.out.write("\n")
-            return
-        if not line:
-            continue
-        if line.startswith("/"):
-            if not session.command(line):
-                return
-            continue
-        session.reply(line)
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not session.command(line):
+                    return
+                continue
+            session.reply(line)
+    except (EOFError, KeyboardInterrupt):
+        session.out.write("\n")
