@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from mlx_ft import __version__, config as config_mod, data, data_stats
+from mlx_ft import __version__, config as config_mod, data, data_stats, recipes
 from mlx_ft.errors import UserError
 from mlx_ft.platform import blas_warning
 
@@ -17,12 +17,16 @@ if TYPE_CHECKING:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
+    recipe = recipes.load(args.recipe) if args.recipe else None
+    if recipe and args.instruction:
+        raise UserError("--instruction and --recipe both wrap the input; the recipe's task templates decide it")
     report = data.prepare(
         [Path(p) for p in args.inputs], Path(args.out), fmt=args.format,
-        opts=data.Options(system=args.system, instruction=args.instruction,
-                          keep=tuple(dict.fromkeys(["task", *(args.keep_field or [])]))),
+        opts=data.Options(system=args.system or (recipe.system if recipe else None), instruction=args.instruction,
+                          recipe=recipe, keep=tuple(dict.fromkeys(["task", *(args.keep_field or [])]))),
         valid=args.valid, test=args.test, seed=args.seed, skip_invalid=args.skip_invalid, datasets=args.dataset,
         stats=None if args.no_stats else data_stats.settings(args.model, args.max_seq_length),
+        group=args.group_field,
     )
     print(report.summary())
 
@@ -189,12 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entry of dataset_info.json to use (repeatable; default: every entry whose file is here)")
     p.add_argument("--system", help="system prompt to put at the start of every conversation that has none")
     p.add_argument("--instruction", help="text put before every input (io format)")
+    p.add_argument("--recipe", metavar="NAME|DIR",
+                   help="wrap every input (io format) in its task's template from this recipe (a folder with "
+                   "recipe.yaml, or a shipped recipe: miners, router); its system prompt applies unless --system")
     p.add_argument("--keep-field", action="append", metavar="NAME",
                    help="carry this field of each record (a label such as a category) into the prepared splits, "
                    "for `eval --by-field NAME` (repeatable; `task` is always carried)")
     p.add_argument("--valid", type=float, default=0.1, help="fraction for the validation split (default 0.1)")
     p.add_argument("--test", type=float, default=0.1, help="fraction for the test split (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--group-field", metavar="NAME",
+                   help="keep the examples that share this field's value in one split (e.g. one product's listings), "
+                   "so the test split holds only unseen groups")
     p.add_argument("--skip-invalid", action="store_true", help="skip bad examples (and count them) instead of failing")
     p.add_argument("--model", help="model whose tokenizer measures the token lengths (default: the config's model)")
     p.add_argument("--max-seq-length", type=int, metavar="N",

@@ -10,6 +10,7 @@ when data is appended.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -26,10 +27,13 @@ from mlx_ft.errors import UserError
 SPLITS = ("train", "valid", "test")
 
 
-def split_of(example: Example, seed: int, valid: float, test: float) -> tuple[str, float]:
+def split_of(example: Example, seed: int, valid: float, test: float, group: str | None = None) -> tuple[str, float]:
     """The split an example belongs to, from a hash of its content: stable across machines and appends. The system
-    prompt is left out of the hash, so rewording it never moves examples between splits."""
-    if example.text is not None:
+    prompt is left out of the hash, so rewording it never moves examples between splits. With `group`, the hash of
+    the example's value of that field instead: examples sharing it stay together."""
+    if group is not None:
+        content = json.dumps(example.meta[group], ensure_ascii=False)
+    elif example.text is not None:
         content = json.dumps(example.text, ensure_ascii=False)
     else:
         turns = [m for m in example.messages if m["role"] != "system"]
@@ -97,10 +101,11 @@ def _unique(examples: list[Example]) -> list[Example]:
     return out
 
 
-def _place(examples: list[Example], seed: int, valid: float, test: float) -> dict[str, list[Example]]:
+def _place(examples: list[Example], seed: int, valid: float, test: float,
+           group: str | None = None) -> dict[str, list[Example]]:
     placed: dict[str, list[tuple[float, Example]]] = {s: [] for s in SPLITS}
     for ex in examples:
-        split, u = split_of(ex, seed, valid, test)
+        split, u = split_of(ex, seed, valid, test, group)
         placed[split].append((u, ex))
     # A tiny dataset can hash nothing into a split it asked for: lend it the train example nearest to that split.
     for split, frac in (("valid", valid), ("test", test)):
@@ -121,22 +126,30 @@ def prepare(
     skip_invalid: bool = False,
     datasets: list[str] | None = None,
     stats: data_stats.StatsSettings | None = None,
+    group: str | None = None,
 ) -> Report:
     """Convert, validate, de-duplicate and split `inputs` into `out/{train,valid,test}.jsonl`; with `stats`, measure
-    token lengths under that model's chat template too (printed in the summary, written to prepare.json)."""
+    token lengths under that model's chat template too (printed in the summary, written to prepare.json). With
+    `group`, examples sharing that field's value land in one split (paraphrases of one question, listings of one
+    product): the test split then measures what was never seen, not near-copies of training examples."""
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
         raise UserError("--valid and --test are fractions whose sum must stay below 1")
+    if group is not None and opts.keep is not None and group not in opts.keep:
+        opts = dataclasses.replace(opts, keep=(*opts.keep, group))
     srcs = sources([Path(p) for p in inputs], fmt, datasets)
     examples, formats_seen, problems = _read_all(srcs, opts)
+    if group is not None:
+        problems += [f"{ex.where}: missing field {group!r} (--group-field)" for ex in examples if group not in ex.meta]
+        examples = [ex for ex in examples if group in ex.meta]
     if problems and not skip_invalid:
         raise DataError(problems)
     if not examples:
         raise UserError(f"no valid examples in {', '.join(map(str, inputs))}")
 
     unique = _unique(examples)
-    placed = _place(unique, seed, valid, test)
+    placed = _place(unique, seed, valid, test, group)
     measured = data_stats.compute(placed, stats) if stats else None
 
     out = Path(out)
@@ -151,6 +164,8 @@ def prepare(
         "test": test,
         "system": opts.system,
         "instruction": opts.instruction,
+        "recipe": str(opts.recipe.path) if opts.recipe else None,
+        "group_field": group,
         "counts": report.counts,
         "duplicates_dropped": report.duplicates,
         "invalid_skipped": report.skipped,

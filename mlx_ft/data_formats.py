@@ -8,7 +8,10 @@ ShareGPT are parameterised by column and tag names, so LLaMA-Factory's `dataset_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+if TYPE_CHECKING:
+    from mlx_ft.recipes import Recipe
 
 Message = dict[str, str]
 Content = list[Message] | str  # a conversation, or raw text
@@ -38,6 +41,7 @@ class Example:
 class Options:
     system: str | None = None  # system prompt added to every conversation that has none
     instruction: str | None = None  # text put before each input (io format)
+    recipe: Recipe | None = None  # wraps each input (io format) in its task's template
     # Top-level scalar fields to carry into the prepared splits; None: every one (reading a prepared split back).
     keep: tuple[str, ...] | None = ("task",)
 
@@ -91,7 +95,9 @@ def _from_qa(rec: dict[str, Any], opts: Options) -> Content:
 
 def _from_io(rec: dict[str, Any], opts: Options) -> Content:
     prompt = text_field(rec, "input")
-    if opts.instruction:
+    if opts.recipe is not None:
+        prompt = opts.recipe.task(_optional_text(rec, "task")).render(prompt)
+    elif opts.instruction:
         prompt = f"{opts.instruction}{prompt}"
     return with_system([{"role": "user", "content": prompt},
                          {"role": "assistant", "content": text_field(rec, "output")}], opts.system)

@@ -15,7 +15,8 @@ def test_wheel_ships_data_and_default_config(tmp_path):
                    check=True, capture_output=True)
     names = set(zipfile.ZipFile(next(tmp_path.glob("mlx_ft-*.whl"))).namelist())
     for shipped in ("mlx_ft/shipped/lora_config.yaml", "mlx_ft/shipped/data/fish_care/train.jsonl",
-                    "mlx_ft/shipped/data/fish_care/fish_care.json"):
+                    "mlx_ft/shipped/data/fish_care/fish_care.json", "mlx_ft/shipped/recipes/miners/recipe.yaml",
+                    "mlx_ft/shipped/data/miners/listings.jsonl", "mlx_ft/shipped/data/router/router.jsonl"):
         assert shipped in names
     assert not any(n.startswith("tests/") for n in names)
 

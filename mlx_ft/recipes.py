@@ -1,0 +1,103 @@
+"""Recipes: a task a model is trained for, declared once in `recipes/<name>/recipe.yaml`.
+
+A recipe names its tasks; each task has the instruction template that wraps a raw input into the user's message.
+That template is the one source of truth for the wording: `prepare --recipe` renders the training data with it, and
+whatever later serves the task must send exactly the same text, or the model sees prompts it was never trained on.
+
+    tasks:
+      miner-name:
+        template: "…矿机信息：{input}"   # {input} is replaced by the raw input, nothing else is interpreted
+        max_tokens: 48                   # generation settings for the task (greedy)
+        pattern: '(?P<brand>\\S+) …'      # optional: named fields parsed from the model's answer
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlx_ft.errors import UserError
+from mlx_ft.resources import local_or_shipped
+
+PLACEHOLDER = "{input}"
+RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    template: str
+    max_tokens: int = 64
+    pattern: re.Pattern[str] | None = None
+
+    def render(self, text: str) -> str:
+        """The user's message for the raw input `text`."""
+        return self.template.replace(PLACEHOLDER, text)
+
+    def fields(self, answer: str) -> dict[str, str] | None:
+        """The pattern's named fields in `answer`, None when it does not match (or the task has no pattern)."""
+        m = self.pattern.fullmatch(answer.strip()) if self.pattern else None
+        return m.groupdict() if m else None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path  # the recipe.yaml
+    tasks: dict[str, Task]
+    system: str | None = None  # system prompt for every conversation of the recipe
+
+    def task(self, name: str | None) -> Task:
+        """The task called `name`; a recipe with one task also answers to no name. ValueError otherwise."""
+        if name is None:
+            if len(self.tasks) == 1:
+                return next(iter(self.tasks.values()))
+            raise ValueError(f"missing field 'task': recipe {self.name} has several ({', '.join(self.tasks)})")
+        if name not in self.tasks:
+            raise ValueError(f"unknown task {name!r}; recipe {self.name} has: {', '.join(self.tasks)}")
+        return self.tasks[name]
+
+
+def _task(name: str, spec: Any, where: Path) -> Task:
+    if not isinstance(spec, dict) or not isinstance(spec.get("template"), str):
+        raise UserError(f"{where}: task {name!r} needs a `template` string")
+    template = spec["template"]
+    if template.count(PLACEHOLDER) != 1:
+        raise UserError(f"{where}: task {name!r}: the template must contain {PLACEHOLDER} exactly once")
+    unknown = set(spec) - {"template", "max_tokens", "pattern"}
+    if unknown:
+        raise UserError(f"{where}: task {name!r}: unknown keys {', '.join(sorted(unknown))}")
+    try:
+        pattern = re.compile(spec["pattern"]) if spec.get("pattern") else None
+    except re.error as e:
+        raise UserError(f"{where}: task {name!r}: bad pattern: {e}") from None
+    max_tokens = spec.get("max_tokens", 64)
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise UserError(f"{where}: task {name!r}: max_tokens must be a positive integer")
+    return Task(name, template, max_tokens, pattern)
+
+
+def load(ref: str | Path) -> Recipe:
+    """A recipe from its folder, its recipe.yaml, or the name of a shipped one (`miners`)."""
+    path = Path(ref)
+    if not path.exists() and not path.suffix and len(path.parts) == 1:
+        path = local_or_shipped(f"recipes/{ref}")
+    if path.is_dir():
+        path = path / RECIPE_FILE
+    if not path.is_file():
+        raise UserError(f"no recipe at {ref} (a folder with {RECIPE_FILE}, the file itself, or a shipped recipe name)")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("tasks"), dict) or not spec["tasks"]:
+        raise UserError(f"{path}: a recipe needs a `tasks` mapping with at least one task")
+    system = spec.get("system")
+    if system is not None and not isinstance(system, str):
+        raise UserError(f"{path}: `system` must be a string")
+    tasks = {str(name): _task(str(name), task, path) for name, task in spec["tasks"].items()}
+    return Recipe(str(spec.get("name") or path.parent.name), path, tasks, system)
