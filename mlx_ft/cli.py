@@ -56,7 +56,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     report = evaluate.evaluate(args.run, args.data, args.split, compare_base=args.compare_base,
                                by_field=args.by_field, out=Path(args.out) if args.out else None,
-                               max_tokens=args.max_tokens, batch_size=args.batch_size)
+                               max_tokens=args.max_tokens, batch_size=args.batch_size, limit=args.limit)
     print(evaluate.format_report(report))
 
 
@@ -82,12 +82,17 @@ def _cmd_infer(args: argparse.Namespace) -> None:
         raise UserError("give either a TEXT to answer or --file FILE")
     if args.file and not args.out:
         raise UserError("--file needs --out FILE for the answers")
+    ref = infer.TaskRef.parse(args.task) if args.task else None
+    if ref and args.text is not None and ref.task is None and len(ref.recipe.tasks) > 1:
+        raise UserError(f"recipe {ref.recipe.name} has several tasks; name one: --task "
+                        f"{ref.recipe.name}:{next(iter(ref.recipe.tasks))}")
     loaded = loader.load(args.run)
     if args.file:
-        n = infer.run_file(loaded, Path(args.file), Path(args.out), _sampling(args), _system(args, loaded))
+        n = infer.run_file(loaded, Path(args.file), Path(args.out), _sampling(args), _system(args, loaded), ref)
         print(f"answered {n} prompts into {args.out}", file=sys.stderr)
     else:
-        infer.run_one(loaded, args.text, _sampling(args), _system(args, loaded))
+        text = ref.render(args.text) if ref else args.text
+        infer.run_one(loaded, text, _sampling(args), _system(args, loaded))
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
@@ -100,7 +105,7 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from mlx_ft.server.app import serve
 
-    serve(args.run, args.host, args.port, Path(args.db), Path(args.runs))
+    serve(args.run, args.host, args.port, Path(args.db), Path(args.runs), args.task)
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
@@ -255,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, help="longest answer generated (default: twice the longest expected "
                    "answer + 16 tokens)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch for the loss (default 8)")
+    p.add_argument("--limit", type=int, metavar="N", help="score only the first N examples of the split (a quick look)")
     p.set_defaults(func=_cmd_eval, needs_mlx=True)
 
     p = sub.add_parser("infer", help="answer one prompt (streamed), or a JSONL file of prompts (batched)",
@@ -265,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", help="the prompt")
     p.add_argument("--file", metavar="FILE", help="prompts to answer in batches")
     p.add_argument("--out", metavar="FILE", help="where --file's answers go (JSONL)")
+    p.add_argument("--task", metavar="RECIPE[:TASK]",
+                   help="wrap the input in a recipe task's template, as its training data was (e.g. miners, "
+                   "router:scene; in --file, a line's own `task` field picks the task)")
     _add_sampling_flags(p, temp=0.0)
     p.set_defaults(func=_cmd_infer, needs_mlx=True)
 
@@ -285,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     p.add_argument("--db", default="chat_history.db", metavar="PATH", help="history file (default ./chat_history.db)")
     p.add_argument("--runs", default="runs", metavar="DIR", help="runs folder shown on /runs (default ./runs)")
+    p.add_argument("--task", action="append", metavar="RECIPE",
+                   help="serve this recipe's tasks at POST /api/tasks/<task> (and any GET route the recipe declares, "
+                   "e.g. the miner recipe's /model_generate/get-model-name); a folder with recipe.yaml or a shipped "
+                   "recipe name; repeatable")
     p.set_defaults(func=_cmd_serve, needs_mlx=True)
 
     p = sub.add_parser("export", help="write a run out: fused Hugging Face folder, GGUF + Ollama Modelfile",

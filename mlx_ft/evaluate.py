@@ -90,7 +90,7 @@ def _score_column(loaded: loader.Loaded, examples: list[data.Example], todo: lis
 
 def evaluate(source: str, data_spec: str | None = None, split: str = "test", compare_base: bool = False,
              by_field: str | None = None, out: Path | None = None, max_tokens: int | None = None,
-             batch_size: int = 8) -> EvalReport:
+             batch_size: int = 8, limit: int | None = None) -> EvalReport:
     """Score `source` on `split` and write `metrics.json` and `predictions.jsonl` into `out` (default RUN/eval)."""
     loaded = loader.load(source, adapter=False)
     if compare_base and loaded.cfg is None:
@@ -98,7 +98,7 @@ def evaluate(source: str, data_spec: str | None = None, split: str = "test", com
     data_dir = _data_dir(data_spec, loaded)
     if not (data_dir / f"{split}.jsonl").is_file():
         raise UserError(f"{data_dir}: no {split}.jsonl to evaluate on (choose another with --split or --data)")
-    examples = data.load_split(data_dir, split)
+    examples = data.load_split(data_dir, split)[:limit]
     if not examples:
         raise UserError(f"{data_dir / f'{split}.jsonl'} has no examples")
     todo = targets(examples)

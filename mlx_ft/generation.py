@@ -59,13 +59,19 @@ def answer_many(model: nn.Module, tokenizer: Any, conversations: Sequence[Sequen
                 max_tokens: Sequence[int] | None = None, desc: str = "generating") -> list[str]:
     """Answers to many conversations, generated in batches (continuous batching: a finished answer's slot is refilled
     at once). `max_tokens` may be given per conversation."""
-    if not conversations:
-        return []
     prompts = [chat_template.prompt_ids(tokenizer, c) for c in conversations]
+    return answer_many_ids(model, tokenizer, prompts, sampling, max_tokens, desc)
+
+
+def answer_many_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int]], sampling: Sampling,
+                    max_tokens: Sequence[int] | None = None, desc: str = "generating") -> list[str]:
+    """`answer_many` for prompts already rendered to ids."""
+    if not prompts:
+        return []
     limits = list(max_tokens) if max_tokens is not None else [sampling.max_tokens] * len(prompts)
     gen = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids], sampler=sampling.sampler())
     try:
-        uids = gen.insert(prompts, limits)
+        uids = gen.insert(list(prompts), limits)
         tokens: dict[int, list[int]] = {uid: [] for uid in uids}
         with tqdm(total=len(uids), desc=desc, unit="ans", leave=False, disable=None) as bar:
             while responses := gen.next_generated():

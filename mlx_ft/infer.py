@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlx_ft import generation, loader
+from mlx_ft import generation, loader, recipes
 from mlx_ft.atomic import write_text
 from mlx_ft.chat_template import Message
 from mlx_ft.data import DataError, check_conversation, read_records
@@ -21,9 +22,33 @@ def conversation(text: str, system: str | None) -> list[Message]:
     return with_system([{"role": "user", "content": text}], system)
 
 
-def _batch_prompt(value: Any) -> list[Message]:
+@dataclass(frozen=True)
+class TaskRef:
+    """`--task RECIPE[:TASK]`: inputs are wrapped in that task's template, as the recipe's training data was."""
+
+    recipe: recipes.Recipe
+    task: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> TaskRef:
+        ref, _, task = spec.partition(":")
+        recipe = recipes.load(ref)
+        try:
+            recipe.task(task or None)
+        except ValueError as e:
+            if task or len(recipe.tasks) == 1:
+                raise UserError(str(e)) from None
+        return cls(recipe, task or None)
+
+    def render(self, text: str, task: str | None = None) -> str:
+        """`text` in the template of `task` (a batch line's own), else of the one named with --task."""
+        return self.recipe.task(task or self.task).render(text)
+
+
+def _batch_prompt(value: Any, ref: TaskRef | None = None) -> list[Message]:
     """The conversation to answer on a batch line: `messages` (a final assistant turn is dropped: it is the expected
-    answer), or one of PROMPT_KEYS as a single user message."""
+    answer), or one of PROMPT_KEYS as a single user message (in its task's template with --task; a line's own
+    `task` field picks among a recipe's tasks)."""
     if not isinstance(value, dict):
         raise ValueError("a line must be a JSON object")
     if "messages" in value:
@@ -38,18 +63,19 @@ def _batch_prompt(value: Any) -> list[Message]:
         return messages
     for key in PROMPT_KEYS:
         if isinstance(value.get(key), str) and value[key].strip():
-            return [{"role": "user", "content": value[key]}]
+            text = ref.render(value[key], value.get("task")) if ref else value[key]
+            return [{"role": "user", "content": text}]
     raise ValueError(f'expected "messages" or a text field ({", ".join(PROMPT_KEYS)})')
 
 
-def read_batch(path: Path) -> tuple[list[Any], list[list[Message]]]:
+def read_batch(path: Path, ref: TaskRef | None = None) -> tuple[list[Any], list[list[Message]]]:
     """The lines of a batch file and the conversation each asks to answer (file:line errors for bad lines)."""
     records, bad = read_records(path)
     rows, prompts = [], []
     problems = [f"{b.where}: {b.value}" for b in bad]
     for rec in records:
         try:
-            prompts.append(_batch_prompt(rec.value))
+            prompts.append(_batch_prompt(rec.value, ref))
             rows.append(rec.value)
         except ValueError as e:
             problems.append(f"{rec.where}: {e}")
@@ -76,10 +102,10 @@ def run_one(loaded: loader.Loaded, text: str, sampling: generation.Sampling, sys
 
 
 def run_file(loaded: loader.Loaded, src: Path, dest: Path, sampling: generation.Sampling,
-             system: str | None) -> int:
+             system: str | None, ref: TaskRef | None = None) -> int:
     """Answer every line of `src` in batches; write each line back with an `output` field to `dest` (atomically,
     once all are done). Returns how many were answered."""
-    rows, prompts = read_batch(src)
+    rows, prompts = read_batch(src, ref)
     answers = generation.answer_many(loaded.model, loaded.tokenizer, [with_system(p, system) for p in prompts],
                                      sampling)
     write_text(dest, "".join(json.dumps({**r, "output": a}, ensure_ascii=False) + "\n"

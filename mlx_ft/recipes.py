@@ -9,6 +9,10 @@ whatever later serves the task must send exactly the same text, or the model see
         template: "…矿机信息：{input}"   # {input} is replaced by the raw input, nothing else is interpreted
         max_tokens: 48                   # generation settings for the task (greedy)
         pattern: '(?P<brand>\\S+) …'      # optional: named fields parsed from the model's answer
+        get_route:                       # optional: a GET route for clients of an older service (`serve --task`)
+          path: /model_generate/get-model-name
+          param: simple_name             # the query parameter holding the input
+          result: model_name             # the JSON key of the answer (the input comes back under `param`)
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ from mlx_ft.resources import local_or_shipped
 
 PLACEHOLDER = "{input}"
 RECIPE_FILE = "recipe.yaml"
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class GetRoute:
+    path: str
+    param: str
+    result: str
 
 
 @dataclass(frozen=True)
@@ -33,15 +45,19 @@ class Task:
     template: str
     max_tokens: int = 64
     pattern: re.Pattern[str] | None = None
+    get_route: GetRoute | None = None
 
     def render(self, text: str) -> str:
         """The user's message for the raw input `text`."""
         return self.template.replace(PLACEHOLDER, text)
 
-    def fields(self, answer: str) -> dict[str, str] | None:
-        """The pattern's named fields in `answer`, None when it does not match (or the task has no pattern)."""
+    def fields(self, answer: str) -> dict[str, str | float] | None:
+        """The pattern's named fields in `answer` (numbers as numbers), None when it does not match or the task has
+        no pattern."""
         m = self.pattern.fullmatch(answer.strip()) if self.pattern else None
-        return m.groupdict() if m else None
+        if m is None:
+            return None
+        return {k: float(v) if v is not None and NUMBER.fullmatch(v) else v for k, v in m.groupdict().items()}
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,7 @@ def _task(name: str, spec: Any, where: Path) -> Task:
     template = spec["template"]
     if template.count(PLACEHOLDER) != 1:
         raise UserError(f"{where}: task {name!r}: the template must contain {PLACEHOLDER} exactly once")
-    unknown = set(spec) - {"template", "max_tokens", "pattern"}
+    unknown = set(spec) - {"template", "max_tokens", "pattern", "get_route"}
     if unknown:
         raise UserError(f"{where}: task {name!r}: unknown keys {', '.join(sorted(unknown))}")
     try:
@@ -78,7 +94,18 @@ def _task(name: str, spec: Any, where: Path) -> Task:
     max_tokens = spec.get("max_tokens", 64)
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise UserError(f"{where}: task {name!r}: max_tokens must be a positive integer")
-    return Task(name, template, max_tokens, pattern)
+    return Task(name, template, max_tokens, pattern, _get_route(name, spec.get("get_route"), where))
+
+
+def _get_route(name: str, spec: Any, where: Path) -> GetRoute | None:
+    if spec is None:
+        return None
+    keys = ("path", "param", "result")
+    if not isinstance(spec, dict) or set(spec) != set(keys) or not all(isinstance(spec[k], str) for k in keys):
+        raise UserError(f"{where}: task {name!r}: get_route needs exactly path, param and result (strings)")
+    if not spec["path"].startswith("/") or spec["path"].startswith(("/api/", "/v1/")):
+        raise UserError(f"{where}: task {name!r}: get_route path must start with / and stay out of /api/ and /v1/")
+    return GetRoute(spec["path"], spec["param"], spec["result"])
 
 
 def load(ref: str | Path) -> Recipe:

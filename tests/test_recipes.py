@@ -12,22 +12,20 @@ from mlx_ft import cli, data, recipes
 from mlx_ft.errors import UserError
 from tests.conftest import REPO
 
-MINER_TEMPLATE = ("我将为你提供一个矿机信息，你需要返回标准格式的矿机名称和规格，格式为：矿机品牌 矿机系列 - 哈希率 价格。"
-                  "\n\n矿机信息：")
 
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_shipped_miner_recipe_wraps_listings_in_the_seed_services_instruction():
+def test_shipped_miner_recipe_wraps_listings_and_parses_answers():
     recipe = recipes.load("miners")
     task = recipe.task(None)  # one task: no name needed
     listing = "m50s 26w 124t gtd 1020u $1020.0"
-    assert task.render(listing) == MINER_TEMPLATE + listing
+    assert task.render(listing) == "矿机信息标准化：" + listing
     assert task.fields("MicroBT Whatsminer M50S - 124.0th/t $1020.0") == {
-        "brand": "MicroBT", "series": "Whatsminer", "model": "M50S", "hashrate": "124.0", "unit": "th",
-        "price": "1020.0"}
+        "brand": "MicroBT", "series": "Whatsminer", "model": "M50S", "hashrate": 124.0, "unit": "th",
+        "price": 1020.0}
     assert task.fields("Bitmain Antminer S19j Pro - 104.0th/t $1300.5")["model"] == "S19j Pro"
     assert task.fields("sorry, I cannot") is None
 

@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from mlx_ft.errors import UserError
 from mlx_ft.server.app import ServeConfig, check_port, create_app
 from mlx_ft.server.engine import Engine
 from tests.conftest import REPO
+from tests.serving import call, free_port, start_server
 
 
 @pytest.fixture(scope="module")
@@ -181,50 +180,20 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path):
 
 # ----------------------------------------------------------------------------------------- a real server process
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(model: Path, port: int, db: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_ft", "serve", str(model), "--port", str(port), "--db",
-                             str(db)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=2)
-            return proc
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("server did not start")
-
-
-def _call(port: int, method: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        raw = resp.read().decode()
-    return raw if resp.headers.get_content_type() == "text/event-stream" else json.loads(raw)
-
-
 def test_real_server_16_concurrent_streaming_chats_survive_a_restart(qwen2_dir, tmp_path):
     """16 clients x 10 turns at once. Clients 2k and 2k+1 send the same questions, so at temperature 0 their answers
     must be equal turn by turn: a token that leaked into another conversation's stream would break a pair."""
-    port, db = _free_port(), tmp_path / "chat.db"
-    proc = _start(qwen2_dir, port, db)
+    port, db = free_port(), tmp_path / "chat.db"
+    proc = start_server(qwen2_dir, port, db)
     results: dict[int, tuple[str, list[str]]] = {}
     errors: list[BaseException] = []
 
     def client(k: int) -> None:
         try:
-            cid = _call(port, "POST", "/api/conversations", {"max_tokens": 4, "temperature": 0.0})["id"]
+            cid = call(port, "POST", "/api/conversations", {"max_tokens": 4, "temperature": 0.0})["id"]
             answers = []
             for turn in range(10):
-                raw = _call(port, "POST", f"/api/conversations/{cid}/messages",
+                raw = call(port, "POST", f"/api/conversations/{cid}/messages",
                             {"content": f"第{k // 2}组的第{turn}个问题"})
                 events = [json.loads(x[6:]) for x in raw.split("\n\n") if x.startswith("data: ")]
                 assert events[-1].get("done"), events[-1]
@@ -247,13 +216,13 @@ def test_real_server_16_concurrent_streaming_chats_survive_a_restart(qwen2_dir, 
         proc.terminate()
         proc.wait(timeout=30)
 
-    proc = _start(qwen2_dir, port, db)
+    proc = start_server(qwen2_dir, port, db)
     try:
         for k, (cid, answers) in results.items():
-            messages = _call(port, "GET", f"/api/conversations/{cid}")["messages"]
+            messages = call(port, "GET", f"/api/conversations/{cid}")["messages"]
             assert [m["content"] for m in messages[1::2]] == answers
             assert [m["content"] for m in messages[0::2]] == [f"第{k // 2}组的第{t}个问题" for t in range(10)]
-        assert len(_call(port, "GET", "/api/conversations")["conversations"]) == 16
+        assert len(call(port, "GET", "/api/conversations")["conversations"]) == 16
     finally:
         proc.terminate()
         proc.wait(timeout=30)

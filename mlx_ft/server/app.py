@@ -30,6 +30,7 @@ class ServeConfig:
     db: Path = Path("chat_history.db")
     runs_dir: Path = Path("runs")
     max_body_bytes: int = MAX_BODY_BYTES
+    tasks: list[str] = field(default_factory=list)  # recipes whose tasks get endpoints (`--task`)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,7 +75,7 @@ def event_stream(events: Iterator[str]) -> Response:
 
 def create_app(config: ServeConfig, engine: Any = None) -> Flask:
     """The app around `engine` (a `server.engine.Engine`), loaded from `config.source` when not given."""
-    from mlx_ft.server import api, openai_api, runs
+    from mlx_ft.server import api, openai_api, runs, tasks
 
     if engine is None:
         from mlx_ft import loader
@@ -83,7 +84,9 @@ def create_app(config: ServeConfig, engine: Any = None) -> Flask:
         engine = Engine(loader.load(config.source))
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.extensions["mlx_ft"] = {"config": config, "engine": engine, "history": History(config.db)}
+    task_service = tasks.TaskService(engine, config.tasks)
+    app.extensions["mlx_ft"] = {"config": config, "engine": engine, "history": History(config.db),
+                                "tasks": task_service}
 
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> tuple[Response, int]:
@@ -113,6 +116,8 @@ def create_app(config: ServeConfig, engine: Any = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(runs.bp)
+    app.register_blueprint(tasks.bp)
+    tasks.add_get_routes(app, task_service)
     return app
 
 
@@ -142,11 +147,14 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def serve(source: str, host: str, port: int, db: Path, runs_dir: Path) -> None:
+def serve(source: str, host: str, port: int, db: Path, runs_dir: Path, tasks: list[str] | None = None) -> None:
     from werkzeug.serving import run_simple
 
     check_port(host, port)
-    app = create_app(ServeConfig(source, db, runs_dir))
+    app = create_app(ServeConfig(source, db, runs_dir, tasks=tasks or []))
     label = app.extensions["mlx_ft"]["engine"].loaded.label
     print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {db})", file=sys.stderr)
+    for t in app.extensions["mlx_ft"]["tasks"].describe():
+        route = f" and GET {t['get_route']['path']}" if t["get_route"] else ""
+        print(f"mlx_ft: task {t['name']} at POST /api/tasks/{t['name']}{route}", file=sys.stderr)
     run_simple(host, port, app, threaded=True, use_reloader=False)

@@ -52,3 +52,8 @@ class Engine:
             text.append(chunk.text)
             reason, n = chunk.finish_reason, chunk.generation_tokens
         return "".join(text), reason, n
+
+    def answer_many(self, prompts: Sequence[list[int]], sampling: generation.Sampling) -> list[str]:
+        """Answers to many prompts in one batched generation, holding the model for all of them."""
+        with self._lock:
+            return generation.answer_many_ids(self.loaded.model, self.tokenizer, prompts, sampling, desc="task batch")
