@@ -182,3 +182,9 @@ def test_infer_wraps_inputs_in_the_recipes_templates(write_jsonl, tmp_path, caps
         infer.TaskRef.parse("router:nope")
     assert cli.main(["infer", "smollm2-135m-instruct", "hi", "--task", "router"]) == 2
     assert "name one: --task router:scene" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_missing_recipe_before_loading_the_model(tmp_path, capsys):
+    assert cli.main(["serve", "no-such-model", "--port", str(free_port()), "--db", str(tmp_path / "db"),
+                     "--task", "no-such-recipe"]) == 2
+    assert "no recipe at no-such-recipe" in capsys.readouterr().err

@@ -77,14 +77,14 @@ def create_app(config: ServeConfig, engine: Any = None) -> Flask:
     """The app around `engine` (a `server.engine.Engine`), loaded from `config.source` when not given."""
     from mlx_ft.server import api, openai_api, runs, tasks
 
+    task_service = tasks.TaskService(engine, config.tasks)  # a bad recipe fails before the model loads
     if engine is None:
         from mlx_ft import loader
         from mlx_ft.server.engine import Engine
 
-        engine = Engine(loader.load(config.source))
+        engine = task_service.engine = Engine(loader.load(config.source))
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    task_service = tasks.TaskService(engine, config.tasks)
     app.extensions["mlx_ft"] = {"config": config, "engine": engine, "history": History(config.db),
                                 "tasks": task_service}
 

@@ -12,6 +12,7 @@ generating. A list is answered in one batched generation, not a loop of single c
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from threading import Lock
@@ -105,7 +106,7 @@ class TaskService:
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": name, "recipe": s.recipe.name, "max_tokens": s.task.max_tokens,
                  "fields": list(s.task.pattern.groupindex) if s.task.pattern else None,
-                 "get_route": s.task.get_route.__dict__ if s.task.get_route else None}
+                 "get_route": dataclasses.asdict(s.task.get_route) if s.task.get_route else None}
                 for name, s in self.tasks.items()]
 
 
