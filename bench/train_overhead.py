@@ -61,6 +61,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Callable
 
 import mlx_ft  # noqa: F401 -- binds MLX to OpenBLAS before anything imports mlx.core
 import numpy as np
@@ -169,25 +170,33 @@ def cpu_seconds() -> tuple[float, float]:
     return busy, ours
 
 
-def run_child(cmd: list[str], env: dict[str, str], pattern: re.Pattern) -> dict:
-    """Run one training command: the arrival time of each step line (seconds since start) and its match, and the
-    share of the machine's CPU time that other processes took meanwhile."""
+def run_child(cmd: list[str], env: dict[str, str], pattern: re.Pattern,
+              probe: Callable[[int], Any] | None = None) -> dict:
+    """Run one training command: the arrival time of each step line (seconds since start) and its match, every line
+    it printed, its peak RSS (kB, its own: os.wait4's rusage), the share of the machine's CPU time that other
+    processes took meanwhile, and `probe(pid)` called when the first step line arrives (the child still running)."""
     t0, (busy0, ours0) = time.perf_counter(), cpu_seconds()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     steps: dict[int, tuple[float, re.Match]] = {}
-    tail: list[str] = []
+    lines: list[str] = []
+    probed = None
     assert proc.stdout is not None
     for raw in proc.stdout:
         now = time.perf_counter() - t0
         for line in ANSI.sub("", raw.decode("utf-8", "replace")).split("\r"):
-            tail = (tail + [line.rstrip()])[-15:]
+            lines.append(line.rstrip())
             if m := pattern.match(line.strip("\n")):
                 steps[int(m.group(1))] = (now, m)
-    if proc.wait() != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+                if probe is not None and probed is None:
+                    probed = probe(proc.pid)
+    _, status, usage = os.wait4(proc.pid, 0)  # Popen.wait would drop the child's rusage
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed (exit {proc.returncode}):\n" + "\n".join(lines[-15:]))
     total, (busy1, ours1) = time.perf_counter() - t0, cpu_seconds()
     other = max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (total * (os.cpu_count() or 1)) if busy1 else float("nan")
-    return {"steps": steps, "total": total, "other": other}
+    return {"steps": steps, "total": total, "other": other, "lines": lines, "maxrss_kb": usage.ru_maxrss,
+            "probe": probed}
 
 
 def time_pair(cfg: Path, data: Path, work: Path, iters: int, k: int) -> dict[str, dict]:
