@@ -83,15 +83,18 @@ def _cmd_infer(args: argparse.Namespace) -> None:
     if args.file and not args.out:
         raise UserError("--file needs --out FILE for the answers")
     ref = infer.TaskRef.parse(args.task) if args.task else None
-    if ref and args.text is not None and ref.task is None and len(ref.recipe.tasks) > 1:
-        raise UserError(f"recipe {ref.recipe.name} has several tasks; name one: --task "
-                        f"{ref.recipe.name}:{next(iter(ref.recipe.tasks))}")
+    text = args.text
+    if ref and text is not None:
+        try:  # before the model loads: a recipe with several tasks needs one named
+            text = ref.render(text)
+        except ValueError:
+            raise UserError(f"recipe {ref.recipe.name} has several tasks; name one: --task "
+                            f"{ref.recipe.name}:{next(iter(ref.recipe.tasks))}") from None
     loaded = loader.load(args.run)
     if args.file:
         n = infer.run_file(loaded, Path(args.file), Path(args.out), _sampling(args), _system(args, loaded), ref)
         print(f"answered {n} prompts into {args.out}", file=sys.stderr)
     else:
-        text = ref.render(args.text) if ref else args.text
         infer.run_one(loaded, text, _sampling(args), _system(args, loaded))
 
 

@@ -33,10 +33,10 @@ class TaskRef:
     def parse(cls, spec: str) -> TaskRef:
         ref, _, task = spec.partition(":")
         recipe = recipes.load(ref)
-        try:
-            recipe.task(task or None)
-        except ValueError as e:
-            if task or len(recipe.tasks) == 1:
+        if task:
+            try:
+                recipe.task(task)
+            except ValueError as e:
                 raise UserError(str(e)) from None
         return cls(recipe, task or None)
 
