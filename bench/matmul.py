@@ -15,22 +15,13 @@ import sys
 import time
 
 CHILD = r"""
-import json, sys, time
+import json, sys
 import mlx_ft  # applies (or, with MLX_FT_NO_BLAS_FIX=1, skips) the OpenBLAS binding
-import mlx.core as mx
+from mlx_ft.devices import matmul_gflops
 from mlx_ft.platform import use_fast_blas
 sizes, budget = json.loads(sys.argv[1]), float(sys.argv[2])
-out = {"blas": use_fast_blas().library or "bundled reference BLAS", "gflops": {}}
-for n in sizes:
-    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
-    mx.eval(a, b, a @ b)  # warm-up
-    reps, t0 = 0, time.perf_counter()
-    while True:
-        mx.eval(a @ b)
-        reps += 1
-        if time.perf_counter() - t0 > budget:
-            break
-    out["gflops"][n] = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+out = {"blas": use_fast_blas().library or "bundled reference BLAS",
+       "gflops": {n: matmul_gflops(n, budget) for n in sizes}}
 print(json.dumps(out))
 """
 

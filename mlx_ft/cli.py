@@ -137,6 +137,12 @@ def _cmd_export_modelfile(args: argparse.Namespace) -> None:
     print(f"Modelfile written to {out}")
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from mlx_ft import doctor
+
+    return doctor.main(as_json=args.json)
+
+
 class _GGUFTypes:
     """`export gguf --type` choices, read from tensor_types only when argparse checks or prints them: importing
     gguf takes ~0.1 s, which every other command would otherwise pay at start-up."""
@@ -332,20 +338,34 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--gguf", required=True, metavar="FILE", help="the GGUF file the Modelfile points at")
     q.add_argument("--out", default="Modelfile", metavar="FILE", help="where to write it (default ./Modelfile)")
     q.set_defaults(func=_cmd_export_modelfile, needs_mlx=True)
+
+    p = sub.add_parser("doctor", help="say what MLX will compute on here (Metal, CUDA or CPU) and what to fix",
+                       description="Report the Python and package versions, which MLX backend wheel's library is "
+                       "installed, the device MLX computes on (Apple GPU, NVIDIA GPU with its driver, or the CPU "
+                       "with its BLAS and a measured matmul speed), the peak FLOP/s used for MFU "
+                       "(MLX_FT_PEAK_TFLOPS overrides it) and the model caches; then every problem found, with its "
+                       "fix. Takes about a second and downloads nothing.",
+                       epilog="exit status: 0 when no problems were found, 1 when some were")
+    p.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
+    p.set_defaults(func=_cmd_doctor, needs_mlx=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.needs_mlx and (warning := blas_warning()):
-        print(f"mlx_ft: warning: {warning}", file=sys.stderr)
-    func: Callable[[argparse.Namespace], None] = args.func
+    func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        func(args)
+        if args.needs_mlx:
+            from mlx_ft.devices import unused_gpu_warning
+
+            for warning in (blas_warning(), unused_gpu_warning()):
+                if warning:
+                    print(f"mlx_ft: warning: {warning}", file=sys.stderr)
+        status = func(args)  # None for success; `doctor` reports its findings as 1
     except UserError as e:
         print(f"mlx_ft: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mlx_ft: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0

@@ -28,10 +28,11 @@ _OPENBLAS_CANDIDATES = (
     "/usr/lib/libopenblas*.so.0",
 )
 
+INSTALL_OPENBLAS = "`sudo apt-get install libopenblas0-pthread` (Debian/Ubuntu) or `dnf install openblas` (Fedora)"
+
 INSTALL_HINT = (
     "MLX is using the reference BLAS bundled in the mlx-cpu wheel, about 35x slower than OpenBLAS; "
-    "install it with `sudo apt-get install libopenblas0-pthread` (Debian/Ubuntu) or `dnf install openblas` "
-    f"(Fedora), or set {OPT_OUT_ENV}=1 to keep the bundled one"
+    f"install it with {INSTALL_OPENBLAS}, or set {OPT_OUT_ENV}=1 to keep the bundled one"
 )
 
 
@@ -49,14 +50,19 @@ class BlasStatus:
 _status: BlasStatus | None = None
 
 
-def bundled_blas() -> Path | None:
-    """The reference BLAS that the mlx-cpu wheel bundles, found without importing MLX."""
+def mlx_package_dirs() -> list[Path]:
+    """The folders of the `mlx` package, found without importing it. Every location counts: a stray `mlx` folder on
+    sys.path turns the spec into a namespace with several."""
     spec = importlib.util.find_spec("mlx")
     if spec is None or not spec.submodule_search_locations:
-        return None
-    # Every location counts: a stray `mlx` folder on sys.path turns the spec into a namespace with several.
-    for location in spec.submodule_search_locations:
-        hits = sorted(Path(location).parent.glob("mlx_cpu.libs/libblas*.so*"))
+        return []
+    return [Path(location) for location in spec.submodule_search_locations]
+
+
+def bundled_blas() -> Path | None:
+    """The reference BLAS that the mlx-cpu wheel bundles, found without importing MLX."""
+    for location in mlx_package_dirs():
+        hits = sorted(location.parent.glob("mlx_cpu.libs/libblas*.so*"))
         if hits:
             return hits[0]
     return None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-COMMANDS = ["prepare", "train", "import-gguf", "eval", "infer", "chat", "serve", "export"]  # only commands that work are listed
+# only commands that work are listed
+COMMANDS = ["prepare", "train", "import-gguf", "eval", "infer", "chat", "serve", "export", "doctor"]
 
 
 def test_wheel_ships_data_and_default_config(tmp_path):
