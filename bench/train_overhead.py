@@ -28,7 +28,7 @@ Datasets:
   its longest example (rounded up to 32); mlx_ft sorts by token length first. Real (non-padding) tokens per step are
   counted by replaying each side's own batching code in this process on the same tokenizer: mlx_lm's
   `tuner.trainer.iterate_batches` over its `CacheDataset(ChatDataset)` after `np.random.seed(seed)` (what
-  `mlx_lm.lora.run` does), and `mlx_ft.train.iterate_batches` over `TokenizedChats`. A real token is a position
+  `mlx_lm.lora.run` does), and `mlx_ft.batches.iterate_batches` over `TokenizedChats`. A real token is a position
   holding a token of the example (input or last target), the count both `on_batch` and mlx_lm's `lengths` give. The
   replay is checked against what the children report: mlx_ft's metrics.jsonl `tokens` column, and mlx_lm's printed
   running count of loss tokens. `real tok/s` = real tokens of the timed steps / their wall time; `fill` = real tokens
@@ -71,7 +71,7 @@ from mlx_lm.tuner.trainer import iterate_batches as mlx_lm_batches
 from mlx_lm.utils import load_tokenizer
 
 from mlx_ft import data as ft_data, models
-from mlx_ft import train as ft_train
+from mlx_ft import batches as ft_batches
 from mlx_ft.loss_plot import read_metrics
 from mlx_ft.platform import find_openblas
 
@@ -109,9 +109,9 @@ class Sides:
     def mlx_lm_set(self, records: list[dict]) -> CacheDataset:
         return CacheDataset(create_dataset(records, self.tok, SimpleNamespace(mask_prompt=True)))
 
-    def mlx_ft_set(self, folder: Path) -> ft_train.TokenizedChats:
+    def mlx_ft_set(self, folder: Path) -> ft_batches.TokenizedChats:
         chats = ft_data.load_split(folder, "train")
-        return ft_train.TokenizedChats(chats, self.tok, True, self.msl, "train")
+        return ft_batches.TokenizedChats(chats, self.tok, True, self.msl, "train")
 
     def mlx_lm_batches(self, records: list[dict], n: int) -> list[dict]:
         """mlx_lm's first n training batches: width, real tokens, loss tokens (its default_loss mask)."""
@@ -128,8 +128,8 @@ class Sides:
     def mlx_ft_batches(self, folder: Path, n: int) -> list[dict]:
         """mlx_ft's first n training batches: width and real tokens, from its own iterate_batches."""
         real: list[int] = []
-        batches = ft_train.iterate_batches(self.mlx_ft_set(folder), self.bs, self.msl, loop=True, seed=self.seed,
-                                           on_batch=real.append)
+        batches = ft_batches.iterate_batches(self.mlx_ft_set(folder), self.bs, self.msl, loop=True, seed=self.seed,
+                                           on_batch=lambda lengths, _: real.append(sum(lengths)))
         return [{"width": ids.shape[1], "real": real[k], "rows": ids.shape[0]}
                 for k, (ids, *_rest) in zip(range(n), batches)]
 

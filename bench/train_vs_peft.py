@@ -12,7 +12,7 @@ Adam lr 2e-4 constant with no warmup and no gradient clipping (HF's defaults cli
 both turned off; mlx's Adam is told `bias_correction: true`, which torch's AdamW always does; AdamW's weight decay
 is 0, so both are Adam), N + 1 steps (N = --steps).
 
-Same tokens and the same loss: this process tokenizes the chats with mlx_ft's own `train.TokenizedChats` (what
+Same tokens and the same loss: this process tokenizes the chats with mlx_ft's own `batches.TokenizedChats` (what
 `mlx_ft train` trains on: ids of the chat template's rendering, and a 0/1 weight per id that is 1 on every assistant
 turn, end-of-turn marker included, and 0 on system/user text) and hands those ids and weights to the PEFT side,
 whose labels are the ids with -100 where the weight is 0. The PEFT child first checks that its own tokenizer's
@@ -79,7 +79,7 @@ if sys.argv[1:2] != [PEFT_CHILD]:  # the parent, in the project's venv; the PEFT
     from mlx_ft import data as ft_data, models
     from mlx_ft.loss_plot import read_metrics
     from mlx_ft.platform import find_openblas
-    from mlx_ft.train import PAD_TO
+    from mlx_ft.batches import PAD_TO
 
 PEFT_PINS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0"]
 LORA_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -216,6 +216,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx_ft import adapters, config, train
 from mlx_ft.loader import load_model
+from mlx_ft.loss import learned_positions, masked_loss
 
 spec = json.loads(sys.argv[1])
 cfg = config.build(spec["config"])
@@ -231,15 +232,16 @@ mask = np.zeros((len(chosen), width), np.int8)
 for r, row in enumerate(chosen):
     n = min(len(row["ids"]), width)
     ids[r, :n], mask[r, :n] = row["ids"][:n], row["mask"][:n]
-ids, mask = mx.array(ids), mx.array(mask)
-grad_fn = nn.value_and_grad(model, train.masked_loss)
+batch = (mx.array(ids), mx.array(mask), mx.array(float(mask[:, 1:].sum())), mx.array(learned_positions(mask)))
+ids = batch[0]
+grad_fn = nn.value_and_grad(model, masked_loss)
 times = {"forward": [], "backward": [], "update": []}
 for k in range(4):
     t0 = time.perf_counter()
-    loss, _ = train.masked_loss(model, ids, mask)
+    loss, _ = masked_loss(model, *batch)
     mx.eval(loss)
     t1 = time.perf_counter()
-    (loss, _), grads = grad_fn(model, ids, mask)
+    (loss, _), grads = grad_fn(model, *batch)
     mx.eval(loss, grads)
     t2 = time.perf_counter()
     opt.update(model, grads)

@@ -20,8 +20,9 @@ class Session:
     """The conversation so far and the commands that change it; `reply` streams the model's answer."""
 
     def __init__(self, loaded: loader.Loaded, sampling: generation.Sampling, system: str | None,
-                 out: TextIO = sys.stdout) -> None:
-        self.loaded, self.sampling, self.system, self.out = loaded, sampling, system, out
+                 out: TextIO | None = None) -> None:
+        # sys.stdout looked up now, not at import: a default bound then would outlive a redirected stdout
+        self.loaded, self.sampling, self.system, self.out = loaded, sampling, system, out or sys.stdout
         self.turns: list[Message] = []
 
     @property

@@ -53,6 +53,8 @@ class TrainConfig:
     grad_accumulation_steps: int = _f(1, "micro-batches per optimizer update")
     grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
     max_seq_length: int = _f(2048, "longer examples are truncated to this many tokens")
+    pack: bool = _f(False, "pack several examples into each row of max_seq_length tokens (attention kept inside "
+                    "each example); batch_size then counts rows")
     mask_prompt: bool = _f(True, "learn only the assistant turns (never system/user text)")
     seed: int = _f(0, "random seed (data order, adapter init)")
     steps_per_report: int = _f(10, "steps between training-loss reports")

@@ -72,7 +72,7 @@ def load_tokenizer(model: str) -> Any:
 
 def is_truncated(n_tokens: int, max_seq_length: int) -> bool:
     """Whether training cuts an example of `n_tokens`: it feeds max_seq_length ids and predicts one more, so it keeps
-    max_seq_length + 1 of them (train.TokenizedChats)."""
+    max_seq_length + 1 of them (batches.TokenizedChats)."""
     return n_tokens > max_seq_length + 1
 
 

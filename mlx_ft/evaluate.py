@@ -20,8 +20,9 @@ from mlx_lm.tuner import trainer as mlx_lm_trainer
 from mlx_ft import data, generation, loader, metrics
 from mlx_ft.atomic import atomic_dir
 from mlx_ft.errors import UserError
+from mlx_ft.loss import masked_loss
 from mlx_ft.resources import local_or_shipped
-from mlx_ft.train import TokenizedChats, iterate_batches, masked_loss
+from mlx_ft.batches import TokenizedChats, iterate_batches
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
 GROUP_FIELD = "task"  # examples carrying this field are scored per value as well

@@ -87,8 +87,10 @@ def read_batch(path: Path, ref: TaskRef | None = None) -> tuple[list[Any], list[
 
 
 def run_one(loaded: loader.Loaded, text: str, sampling: generation.Sampling, system: str | None,
-            out: TextIO = sys.stdout) -> str:
-    """Stream the answer to `text` onto `out` as it is generated; return it."""
+            out: TextIO | None = None) -> str:
+    """Stream the answer to `text` onto `out` (default: the sys.stdout of the moment) as it is generated; return
+    it."""
+    out = out or sys.stdout  # looked up per call: a default bound at import would outlive a redirected stdout
     pieces = []
     for chunk in generation.stream(loaded.model, loaded.tokenizer, conversation(text, system), sampling):
         out.write(chunk.text)

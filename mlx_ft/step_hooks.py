@@ -25,7 +25,7 @@ import mlx.optimizers as optim
 from mlx_lm.tuner.callbacks import TrainingCallback
 from tqdm import tqdm
 
-from mlx_ft import checkpoints, loss_plot
+from mlx_ft import checkpoints, devices, flops, loss_plot
 from mlx_ft.atomic import atomic_dir, atomic_path
 from mlx_ft.checkpoints import ADAPTERS, TrainerState
 
@@ -95,6 +95,9 @@ class StepHooks(TrainingCallback):
         self.schedule, self.seed, self.evaluate = schedule, seed, evaluate
         self.interrupt_requested = interrupt_requested
         self.tokens_seen = 0  # real tokens in the training batches this worker has been handed since the start
+        self.work = flops.StepWork.of(model)
+        self.window_flops = 0.0  # FLOPs those batches need (flops.py), since the last report
+        self.peak_flops = devices.current().peak_flops
         self.start_step = state.step
         self.tokens_at_start = state.tokens
         self.tokens_at_report = state.tokens
@@ -120,9 +123,12 @@ class StepHooks(TrainingCallback):
         if self.main:
             self.bar.write(text, file=sys.stderr)
 
-    def count_batch(self, real_tokens: int) -> None:
-        """`iterate_batches`' on_batch: called with each training batch's count of real tokens."""
-        self.tokens_seen += real_tokens
+    def count_batch(self, lengths: list[int], learned: int) -> None:
+        """`iterate_batches`' on_batch: the real length of each example of a training batch (this worker's share)
+        and its learned tokens."""
+        self.tokens_seen += sum(lengths)
+        if self.work is not None:
+            self.window_flops += self.work.batch(lengths, learned)
 
     def _count_tokens(self) -> None:
         """Bring the count of real tokens processed by all workers up to date."""
@@ -142,11 +148,18 @@ class StepHooks(TrainingCallback):
                "tokens_per_s": real / secs, "trained_tokens_per_s": sum(learned) / secs,
                "tokens": tokens, "trained_tokens": self.state.trained_tokens,
                "peak_memory_gb": info["peak_memory"]}
+        if self.work is not None:  # per device: this worker's own batches over its own time
+            row["tflops"] = self.window_flops / secs / 1e12
+            if self.peak_flops:
+                row["mfu"] = self.window_flops / secs / self.peak_flops
+        self.window_flops = 0.0
         self._log(row)
+        speed = (f"  MFU {row['mfu']:.1%}" if "mfu" in row
+                 else f"  {row['tflops'] * 1e3:,.0f} GFLOP/s" if "tflops" in row else "")
         done = step - self.start_step
         eta = self.train_seconds / max(done, 1) * (self.schedule.iters - step)
         self._say(f"step {step}/{self.schedule.iters}  loss {row['loss']:.3f}  lr {row['lr']:.2e}  "
-                  f"{row['tokens_per_s']:,.0f} tok/s  peak {row['peak_memory_gb']:.2f} GB  "
+                  f"{row['tokens_per_s']:,.0f} tok/s{speed}  peak {row['peak_memory_gb']:.2f} GB  "
                   f"eta {_duration(eta)}")
         self.bar.set_postfix_str(f"loss {row['loss']:.3f} lr {row['lr']:.1e} {row['tokens_per_s']:,.0f} tok/s "
                                  f"mem {row['peak_memory_gb']:.2f}GB", refresh=False)

@@ -2,10 +2,10 @@
 
 We call `mlx_lm.tuner.trainer.train` with pieces of our own:
 - a dataset of (ids, loss weights) from `chat_template`, so the loss covers every assistant turn and no system/user
-  text (mlx-lm's `mask_prompt` keeps only the last message);
-- a batch iterator that sorts by *token* length (mlx-lm sorts chat records by `len()` of the JSON object, i.e. not at
-  all), whose k-th batch depends only on (seed, k) so a resumed run continues the same data order;
-- a loss normalised over the global batch, so data-parallel workers (`mlx.launch`) compute what one worker would;
+  text (mlx-lm's `mask_prompt` keeps only the last message), cut into batches by token length or packed
+  (`batches.py`);
+- a loss normalised over the global batch, so data-parallel workers (`mlx.launch`) compute what one worker would, that
+  runs the output layer only on learned positions and keeps packed examples apart (`loss.py`);
 - `step_hooks.StepHooks`, called after every step: progress, metrics.jsonl, validation, checkpoints, early stopping
   and Ctrl-C all happen there, counted in global steps.
 The run folder is an mlx-lm adapter folder: `mlx_lm.load(model, adapter_path=run)` accepts it.
@@ -19,137 +19,23 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 from unittest import mock
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
 from mlx_lm.tuner import trainer as mlx_lm_trainer
 from mlx_lm.tuner.utils import build_schedule, print_trainable_parameters
-from tqdm import tqdm
 
-from mlx_ft import adapters, chat_template, checkpoints, config as config_mod, data, data_stats, models, step_hooks
+from mlx_ft import adapters, chat_template, checkpoints, config as config_mod, data, models, step_hooks
 from mlx_ft.atomic import write_json, write_text
+from mlx_ft.batches import TokenizedChats, batch_rows, batching_note, iterate_batches
 from mlx_ft.checkpoints import ADAPTERS, TrainerState
 from mlx_ft.errors import UserError
 from mlx_ft.loader import load_model
+from mlx_ft.loss import check_packable, masked_loss
 from mlx_ft.loss_plot import read_metrics
 from mlx_ft.resources import local_or_shipped
-
-PAD_TO = 32  # pad batch lengths to a multiple of this: few distinct shapes, so mx.compile retraces rarely
-
-
-class TokenizedChats:
-    """Conversations as (ids, mask) pairs, tokenized once up front.
-
-    Ids are cut to max_seq_length + 1 (the model reads max_seq_length of them and predicts the next); an example
-    whose answer lies wholly past that cut would teach nothing, so it is left out and counted.
-    """
-
-    def __init__(self, examples: Sequence[data.Example], tokenizer: Any, mask_prompt: bool, max_seq_length: int,
-                 desc: str) -> None:
-        self.items: list[tuple[list[int], list[int]]] = []
-        self.truncated = 0
-        self.dropped = 0
-        problems = []
-        for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="ex", leave=False, disable=None):
-            try:
-                if ex.text is not None:
-                    ids, mask = chat_template.text_tokens(tokenizer, ex.text)
-                else:
-                    ids, mask = chat_template.training_tokens(tokenizer, ex.messages, mask_prompt)
-            except ValueError as e:
-                problems.append(f"{ex.where}: {e}")
-                continue
-            if data_stats.is_truncated(len(ids), max_seq_length):
-                self.truncated += 1
-                ids, mask = ids[: max_seq_length + 1], mask[: max_seq_length + 1]
-            if not any(mask[1:]):
-                self.dropped += 1
-                continue
-            self.items.append((ids, mask))
-        if problems:
-            raise data.DataError(problems)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, idx: int) -> tuple[list[int], list[int]]:
-        return self.items[idx]
-
-    def report(self, name: str, max_seq_length: int) -> str | None:
-        if not (self.truncated or self.dropped):
-            return None
-        return (f"{name}: {self.truncated} examples longer than max_seq_length {max_seq_length} are truncated; "
-                f"{self.dropped} of them keep no answer token and are left out")
-
-
-def masked_loss(model: nn.Module, batch: mx.array, weights: mx.array,
-                norm: mx.array | None = None) -> tuple[mx.array, mx.array]:
-    """Cross-entropy over the positions whose target token is marked for learning, and how many there are.
-
-    Divided by `norm` when given, else by this batch's own count. Training passes norm = (learned tokens in the whole
-    global batch) / workers: averaging the workers' gradients then gives exactly the mean over the global batch, as
-    one worker with the whole batch would (a mean of per-worker means would weight short answers up).
-    """
-    logits = model(batch[:, :-1])
-    w = weights[:, 1:].astype(mx.float32)
-    ce = nn.losses.cross_entropy(logits, batch[:, 1:]) * w
-    ntoks = w.sum()
-    denominator = norm if norm is not None else mx.maximum(ntoks, 1)
-    return ce.astype(mx.float32).sum() / denominator, ntoks
-
-
-def _batch_order(n_batches: int, loop: bool, seed: int | None) -> Iterator[int]:
-    """Training (loop): a fresh seeded permutation every epoch, so the k-th batch depends only on (seed, k) and a
-    resumed run can skip straight to it. Evaluation: one fixed shuffled pass, so a limited number of validation
-    batches scores a fair sample rather than only the shortest examples."""
-    if not loop:
-        yield from np.random.default_rng(0).permutation(n_batches).tolist()
-        return
-    rng = np.random.default_rng(seed)
-    while True:
-        yield from rng.permutation(n_batches).tolist()
-
-
-def iterate_batches(dataset: TokenizedChats, batch_size: int, max_seq_length: int, loop: bool = False,
-                    seed: int | None = None, comm_group: Any = None, skip: int = 0,
-                    on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[mx.array, ...]]:
-    """Batches of similar token length (mlx_lm's iterate_batches signature, plus `skip` batches already trained on
-    and `on_batch`, told each batch's count of real tokens). Training batches carry the loss normaliser as a third
-    array (see masked_loss); evaluation batches do not."""
-    rank, world = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
-    if batch_size % world:
-        raise UserError(f"batch_size {batch_size} must be divisible by the number of workers ({world})")
-    by_length = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
-    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
-    if loop:  # training: only full batches, so every step sees batch_size examples
-        batches = [b for b in batches if len(b) == batch_size]
-    if not batches:
-        raise UserError(f"the dataset has {len(dataset)} examples, fewer than batch_size={batch_size}")
-    limit = max_seq_length + 1
-    for k, b in enumerate(_batch_order(len(batches), loop, seed)):
-        if k < skip:
-            continue
-        everyone = [dataset[j] for j in batches[b]]
-        rows = everyone[rank::world]
-        longest = min(max(len(ids) for ids, _ in rows), limit)
-        width = min(PAD_TO * -(-longest // PAD_TO) + 1, limit)
-        ids_arr = np.zeros((len(rows), width), np.int32)
-        mask_arr = np.zeros((len(rows), width), np.int8)
-        for r, (ids, mask) in enumerate(rows):
-            n = min(len(ids), width)
-            ids_arr[r, :n] = ids[:n]
-            mask_arr[r, :n] = mask[:n]
-        if on_batch is not None:
-            on_batch(sum(min(len(ids), width) for ids, _ in rows))
-        if loop:
-            learned = sum(sum(mask[1:limit]) for _, mask in everyone)
-            yield mx.array(ids_arr), mx.array(mask_arr), mx.array(learned / world, mx.float32)
-        else:
-            yield mx.array(ids_arr), mx.array(mask_arr)
 
 
 def _data_dir(spec: str) -> Path:
@@ -259,8 +145,12 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
                         f"{cfg.batch_size}")
     if cfg.early_stopping_patience and not len(valid_set):
         raise UserError(f"early_stopping_patience needs validation data, and {data_dir} has no usable valid.jsonl")
+    if cfg.pack:
+        check_packable(model)
+    epoch = batch_rows(train_set, cfg.batch_size, cfg.max_seq_length, loop=True, pack=cfg.pack)
+    print(f"mlx_ft: {batching_note(train_set, cfg.batch_size, cfg.max_seq_length, cfg.pack)}", file=sys.stderr)
     if cfg.epochs is not None:
-        cfg.iters = max(1, math.ceil(cfg.epochs * (len(train_set) // cfg.batch_size)))
+        cfg.iters = max(1, math.ceil(cfg.epochs * len(epoch)))
 
     n_layers = len(model.layers)
     if cfg.num_layers > n_layers:
@@ -302,7 +192,8 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         if not loop:
             return iterate_batches(dataset, batch_size, max_seq_length, comm_group=comm_group)
         return iterate_batches(dataset, batch_size, max_seq_length, loop=True, seed=cfg.seed, comm_group=comm_group,
-                               skip=state.step, on_batch=hooks.count_batch)  # mlx_lm calls this once hooks exist
+                               # hooks exists by the time mlx_lm asks for the first batch
+                               skip=state.step, on_batch=hooks.count_batch, pack=cfg.pack)
 
     def evaluate() -> float:
         return mlx_lm_trainer.evaluate(model=model, dataset=valid_set, batch_size=cfg.batch_size,

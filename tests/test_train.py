@@ -15,7 +15,9 @@ from mlx_lm import load
 from mlx_ft import config, data
 from mlx_ft.errors import UserError
 from mlx_ft.chat_template import prompt_ids
-from mlx_ft.train import TokenizedChats, iterate_batches, masked_loss, train
+from mlx_ft.loss import masked_loss
+from mlx_ft.batches import TokenizedChats, iterate_batches, pack_rows
+from mlx_ft.train import train
 from tests.conftest import REPO
 
 FACTS = [("金鱼每天喂几次？", "每天一到两次，三分钟内吃完。"), ("斗鱼要加热棒吗？", "要，水温保持26度左右。"),
@@ -86,7 +88,7 @@ def test_loss_counts_only_masked_positions(qwen2_dir):
     model, tok = load(str(qwen2_dir))
     chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in FACTS]
     ds = TokenizedChats(_examples(chats), tok, mask_prompt=True, max_seq_length=256, desc="test")
-    batch, weights = next(iterate_batches(ds, batch_size=4, max_seq_length=256))
+    batch, weights = next(iterate_batches(ds, batch_size=4, max_seq_length=256))[:2]
     loss, ntoks = masked_loss(model, batch, weights)
     assert int(ntoks) == sum(sum(m) - m[0] for _, m in ds.items)
     logits = model(batch[:, :-1]).astype(mx.float32)
@@ -101,11 +103,11 @@ def test_batches_group_similar_lengths_and_cover_every_example(qwen2_dir):
     chats = [[{"role": "user", "content": "问" * n}, {"role": "assistant", "content": "答"}] for n in range(1, 41)]
     ds = TokenizedChats(_examples(chats), tok, mask_prompt=True, max_seq_length=512, desc="test")
     batches = list(iterate_batches(ds, batch_size=8, max_seq_length=512))
-    assert sum(b.shape[0] for b, _ in batches) == 40
+    assert sum(b.shape[0] for b, *_ in batches) == 40
     # Each batch holds 8 neighbours in length order, so its longest row is every 8th length.
-    longest = sorted(int((np.array(b) != 0).sum(axis=1).max()) for b, _ in batches)
+    longest = sorted(int((np.array(b) != 0).sum(axis=1).max()) for b, *_ in batches)
     assert longest == sorted(len(ids) for ids, _ in ds.items)[7::8]
-    assert all((b.shape[1] - 1) % 32 == 0 for b, _ in batches)
+    assert all((b.shape[1] - 1) % 32 == 0 for b, *_ in batches)
 
 
 def test_training_batches_are_full_seeded_and_cycle(qwen2_dir):
@@ -297,6 +299,20 @@ def test_epochs_decide_iters(qwen2_dir, tiny_data, tmp_path):
     assert config.load(run / "config.yaml").iters == 2 * (n_train // 2)
 
 
+def test_packed_training_trains_on_rows_of_several_examples(qwen2_dir, tiny_data, tmp_path, capsys):
+    run = train(_cfg(qwen2_dir, tiny_data, tmp_path / "run", pack=True, batch_size=1, max_seq_length=96, epochs=3.0,
+                     steps_per_eval=100))
+    lengths = [len(ids) for ids, _ in TokenizedChats(data.load_split(tiny_data, "train"), load(str(qwen2_dir))[1],
+                                                     True, 96, "x").items]
+    rows = pack_rows(lengths, 97)
+    assert len(rows) < len(lengths), "several examples share a row"
+    assert config.load(run / "config.yaml").iters == 3 * len(rows), "an epoch is one pass over the packed rows"
+    train_rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    assert train_rows[-1]["tokens"] == 3 * sum(lengths), "every real token of every example, three times"
+    assert "real tokens (packed;" in capsys.readouterr().err
+
+
 def test_progress_lines_replace_mlx_lm_output(qwen2_dir, tiny_data, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mlx_ft", "train", "--model", str(qwen2_dir), "--data",
                         str(tiny_data), "--adapter-path", str(tmp_path / "run"), "--fine-tune-type", "lora",
@@ -308,6 +324,7 @@ def test_progress_lines_replace_mlx_lm_output(qwen2_dir, tiny_data, tmp_path):
     assert all(w in lines[1] for w in ("loss", "lr", "tok/s", "peak", "GB", "eta"))
     assert "val_loss" in lines[0] and "val_loss" in lines[3]
     assert "train_loss" not in r.stdout + r.stderr, "mlx_lm's own progress table is replaced"
+    assert "real tokens (sorted by length;" in r.stderr and "in file order" in r.stderr
 
 
 def test_two_workers_over_mlx_launch_match_one_worker_with_the_whole_batch(qwen2_dir, tmp_path):
