@@ -41,8 +41,8 @@ CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32) before the output l
 def learned_positions(weights: np.ndarray) -> np.ndarray:
     """Flat indices into (rows, width - 1) of the positions whose target token is learned, padded with the
     out-of-range index rows * (width - 1) up to a multiple of 1/16 of the batch's positions (at least 32). A batch
-    shape then meets at most 17 position counts, so `mx.compile` retraces little more than for the widths alone,
-    and the padding never costs more than 1/16 of what the plain loss would run the output layer on."""
+    width then meets at most 17 position counts (`mx.compile` retraces for each new shape), and the padding never
+    costs more than 1/16 of what the plain loss would run the output layer on."""
     flat = np.flatnonzero(weights[:, 1:].reshape(-1)).astype(np.int32)
     sentinel = weights.shape[0] * (weights.shape[1] - 1)
     step = max(32, -(-sentinel // 16))
