@@ -110,7 +110,7 @@ def _cuda(info: dict[str, Any]) -> Device:
     smi = nvidia_smi_gpus()
     first = smi[0] if smi else NvidiaGpu("NVIDIA GPU", None, None)
     name = str(info.get("device_name") or first.name)
-    driver = first.driver or _proc_driver_version()
+    driver = nvidia_driver_version()  # nvidia-smi's answer is cached: no second call
     return Device("cuda", name, _info_memory(info) or first.memory_bytes, driver, peak_flops(name, "cuda"))
 
 
