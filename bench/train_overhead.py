@@ -73,7 +73,7 @@ from mlx_lm.utils import load_tokenizer
 from mlx_ft import data as ft_data, models
 from mlx_ft import batches as ft_batches
 from mlx_ft.loss_plot import read_metrics
-from mlx_ft.platform import find_openblas
+from mlx_ft.platform import use_fast_blas
 
 REPO = Path(__file__).resolve().parent.parent
 # The settings both commands train with (mlx_lm's key names; `mlx_ft train` reads the same file).
@@ -203,7 +203,7 @@ def time_pair(cfg: Path, data: Path, work: Path, iters: int, k: int) -> dict[str
     """One run of each command on `data`; per side: wall time of steps 2..iters, start time, the child's counts."""
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     base.update(PYTHONUNBUFFERED="1", COLUMNS="120")
-    lm_env = {**base, "LD_PRELOAD": find_openblas() or ""}
+    lm_env = {**base, "LD_PRELOAD": use_fast_blas().library or ""}
     common = ["-c", str(cfg), "--data", str(data), "--iters", str(iters)]
     out = {}
     for side in ("mlx_lm", "mlx_ft"):
@@ -298,7 +298,7 @@ def main() -> None:
     sides = Sides(model_dir)
     load = os.getloadavg()
     print(f"cpu cores: {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"model: {model_dir}\nBLAS: {find_openblas()} (mlx_ft binds it, mlx_lm gets it by LD_PRELOAD)")
+    print(f"model: {model_dir}\nBLAS: {use_fast_blas().library} (mlx_ft binds it, mlx_lm gets it by LD_PRELOAD)")
     with tempfile.TemporaryDirectory(prefix="mlx_ft-bench-") as tmp:
         work = Path(tmp)
         cfg = write_config(work / "config.yaml", model_dir)

@@ -78,7 +78,7 @@ if sys.argv[1:2] != [PEFT_CHILD]:  # the parent, in the project's venv; the PEFT
 
     from mlx_ft import data as ft_data, models
     from mlx_ft.loss_plot import read_metrics
-    from mlx_ft.platform import find_openblas
+    from mlx_ft.platform import use_fast_blas
     from mlx_ft.batches import PAD_TO
 
 PEFT_PINS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0"]
@@ -373,7 +373,7 @@ def main() -> None:
     iters = args.steps + 1
     load = os.getloadavg()
     print(f"cpu cores: {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"model: {model_dir}\nmlx_ft BLAS: {find_openblas()} (bound by import mlx_ft); threads {args.threads} a side")
+    print(f"model: {model_dir}\nmlx_ft BLAS: {use_fast_blas().library} (bound by import mlx_ft); threads {args.threads} a side")
     thread_vars = {"mlx_ft": ["OPENBLAS_NUM_THREADS"], "peft": ["OMP_NUM_THREADS", "MKL_NUM_THREADS"]}
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and k not in sum(thread_vars.values(), [])}
     base.update(PYTHONUNBUFFERED="1", COLUMNS="120")

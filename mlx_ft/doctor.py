@@ -146,7 +146,10 @@ def _device(report: Report, device: devices.Device) -> None:
 def _cpu_speed(report: Report) -> None:
     """Which BLAS MLX multiplies with, and how fast that really is: the one thing that makes CPU training ~35x slow."""
     status = blas.use_fast_blas()
-    report.add("blas", {"state": status.state, "library": status.library}, _blas_text(status))
+    report.add("blas", {"state": status.state, "library": status.library, "source": status.source},
+               blas.describe(status))
+    if status.failed:  # present but not loadable: say why, whether or not a later candidate loaded
+        report.add("blas_failed", list(status.failed), "; ".join(status.failed), label="blas not loaded")
     if problem := _blas_problem(status):
         report.problems.append(problem)
     gflops = devices.matmul_gflops()
@@ -154,24 +157,11 @@ def _cpu_speed(report: Report) -> None:
                label="matmul")
 
 
-_BLAS_TEXT = {
-    "not-linux": "the one MLX was built with (Accelerate on macOS)",
-    "no-bundled-blas": "the one MLX was built with",
-    "opted-out": f"the slow reference BLAS bundled with mlx-cpu ({blas.OPT_OUT_ENV} is set)",
-    "missing": "the slow reference BLAS bundled with mlx-cpu (no OpenBLAS found)",
-    "too-late": "the slow reference BLAS bundled with mlx-cpu (mlx.core was imported before mlx_ft)",
-}
-
-
-def _blas_text(status: blas.BlasStatus) -> str:
-    return f"OpenBLAS ({status.library})" if status.state == "openblas" else _BLAS_TEXT[status.state]
-
-
 def _blas_problem(status: blas.BlasStatus) -> str | None:
     if status.state != "opted-out":
         return blas.blas_warning()
-    found = blas.find_openblas()
-    fix = f"unset it to use {found}" if found else f"unset it and install OpenBLAS with {blas.INSTALL_OPENBLAS}"
+    found = blas.find_fast_blas()
+    fix = f"unset it to use {found.path}" if found else f"unset it and install a fast BLAS with {blas.INSTALL_FAST_BLAS}"
     return f"{blas.OPT_OUT_ENV} is set, so MLX multiplies with mlx-cpu's bundled reference BLAS, ~35x slower: {fix}"
 
 

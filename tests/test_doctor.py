@@ -29,7 +29,8 @@ def _gflops(out: str) -> float:
 
 @pytest.fixture
 def openblas() -> str:
-    lib = platform.find_openblas()
+    found = platform.find_fast_blas()
+    lib = found.path if found is not None and found.source == "system OpenBLAS" else None
     if lib is None:
         message = "OpenBLAS is not installed: `sudo apt-get install libopenblas0-pthread`"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
@@ -42,7 +43,7 @@ def test_doctor_on_this_machine_finds_cpu_openblas_and_no_problem(openblas):
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"^device: +cpu$", r.stdout, re.MULTILINE)
     assert re.search(r"^mlx backend: +mlx-cpu ", r.stdout, re.MULTILINE)
-    assert f"OpenBLAS ({openblas})" in r.stdout
+    assert re.search(rf"^blas: +system OpenBLAS \({re.escape(openblas)}\)$", r.stdout, re.MULTILINE)
     assert _gflops(r.stdout) > 20  # OpenBLAS does ~100+ here; the bundled BLAS ~4
     assert r.stdout.rstrip().endswith("no problems found")
 
@@ -62,7 +63,7 @@ def test_doctor_json_holds_the_same_facts(openblas):
     facts = json.loads(r.stdout)
     assert r.returncode == 0 and facts["problems"] == []
     assert facts["device"] == "cpu" and facts["mlx_backend"] == "mlx-cpu"
-    assert facts["blas"] == {"state": "openblas", "library": openblas}
+    assert facts["blas"] == {"state": "fast", "library": openblas, "source": "system OpenBLAS"}
     assert facts["matmul_gflops"] > 20 and facts["memory_bytes"] > 0 and facts["peak_flops"] is None
 
 
