@@ -20,7 +20,7 @@ from typing import Any
 from mlx_ft import data_stats
 from mlx_ft.atomic import atomic_path
 from mlx_ft.data_formats import (FORMATS, ROLES, Content, Example, Options, check_conversation,  # noqa: F401
-                                 detect_format, meta_fields, to_example)
+                                 detect_format, format_needs, meta_fields, to_example)
 from mlx_ft.data_sources import DataError, Record, Source, read_records, sources  # noqa: F401
 from mlx_ft.errors import UserError
 
@@ -51,13 +51,19 @@ class Report:
     duplicates: int = 0
     skipped: int = 0
     stats: data_stats.DataStats | None = None
+    skipped_datasets: list[str] = field(default_factory=list)  # dataset_info.json entries left out, and why
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         extra = f"; dropped {self.duplicates} duplicates" if self.duplicates else ""
         extra += f"; skipped {self.skipped} invalid" if self.skipped else ""
         stats = f"\n{data_stats.format_stats(self.stats)}" if self.stats else ""
-        return f"{self.out}: {parts} ({self.format}){extra}{stats}"
+        notes = "".join(f"skipped {note}\n" for note in self.skipped_datasets)
+        return f"{notes}{self.out}: {parts} ({self.format}){extra}{stats}"
+
+
+class _NoFormat(ValueError):
+    """A record whose keys fit no format: reported once per file for all records with the same keys."""
 
 
 def _example(rec: Record, src: Source, opts: Options) -> tuple[str, Example]:
@@ -66,27 +72,46 @@ def _example(rec: Record, src: Source, opts: Options) -> tuple[str, Example]:
         raise ValueError("an example must be a JSON object")
     name = src.format or detect_format(rec.value)
     if name is None:
-        raise ValueError("cannot tell the format; expected one of: " + "; ".join(f.about for f in FORMATS.values()))
+        raise _NoFormat()
     convert = src.convert or FORMATS[name].convert
     keep = rec.value.keys() if opts.keep is None else opts.keep
     return name, to_example(rec.where, convert(rec.value, opts), meta_fields(rec.value, keep))
 
 
-def _read_all(srcs: list[Source], opts: Options) -> tuple[list[Example], set[str], list[str]]:
-    """Every valid example, the format names seen, and every problem (file:line: what is wrong) in file order."""
-    examples, formats, problems = [], set(), []
+def _no_format(path: Path, keys: tuple[str, ...], records: list[Record]) -> Record:
+    """One problem for every record of a file whose keys are `keys` and fit no format: a CSV's at its header row."""
+    fix = "rename them, or name the format with --format"
+    if path.suffix.lower() == ".csv":
+        return Record(path, 1, f"cannot tell the format from the header's columns ({', '.join(keys)}): "
+                               f"{format_needs()}; {fix}")
+    shown = f"keys ({', '.join(keys)})" if keys else "no keys"
+    more = f"; and {len(records) - 1} more lines like it" if len(records) > 1 else ""
+    return Record(path, records[0].line, f"cannot tell the format of a record with {shown}: {format_needs()}; "
+                                         f"{fix}{more}")
+
+
+def _read_all(srcs: list[Source], opts: Options) -> tuple[list[Example], set[str], list[str], int]:
+    """Every valid example, the format names seen, every problem (file:line: what is wrong) in file order, and how
+    many records were invalid (more than the problems: records with the same unknown keys share one)."""
+    examples, formats, problems, invalid = [], set(), [], 0
     for src in srcs:
         records, bad = read_records(src.path)
+        unknown: dict[tuple[str, ...], list[Record]] = {}
         for rec in records:
             try:
                 name, example = _example(rec, src, opts)
+            except _NoFormat:
+                unknown.setdefault(tuple(rec.value), []).append(rec)
+                continue
             except ValueError as e:
                 bad.append(Record(rec.file, rec.line, e))
                 continue
             formats.add(name)
             examples.append(example)
+        invalid += len(bad) + sum(map(len, unknown.values()))
+        bad += [_no_format(src.path, keys, recs) for keys, recs in unknown.items()]
         problems += [f"{p.where}: {p.value}" for p in sorted(bad, key=lambda p: p.line)]
-    return examples, formats, problems
+    return examples, formats, problems, invalid
 
 
 def _unique(examples: list[Example]) -> list[Example]:
@@ -138,10 +163,11 @@ def prepare(
         raise UserError("--valid and --test are fractions whose sum must stay below 1")
     if group is not None and opts.keep is not None and group not in opts.keep:
         opts = dataclasses.replace(opts, keep=(*opts.keep, group))
-    srcs = sources([Path(p) for p in inputs], fmt, datasets)
-    examples, formats_seen, problems = _read_all(srcs, opts)
+    srcs, skipped_datasets = sources([Path(p) for p in inputs], fmt, datasets)
+    examples, formats_seen, problems, invalid = _read_all(srcs, opts)
     if group is not None:
-        problems += [f"{ex.where}: missing field {group!r} (--group-field)" for ex in examples if group not in ex.meta]
+        ungrouped = [f"{ex.where}: missing field {group!r} (--group-field)" for ex in examples if group not in ex.meta]
+        problems, invalid = problems + ungrouped, invalid + len(ungrouped)
         examples = [ex for ex in examples if group in ex.meta]
     if problems and not skip_invalid:
         raise DataError(problems)
@@ -154,10 +180,12 @@ def prepare(
 
     out = Path(out)
     report = Report(out, "+".join(sorted(formats_seen)), {split: len(placed[split]) for split in SPLITS},
-                    duplicates=len(examples) - len(unique), skipped=len(problems), stats=measured)
+                    duplicates=len(examples) - len(unique), skipped=invalid, stats=measured,
+                    skipped_datasets=skipped_datasets)
     recipe: dict[str, Any] = {
         "inputs": [str(p) for p in inputs],
         "datasets": sorted({s.dataset for s in srcs if s.dataset}) or None,
+        "datasets_skipped": skipped_datasets or None,
         "format": report.format,
         "seed": seed,
         "valid": valid,
@@ -200,7 +228,7 @@ def load_split(data_dir: Path, split: str) -> list[Example]:
     """The examples of one prepared split (conversations, or `text` ones for continued pre-training), validated
     (file:line errors) as `prepare` would."""
     path = Path(data_dir) / f"{split}.jsonl"
-    examples, _, problems = _read_all([Source(path, "messages", _prepared_line)], Options(keep=None))
+    examples, _, problems, _ = _read_all([Source(path, "messages", _prepared_line)], Options(keep=None))
     if problems:
         raise DataError(problems)
     return examples

@@ -217,6 +217,11 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def format_needs() -> str:
+    """What each format's records must hold, for a record that fits none: "qa needs question + answer; …"."""
+    return "; ".join(f"{name} needs {' + '.join(fmt.keys)}" for name, fmt in FORMATS.items())
+
+
 def detect_format(rec: Any) -> str | None:
     if isinstance(rec, dict):
         for name, fmt in FORMATS.items():

@@ -1,5 +1,6 @@
 """Raw files → records, each with the line it starts on: `.json` (an array), `.jsonl`, `.csv` (the header row gives
-the keys), and LLaMA-Factory's `dataset_info.json`, which names local data files and how to read their columns.
+the keys), `.txt` (each non-empty line one `{"text": …}` record, for continued pre-training), and LLaMA-Factory's
+`dataset_info.json`, which names local data files and how to read their columns.
 
 Problems in the data come back as records too (their value is the message), so that all of them can be reported
 at once, in file order.
@@ -61,40 +62,38 @@ def _json_items(path: Path, text: str, opener: str = "[") -> Iterator[tuple[int,
     """(line, key, value) for each item of a top-level JSON array (key None) or object, the line being where the
     item starts: json.load would lose the lines."""
     kind = "array" if opener == "[" else "object"
-    closer = "]" if opener == "[" else "}"
-    dec = json.JSONDecoder()
 
     def line(p: int) -> int:
         return text.count("\n", 0, p) + 1
 
-    def skip(p: int, chars: str = " \t\r\n") -> int:
-        while p < len(text) and text[p] in chars:
-            p += 1
-        return p
-
-    pos = skip(0)
-    if not text.startswith(opener, pos):
+    # The whole file is judged by the strict parser first, so a stray, missing or trailing comma is an error at its
+    # own line, exactly as json.load would say; the walk below then only has to find where each item starts.
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError([f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})"]) from None
+    if not isinstance(whole, list if opener == "[" else dict):
         hint = " of examples (or use .jsonl, one example per line)" if opener == "[" else ""
-        raise DataError([f"{path}:{line(pos)}: expected a JSON {kind}{hint}"])
-    pos += 1
-    while True:
-        pos = skip(pos, " \t\r\n,")
-        if pos >= len(text):
-            raise DataError([f"{path}:{line(pos)}: unterminated JSON {kind}"])
-        if text[pos] == closer:
-            return
+        raise DataError([f"{path}:{line(len(text) - len(text.lstrip()))}: expected a JSON {kind}{hint}"])
+    dec = json.JSONDecoder()
+    pos = _skip(text, text.index(opener) + 1)
+    while text[pos] != ("]" if opener == "[" else "}"):
         start, key = pos, None
-        try:
-            if opener == "{":
-                key, pos = dec.raw_decode(text, pos)
-                pos = skip(pos)
-                if not isinstance(key, str) or not text.startswith(":", pos):
-                    raise json.JSONDecodeError("expected a \"name\": value pair", text, start)
-                pos = skip(pos + 1)
-            value, pos = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise DataError([f"{path}:{line(e.pos)}: invalid JSON: {e.msg}"]) from None
+        if opener == "{":
+            key, pos = dec.raw_decode(text, pos)
+            pos = _skip(text, _skip(text, pos) + 1)  # past the colon
+        value, pos = dec.raw_decode(text, pos)
         yield line(start), key, value
+        pos = _skip(text, pos)
+        if text[pos] == ",":
+            pos = _skip(text, pos + 1)
+
+
+def _skip(text: str, pos: int) -> int:
+    """The first position at or after `pos` that is not JSON whitespace."""
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
 
 
 def _read_json(path: Path, raw: bytes) -> tuple[list[Record], list[Record]]:
@@ -136,12 +135,21 @@ def _read_csv(path: Path, raw: bytes) -> tuple[list[Record], list[Record]]:
     return records, problems
 
 
-READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv}
+def _read_txt(path: Path, raw: bytes) -> tuple[list[Record], list[Record]]:
+    """Each non-empty line a `{"text": line}` record: what LLaMA-Factory's pre-training `.txt` sets hold (one document
+    a line)."""
+    text = _decode(path, raw)
+    records = [Record(path, n, {"text": line.rstrip("\r")}) for n, line in enumerate(text.split("\n"), start=1)
+               if line.strip()]
+    return records, []
+
+
+READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".txt": _read_txt}
 
 
 def read_records(path: Path) -> tuple[list[Record], list[Record]]:
-    """All examples of a .json (array), .jsonl or .csv file, and the problems met reading them (as records whose
-    value is the message)."""
+    """All examples of a .json (array), .jsonl, .csv or .txt file, and the problems met reading them (as records
+    whose value is the message)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
@@ -177,6 +185,15 @@ UNSUPPORTED_COLUMNS = {"images": "multimodal", "videos": "multimodal", "audios":
 TAGS = tuple(f.name for f in dataclasses.fields(ShareGPTTags))
 
 
+class Unsupported(ValueError):
+    """A dataset_info.json entry of a kind mlx_ft does not read: hub or script, preference, KTO, multimodal. Taking a
+    whole dataset_info.json skips these (saying why); naming one with --dataset is an error."""
+
+    def __init__(self, message: str, hub: bool = False) -> None:
+        super().__init__(message)
+        self.hub = hub
+
+
 def _names(entry: dict[str, Any], key: str, allowed: tuple[str, ...]) -> dict[str, str]:
     """entry[key] (columns or tags) as a {name: string} mapping whose names are all in `allowed`."""
     value = entry.get(key) or {}
@@ -186,7 +203,7 @@ def _names(entry: dict[str, Any], key: str, allowed: tuple[str, ...]) -> dict[st
         raise ValueError(f"{key!r} apply to the sharegpt formatting only")
     for name in value:
         if name in UNSUPPORTED_COLUMNS and key == "columns":
-            raise ValueError(f"columns.{name}: {UNSUPPORTED_COLUMNS[name]} datasets are not supported")
+            raise Unsupported(f"columns.{name}: {UNSUPPORTED_COLUMNS[name]} datasets are not supported")
         if name not in allowed:
             raise ValueError(f"{key}.{name} is unknown (known: {', '.join(allowed)})")
     return value
@@ -197,9 +214,9 @@ def _entry_source(info: Path, name: str, entry: Any) -> Source:
     if not isinstance(entry, dict):
         raise ValueError("must be an object")
     if hub := [k for k in HUB_KEYS if k in entry]:
-        raise ValueError(f"{hub[0]}: only local files (file_name) are supported; download the data first")
+        raise Unsupported(f"{hub[0]}: only local files (file_name) are supported; download the data first", hub=True)
     if entry.get("ranking"):
-        raise ValueError("preference (ranking) datasets are not supported")
+        raise Unsupported("preference (ranking) datasets are not supported")
     if extra := sorted(set(entry) - {"file_name", "formatting", "columns", "tags", "ranking", *IGNORED_KEYS}):
         raise ValueError(f"key {extra[0]!r} is not supported")
     file_name = entry.get("file_name")
@@ -222,34 +239,65 @@ def _entry_source(info: Path, name: str, entry: Any) -> Source:
     return Source(path, "alpaca", alpaca, name)
 
 
-def _dataset_info_sources(info: Path, wanted: list[str] | None) -> tuple[list[Source], set[str], list[str]]:
-    """The sources of the entries in `wanted` (default: every entry whose file exists here), the names the file
-    knows, and the problems with the chosen entries."""
+@dataclass
+class _Info:
+    """What one dataset_info.json yields: the sources to read, the entry names it knows, the problems with the
+    chosen entries (errors), and the entries skipped when taking the whole file (notes)."""
+
+    sources: list[Source] = dataclasses.field(default_factory=list)
+    names: set[str] = dataclasses.field(default_factory=set)
+    problems: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    hub: list[str] = dataclasses.field(default_factory=list)  # skipped hub/script entries, named in one note
+
+
+def _dataset_info_sources(info: Path, wanted: list[str] | None) -> _Info:
+    """The entries in `wanted`, or, without it, every entry whose kind is supported and whose file is here."""
     if not info.is_file():
         raise UserError(f"{info}: no such file")
     try:
         entries = list(_json_items(info, _decode(info, info.read_bytes()), "{"))
     except _NotText as e:
         raise DataError([str(e)]) from None
-    sources, problems = [], []
+    out = _Info(names={name for _, name, _ in entries if name})
     for line, name, entry in entries:
         assert name is not None  # _json_items gives every item of an object its key
-        file_name = entry.get("file_name") if isinstance(entry, dict) else None
-        local = isinstance(file_name, str) and (info.parent / file_name).is_file()
-        if (name in wanted) if wanted else local:
-            try:
-                sources.append(_entry_source(info, name, entry))
-            except ValueError as e:
-                problems.append(f"{info}:{line}: dataset {name!r}: {e}")
-    return sources, {name for _, name, _ in entries if name}, problems
+        if wanted and name not in wanted:
+            continue
+        where = f"{info}:{line}: dataset {name!r}"
+        try:
+            src = _entry_source(info, name, entry)
+        except Unsupported as e:
+            if wanted:
+                out.problems.append(f"{where}: {e}")
+            elif e.hub:
+                out.hub.append(name)
+            else:
+                out.skipped.append(f"{where}: {e}")
+            continue
+        except ValueError as e:
+            out.problems.append(f"{where}: {e}")
+            continue
+        if not wanted and not src.path.is_file():
+            out.skipped.append(f"{where}: {src.path.name} is not here")
+            continue
+        out.sources.append(src)
+    if out.hub:
+        shown = ", ".join(out.hub[:5]) + (f" and {len(out.hub) - 5} more" if len(out.hub) > 5 else "")
+        out.skipped.append(f"{info}: {len(out.hub)} hub or script entr{'y' if len(out.hub) == 1 else 'ies'} "
+                           f"({shown}): only local files are read; download one and name it with file_name")
+    return out
 
 
-def sources(inputs: list[Path], fmt: str | None = None, datasets: list[str] | None = None) -> list[Source]:
+def sources(inputs: list[Path], fmt: str | None = None,
+            datasets: list[str] | None = None) -> tuple[list[Source], list[str]]:
     """What to read for `inputs`: plain files as they are (in format `fmt`, or detected), dataset_info.json files
-    as the data files of their entries (`datasets`, or all that exist locally)."""
+    as the data files of their entries (`datasets`, or every supported one that exists locally), and one note per
+    entry that taking a whole dataset_info.json skipped, with the reason."""
     out: list[Source] = []
     known: set[str] = set()
     problems: list[str] = []
+    skipped: list[str] = []
     infos = [Path(p) for p in inputs if Path(p).name == DATASET_INFO]
     if datasets and not infos:
         raise UserError(f"--dataset picks entries of a {DATASET_INFO}; give one as an input")
@@ -257,15 +305,17 @@ def sources(inputs: list[Path], fmt: str | None = None, datasets: list[str] | No
         if p.name != DATASET_INFO:
             out.append(Source(p, fmt))
             continue
-        found, names, bad = _dataset_info_sources(p, datasets)
-        out += found
-        known |= names
-        problems += bad
-        if not datasets and not found and not bad:
-            problems.append(f"{p}:1: no entry has a local file_name")
+        found = _dataset_info_sources(p, datasets)
+        out += found.sources
+        known |= found.names
+        problems += found.problems
+        skipped += found.skipped
+        if not datasets and not found.sources and not found.problems:
+            problems += [f"{p}:1: no entry mlx_ft can read (a supported kind, with a local file_name)",
+                         *found.skipped]
     if missing := [d for d in datasets or [] if d not in known]:
         raise UserError(f"--dataset {missing[0]}: no such entry in {', '.join(map(str, infos))}; "
                         f"known: {', '.join(sorted(known))}")
     if problems:
         raise DataError(problems)
-    return out
+    return out, skipped

@@ -161,7 +161,8 @@ def _blas_problem(status: blas.BlasStatus) -> str | None:
     if status.state != "opted-out":
         return blas.blas_warning()
     found = blas.find_fast_blas()
-    fix = f"unset it to use {found.path}" if found else f"unset it and install a fast BLAS with {blas.INSTALL_FAST_BLAS}"
+    fix = (f"unset it to use {found.path}" if found
+           else f"unset it and install a fast BLAS with {blas.INSTALL_FAST_BLAS}")
     return f"{blas.OPT_OUT_ENV} is set, so MLX multiplies with mlx-cpu's bundled reference BLAS, ~35x slower: {fix}"
 
 

@@ -299,9 +299,73 @@ def test_csv_non_utf8_and_unknown_file_types(tmp_path):
     src.write_bytes(b"question,answer\nok,fine\ncaf\xe9,x\n")
     with pytest.raises(data.DataError, match=r"latin1.csv:3: not UTF-8 text"):
         data.prepare([src], tmp_path / "out")
-    (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(UserError, match=r"notes.txt: unsupported file type '.txt'; use .json, .jsonl, .csv"):
-        data.prepare([tmp_path / "notes.txt"], tmp_path / "out")
+    (tmp_path / "notes.xml").write_text("<hi/>")
+    with pytest.raises(UserError, match=r"notes.xml: unsupported file type '.xml'; use .json, .jsonl, .csv, .txt"):
+        data.prepare([tmp_path / "notes.xml"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("text, line, msg", [
+    ('[\n {"question": "a", "answer": "b"},\n ,\n {"question": "c", "answer": "d"}\n]', 3, "Expecting value"),
+    ('[\n {"question": "a", "answer": "b"}\n {"question": "c", "answer": "d"}\n]', 3, "Expecting ',' delimiter"),
+    ('[ ,\n {"question": "a", "answer": "b"}\n]', 1, "Expecting value"),
+    ('[\n {"question": "a", "answer": "b"},\n {"question": "c", "answer": "d"},\n]', 4, "Expecting value"),
+    ('[\n {"question": "a", "answer": "b"}\n]\n]', 4, "Extra data"),
+])
+def test_json_arrays_are_judged_as_strictly_as_json_load(tmp_path, capsys, text, line, msg):
+    """A stray, missing or trailing comma is an error at its line (exit 2, nothing written), as json.load says."""
+    from mlx_ft import cli
+
+    src = tmp_path / "bad.json"
+    src.write_text(text)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    assert cli.main(["prepare", str(src), "--out", str(tmp_path / "out"), "--no-stats"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mlx_ft: error: {src}:{line}: invalid JSON: {msg}") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_csv_header_that_fits_no_format_is_one_error_at_line_1(tmp_path):
+    src = tmp_path / "qa.csv"
+    src.write_text("question,reply\n" + "".join(f"q{i},a{i}\n" for i in range(50)), encoding="utf-8")
+    with pytest.raises(data.DataError) as err:
+        data.prepare([src], tmp_path / "out")
+    [problem] = err.value.problems
+    assert problem.startswith(f"{src}:1: cannot tell the format from the header's columns (question, reply): ")
+    assert "qa needs question + answer" in problem and "io needs input + output" in problem
+    assert "alpaca needs instruction + output" in problem and "--format" in problem
+
+
+def test_jsonl_records_with_the_same_unknown_keys_are_reported_once(write_jsonl, tmp_path):
+    src = write_jsonl("odd.jsonl", [{"question": "ok", "answer": "fine"}]
+                      + [{"prompt": f"p{i}", "completion": "c"} for i in range(30)] + [{"q": "x"}])
+    with pytest.raises(data.DataError) as err:
+        data.prepare([src], tmp_path / "out")
+    assert err.value.problems == [
+        f"{src}:2: cannot tell the format of a record with keys (prompt, completion): {data.format_needs()}; "
+        "rename them, or name the format with --format; and 29 more lines like it",
+        f"{src}:32: cannot tell the format of a record with keys (q): {data.format_needs()}; "
+        "rename them, or name the format with --format"]
+    report = data.prepare([src], tmp_path / "out", skip_invalid=True, valid=0, test=0)
+    assert report.skipped == 31 and report.counts["train"] == 1
+
+
+def test_txt_files_are_text_examples_one_per_line(tmp_path):
+    src = tmp_path / "wiki_demo.txt"
+    src.write_text("Anarchism is a political philosophy.\r\n\n   \nAutism is a condition.\nThird document.",
+                   encoding="utf-8")
+    report = data.prepare([src], tmp_path / "out", valid=0, test=0)
+    assert report.format == "text" and report.counts["train"] == 3
+    assert _read(tmp_path / "out" / "train.jsonl") == [
+        {"text": "Anarchism is a political philosophy."}, {"text": "Autism is a condition."},
+        {"text": "Third document."}]
+    # and as LLaMA-Factory names it in its dataset_info.json
+    info = _dataset_info(tmp_path, {"wiki_demo": {"file_name": "wiki_demo.txt", "columns": {"prompt": "text"}}})
+    report = data.prepare([info], tmp_path / "lf", valid=0, test=0)
+    assert report.format == "text" and _read(tmp_path / "lf" / "train.jsonl")[1] == {"text": "Autism is a condition."}
+    (tmp_path / "latin1.txt").write_bytes(b"ok\ncaf\xe9\n")
+    with pytest.raises(data.DataError, match=r"latin1.txt:2: not UTF-8 text"):
+        data.prepare([tmp_path / "latin1.txt"], tmp_path / "out")
 
 
 def test_several_files_of_different_formats(write_jsonl, tmp_path):
@@ -380,9 +444,66 @@ def test_dataset_info_problems_are_one_line_each(write_jsonl, tmp_path):
     with pytest.raises(UserError, match="--dataset picks entries of a dataset_info.json"):
         data.prepare([tmp_path / "d.jsonl"], tmp_path / "out", datasets=["good"])
     (tmp_path / "remote").mkdir()
-    remote_only = _dataset_info(tmp_path / "remote", {"r": {"hf_hub_url": "someone/data"}})
-    with pytest.raises(data.DataError, match="dataset_info.json:1: no entry has a local file_name"):
+    remote_only = _dataset_info(tmp_path / "remote", {"r": {"hf_hub_url": "someone/data"},
+                                                      "p": {"file_name": "gone.json"}})
+    with pytest.raises(data.DataError) as err:
         data.prepare([remote_only], tmp_path / "out")
+    assert err.value.problems == [
+        f"{remote_only}:1: no entry mlx_ft can read (a supported kind, with a local file_name)",
+        f"{remote_only}:5: dataset 'p': gone.json is not here",
+        f"{remote_only}: 1 hub or script entry (r): only local files are read; download one and name it with "
+        "file_name"]
+
+
+def test_a_whole_dataset_info_takes_what_it_can_and_says_what_it_skipped(write_jsonl, tmp_path, capsys):
+    """LLaMA-Factory's own data/ folder as a whole: its alpaca, sharegpt tool-call and text sets are read; the
+    multimodal, preference, KTO and hub entries are skipped with the reason, one line each."""
+    from mlx_ft import cli
+
+    (tmp_path / "alpaca_demo.json").write_text(json.dumps(
+        [{"instruction": f"Say {i}", "input": "", "output": f"{i}"} for i in range(6)]))
+    (tmp_path / "glaive_toolcall_demo.json").write_text(json.dumps([{"conversations": [
+        {"from": "human", "value": "Weather?"}, {"from": "function_call", "value": '{"name": "weather"}'},
+        {"from": "observation", "value": '{"t": 21}'}, {"from": "gpt", "value": "21C"}], "tools": "[]"}]))
+    (tmp_path / "wiki_demo.txt").write_text("One document.\nAnother document.\n")
+    for name in ("mllm_demo.json", "dpo_demo.json", "kto_demo.json"):
+        (tmp_path / name).write_text("[]")
+    info = _dataset_info(tmp_path, {
+        "alpaca_demo": {"file_name": "alpaca_demo.json"},
+        "alpaca_gpt4_en": {"hf_hub_url": "llamafactory/alpaca_gpt4_en", "ms_hub_url": "llamafactory/alpaca_gpt4_en"},
+        "glaive_toolcall_demo": {"file_name": "glaive_toolcall_demo.json", "formatting": "sharegpt",
+                                 "columns": {"messages": "conversations", "tools": "tools"}},
+        "mllm_demo": {"file_name": "mllm_demo.json", "formatting": "sharegpt",
+                      "columns": {"messages": "messages", "images": "images"},
+                      "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                               "assistant_tag": "assistant"}},
+        "dpo_demo": {"file_name": "dpo_demo.json", "ranking": True, "formatting": "sharegpt",
+                     "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
+        "kto_demo": {"file_name": "kto_demo.json", "formatting": "sharegpt",
+                     "columns": {"messages": "messages", "kto_tag": "label"}},
+        "wiki_demo": {"file_name": "wiki_demo.txt", "columns": {"prompt": "text"}},
+        "belle_multiturn": {"script_url": "belle_multiturn", "formatting": "sharegpt"},
+    })
+    out = tmp_path / "out"
+    assert cli.main(["prepare", str(info), "--out", str(out), "--valid", "0", "--test", "0", "--no-stats"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    lines = info.read_text().splitlines()
+    starts = {json.loads(line.split(":")[0]): n for n, line in enumerate(lines, start=1) if line.startswith('  "')}
+    at = {name: f"{info}:{starts[name]}" for name in ("mllm_demo", "dpo_demo", "kto_demo")}
+    assert printed[:4] == [
+        f"skipped {at['mllm_demo']}: dataset 'mllm_demo': columns.images: multimodal datasets are not supported",
+        f"skipped {at['dpo_demo']}: dataset 'dpo_demo': preference (ranking) datasets are not supported",
+        f"skipped {at['kto_demo']}: dataset 'kto_demo': columns.kto_tag: KTO datasets are not supported",
+        f"skipped {info}: 2 hub or script entries (alpaca_gpt4_en, belle_multiturn): only local files are read; "
+        "download one and name it with file_name"]
+    assert printed[4].startswith(f"{out}: train 9, valid 0, test 0 (alpaca+sharegpt+text)")
+    recipe = json.loads((out / "prepare.json").read_text())
+    assert recipe["datasets"] == ["alpaca_demo", "glaive_toolcall_demo", "wiki_demo"]
+    assert len(recipe["datasets_skipped"]) == 4
+    # Naming an unsupported entry is still an error, with the reason.
+    assert cli.main(["prepare", str(info), "--dataset", "dpo_demo", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == (f"mlx_ft: error: {at['dpo_demo']}: dataset 'dpo_demo': preference "
+                                               "(ranking) datasets are not supported")
 
 
 def test_dataset_info_records_report_their_own_file(write_jsonl, tmp_path):
