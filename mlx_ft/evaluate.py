@@ -161,16 +161,28 @@ def _table(columns: dict[str, dict[str, Any]], title: str) -> list[str]:
     header = [title, *names] + (["change"] if names == ["base", "tuned"] else [])
     body = []
     for key, label, fmt in _ROWS:
-        values = [columns[n].get(key) for n in names]
-        if all(v is None for v in values):
+        if all(key not in columns[n] for n in names):
             continue
-        cells = [label] + ["-" if v is None else fmt.format(v) for v in values]
+        values = [columns[n].get(key) for n in names]
+        # "-": not measured for that column; "n/a": measured, but undefined for these answers (see _NOT_APPLICABLE).
+        cells = [label] + ["-" if key not in columns[n] else "n/a" if v is None else fmt.format(v)
+                           for n, v in zip(names, values)]
         if len(header) > len(cells) and None not in values:
             delta = values[1] - values[0]
             cells.append(("+" if delta >= 0 else "") + fmt.format(delta))
         body.append(cells)
     widths = [max(len(r[i]) if i < len(r) else 0 for r in [header, *body]) for i in range(len(header))]
     return ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *body]]
+
+
+_NOT_APPLICABLE = {"bleu4": "BLEU-4 n/a: no expected answer is 4 tokens long, so there is no 4-gram to match "
+                             "(exact match and ROUGE-L score such short answers)"}
+
+
+def _notes(tables: list[dict[str, dict[str, Any]]]) -> list[str]:
+    """A line for each score some table shows as n/a, saying why."""
+    return [note for key, note in _NOT_APPLICABLE.items()
+            if any(key in col and col[key] is None for t in tables for col in t.values())]
 
 
 def _confusion(name: str, table: dict[str, dict[str, int]]) -> list[str]:
@@ -190,9 +202,12 @@ def format_report(report: EvalReport) -> str:
     for name, col in report.columns.items():
         if col.get("confusion"):
             lines += ["", *_confusion(name, col["confusion"])]
+    tables = [report.columns]
     if report.group_field:
         for value in sorted({v for g in report.groups.values() for v in g}):
-            lines += ["", *_table({name: g.get(value, {}) for name, g in report.groups.items()},
-                                  f"{report.group_field} = {value}")]
+            tables.append({name: g.get(value, {}) for name, g in report.groups.items()})
+            lines += ["", *_table(tables[-1], f"{report.group_field} = {value}")]
+    if notes := _notes(tables):
+        lines += ["", *notes]
     lines += ["", f"written to {report.out}/metrics.json and predictions.jsonl"]
     return "\n".join(lines)

@@ -216,8 +216,9 @@ def confusion(preds: Sequence[str], refs: Sequence[str], labels: Sequence[str]) 
 
 
 def score(preds: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
-    """All corpus-level scores: means of the per-example exact match and ROUGE-L, corpus BLEU-4 and length ratio, and
-    label accuracy with a confusion table when `label_set(refs)` finds labels."""
+    """All corpus-level scores: means of the per-example exact match and ROUGE-L, corpus BLEU-4 (None where no
+    reference is 4 tokens long) and length ratio, and label accuracy with a confusion table when `label_set(refs)`
+    finds labels."""
     _check_lengths(preds, refs)
     n = len(refs)
     if n == 0:
@@ -226,7 +227,9 @@ def score(preds: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "n": n,
         "exact_match": sum(exact_match(p, r) for p, r in zip(preds, refs)) / n,
-        "bleu4": bleu.score,
+        # None (not applicable) when no expected answer has MAX_ORDER tokens: with no reference 4-gram to match,
+        # unsmoothed BLEU-4 is 0 even beside 100% exact match, which would contradict the rest of the table.
+        "bleu4": bleu.score if any(len(tokens(r)) >= MAX_ORDER for r in refs) else None,
         "rouge_l": sum(rouge_l(p, r) for p, r in zip(preds, refs)) / n,
         "length_ratio": bleu.length_ratio,
     }

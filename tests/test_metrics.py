@@ -245,9 +245,18 @@ def test_score_classification() -> None:
     }
     # ROUGE-L: 1, 1, "positive ." vs "positive" = 2*1/(2+1) = 2/3, 0, 1 -> mean (3 + 2/3) / 5 = 11/15.
     assert got["rouge_l"] == pytest.approx(11 / 15)
-    # Tokens 1+1+2+1+1 = 6 vs 5; the only hypothesis bigram ("positive .") misses, so corpus BLEU is 0.
+    # Tokens 1+1+2+1+1 = 6 vs 5; no reference has 4 tokens, so BLEU-4 is not applicable (not a contradicting 0).
     assert got["length_ratio"] == pytest.approx(6 / 5)
-    assert got["bleu4"] == 0.0
+    assert got["bleu4"] is None
+
+
+def test_bleu4_is_not_applicable_to_short_answers_not_zero_beside_exact_match() -> None:
+    codes = ["ZX-42", "label", "a b c"]
+    got = score(codes, codes)
+    assert got["exact_match"] == 1.0 and got["bleu4"] is None and got["rouge_l"] == 1.0
+    assert corpus_bleu(codes, codes).score == 0.0  # what the unsmoothed formula gives: no 4-grams at all
+    # One reference long enough is enough for the corpus score to be defined (and 1 for a perfect match).
+    assert score([*codes, "one two three four"], [*codes, "one two three four"])["bleu4"] == 1.0
 
 
 def test_score_free_text() -> None:
@@ -290,3 +299,18 @@ def test_by_group() -> None:
     assert got["g2"] == score(["a b", "c d"], ["a b", "c e"])
     with pytest.raises(ValueError):
         by_group(preds, refs, ["g1"])
+
+
+def test_eval_table_says_why_bleu4_is_not_applicable(tmp_path) -> None:
+    """The eval table shows n/a with the reason where BLEU-4 is undefined, never a 0.000 beside 100% exact match."""
+    from mlx_ft import evaluate
+
+    codes = ["ZX-42", "Y-7", "ZX-42"]
+    columns = {"base": score(["no", "no", "no"], codes), "tuned": score(codes, codes)}
+    report = evaluate.EvalReport("run", tmp_path, "test", tmp_path / "eval", columns, "task",
+                                 {"base": {"code": columns["base"]}, "tuned": {"code": columns["tuned"]}})
+    text = evaluate.format_report(report)
+    bleu_rows = [line.split() for line in text.splitlines() if line.startswith("BLEU-4 ") and ":" not in line]
+    assert bleu_rows == [["BLEU-4", "n/a", "n/a"]] * 2  # the overall table and the task's
+    assert "BLEU-4 n/a: no expected answer is 4 tokens long" in text
+    assert [r for r in text.splitlines() if r.startswith("exact match")][0].split()[-2:] == ["100.0%", "+100.0%"]
