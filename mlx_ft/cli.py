@@ -108,7 +108,7 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from mlx_ft.server.app import serve
 
-    serve(args.run, args.host, args.port, Path(args.db), Path(args.runs), args.task)
+    serve(args.run, args.host, args.port, Path(args.db), Path(args.runs), args.task, args.allow_host)
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
@@ -193,18 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="turn raw chat / instruction / text files into train/valid/test JSONL",
-                       description="Convert raw examples (.json array, .jsonl or .csv with a header row; or "
-                       "LLaMA-Factory's dataset_info.json) into {\"messages\": […]} chat JSONL (or {\"text\": …} "
+                       description="Convert raw examples (.json array, .jsonl, .csv with a header row, .txt with "
+                       "one text per line; or LLaMA-Factory's dataset_info.json) into {\"messages\": […]} chat JSONL (or {\"text\": …} "
                        "for continued pre-training) split into train/valid/test. Formats: "
                        + ", ".join(data.FORMATS) + "; detected per example unless --format is given. Every problem "
                        "is reported as FILE:LINE before anything is written. Then prints token lengths per split "
                        "under the model's chat template and how many examples max_seq_length would cut.")
     p.add_argument("inputs", nargs="+", metavar="FILE",
-                   help="raw data files (.json, .jsonl, .csv) or a dataset_info.json")
+                   help="raw data files (.json, .jsonl, .csv, .txt) or a dataset_info.json")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write train/valid/test.jsonl into")
     p.add_argument("--format", choices=list(data.FORMATS), help="format of plain input files (default: detect)")
     p.add_argument("--dataset", action="append", metavar="NAME",
-                   help="entry of dataset_info.json to use (repeatable; default: every entry whose file is here)")
+                   help="entry of dataset_info.json to use (repeatable; default: every supported entry whose file is "
+                   "here, the others listed as skipped with the reason)")
     p.add_argument("--system", help="system prompt to put at the start of every conversation that has none")
     p.add_argument("--instruction", help="text put before every input (io format)")
     p.add_argument("--recipe", metavar="NAME|DIR",
@@ -307,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve this recipe's tasks at POST /api/tasks/<task> (and any GET route the recipe declares, "
                    "e.g. the miner recipe's /model_generate/get-model-name); a folder with recipe.yaml or a shipped "
                    "recipe name; repeatable")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="also answer requests whose Host header is NAME (e.g. this machine's LAN name with --host "
+                   "0.0.0.0); by default only 127.0.0.1, localhost, [::1] and --host are, which stops DNS "
+                   "rebinding; '*' accepts any Host (turns that check off); repeatable")
     p.set_defaults(func=_cmd_serve, needs_mlx=True)
 
     p = sub.add_parser("export", help="write a run out: fused Hugging Face folder, GGUF + Ollama Modelfile",

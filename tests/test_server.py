@@ -83,15 +83,20 @@ def test_streamed_message_is_saved_and_titles_the_chat(client):
 
 def test_seed_api_keeps_history_server_side(client):
     first = client.post("/api/chat", json={"message": "你好"}).get_json()
+    assert set(first) == {"status", "response", "conversation_id"} and first["status"] == "success"
     assert first["conversation_id"] == "api" and isinstance(first["response"], str)
     client.post("/api/chat", json={"message": "再说一遍"})
     assert len(client.get("/api/conversations/api").get_json()["messages"]) == 4
     conv = _new(client)
     named = client.post("/api/chat", json={"message": "你好", "conversation_id": conv["id"]}).get_json()
     assert named["conversation_id"] == conv["id"]
-    assert client.post("/api/clear").get_json()["cleared"] is True
+    cleared = client.post("/api/clear").get_json()
+    assert cleared == {"status": "success", "cleared": True, "conversation_id": "api"}, "seed clients check status"
     assert client.get("/api/conversations/api").get_json()["messages"] == []
     assert len(client.get(f"/api/conversations/{conv['id']}").get_json()["messages"]) == 2, "others are kept"
+    assert client.post("/api/clear", json={"conversation_id": conv["id"]}).get_json() == \
+        {"status": "success", "cleared": True, "conversation_id": conv["id"]}
+    assert client.get(f"/api/conversations/{conv['id']}").get_json()["messages"] == []
     assert client.post("/api/clear", json={"conversation_id": "nope"}).status_code == 404
 
 

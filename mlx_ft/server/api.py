@@ -131,7 +131,8 @@ def send_message(cid: str) -> Response:
 
 @bp.post("/chat")
 def seed_chat() -> Response:
-    """The seed's API: `{"message", "conversation_id"?}` → `{"response", "conversation_id"}`, history kept here."""
+    """The seed's API: `{"message", "conversation_id"?}` → `{"status": "success", "response", "conversation_id"}`,
+    history kept here."""
     body = json_body()
     text = text_field(body, "message")
     history = state()["history"]
@@ -149,11 +150,12 @@ def seed_chat() -> Response:
         history.add_exchange(cid, text, answer)
     except KeyError:
         raise ApiError(404, f"conversation {cid!r} was deleted while answering") from None
-    return jsonify(response=answer, conversation_id=cid)
+    return jsonify(status="success", response=answer, conversation_id=cid)
 
 
 @bp.post("/clear")
 def seed_clear() -> Response:
+    """The seed's API: `{"conversation_id"?}` → `{"status": "success", ...}` (the key its clients check)."""
     body = json_body()
     cid = body.get("conversation_id", API_CONVERSATION)
     if not isinstance(cid, str):
@@ -162,4 +164,4 @@ def seed_clear() -> Response:
     if history.get(cid) is None and cid != API_CONVERSATION:
         raise ApiError(404, f"no conversation {cid!r}")
     history.clear(cid)
-    return jsonify(cleared=True, conversation_id=cid)
+    return jsonify(status="success", cleared=True, conversation_id=cid)

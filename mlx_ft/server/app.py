@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class ServeConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     tasks: list[str] = field(default_factory=list)  # recipes whose tasks get endpoints (`--task`)
     extra: dict[str, Any] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # the address it listens on (`--host`): a Host header it may be reached by
+    allowed_hosts: list[str] = field(default_factory=list)  # more Host names to accept (`--allow-host`; "*": any)
 
 
 class ApiError(Exception):
@@ -75,7 +78,7 @@ def event_stream(events: Iterator[str]) -> Response:
 
 def create_app(config: ServeConfig, engine: Any = None) -> Flask:
     """The app around `engine` (a `server.engine.Engine`), loaded from `config.source` when not given."""
-    from mlx_ft.server import api, openai_api, runs, tasks
+    from mlx_ft.server import api, guard, openai_api, runs, tasks
 
     task_service = tasks.TaskService(engine, config.tasks)  # a bad recipe fails before the model loads
     if engine is None:
@@ -87,6 +90,7 @@ def create_app(config: ServeConfig, engine: Any = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.extensions["mlx_ft"] = {"config": config, "engine": engine, "history": History(config.db),
                                 "tasks": task_service}
+    guard.install(app, guard.host_names(config.host, config.allowed_hosts))  # first: before any route runs
 
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> tuple[Response, int]:
@@ -147,14 +151,29 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def serve(source: str, host: str, port: int, db: Path, runs_dir: Path, tasks: list[str] | None = None) -> None:
-    from werkzeug.serving import run_simple
+def serve(source: str, host: str, port: int, db: Path, runs_dir: Path, tasks: list[str] | None = None,
+          allowed_hosts: list[str] | None = None) -> None:
+    """Serve until Ctrl-C, then end the process (exit status 0) without Python's interpreter shutdown."""
+    from werkzeug.serving import make_server
 
     check_port(host, port)
-    app = create_app(ServeConfig(source, db, runs_dir, tasks=tasks or []))
+    app = create_app(ServeConfig(source, db, runs_dir, tasks=tasks or [], host=host,
+                                 allowed_hosts=allowed_hosts or []))
     label = app.extensions["mlx_ft"]["engine"].loaded.label
     print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {db})", file=sys.stderr)
     for t in app.extensions["mlx_ft"]["tasks"].describe():
         route = f" and GET {t['get_route']['path']}" if t["get_route"] else ""
         print(f"mlx_ft: task {t['name']} at POST /api/tasks/{t['name']}{route}", file=sys.stderr)
-    run_simple(host, port, app, threaded=True, use_reloader=False)
+    if "*" in (allowed_hosts or []):
+        print("mlx_ft: --allow-host '*': any Host header is accepted (the DNS-rebinding check is off)",
+              file=sys.stderr)
+    # make_server, not run_simple: the same threaded server (answers still stream token by token) without
+    # run_simple's red "development server" banner; serve_forever ends quietly on Ctrl-C.
+    make_server(host, port, app, threaded=True).serve_forever()
+    # A request thread that generated holds MLX's per-thread compile cache; when it is still answering (or just
+    # ending) while Python shuts down, that cache's destructor aborts the process ("terminate called without an
+    # active exception", SIGABRT). History is committed per request, so leave as SIGTERM would, after closing it.
+    app.extensions["mlx_ft"]["history"].close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
