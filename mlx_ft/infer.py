@@ -15,7 +15,8 @@ from mlx_ft.data import DataError, check_conversation, read_records
 from mlx_ft.data_formats import with_system
 from mlx_ft.errors import UserError
 
-PROMPT_KEYS = ("prompt", "input", "question", "instruction")  # a batch line's text, when it has no `messages`
+# A batch line's text, when it has no `messages`; "text" is what each line of a .txt file becomes (one prompt a line).
+PROMPT_KEYS = ("prompt", "input", "question", "instruction", "text")
 
 
 def conversation(text: str, system: str | None) -> list[Message]:

@@ -178,6 +178,10 @@ def test_infer_wraps_inputs_in_the_recipes_templates(write_jsonl, tmp_path, caps
     _, prompts = infer.read_batch(src, ref)
     assert [p[-1]["content"] for p in prompts] == [router.task("extract").render("把 a.shp 发布成服务"),
                                                   router.task("scene").render("今天星期几"), "as is"]
+    (tmp_path / "in.txt").write_text("今天星期几\n\n把 b.shp 发布成服务\n", encoding="utf-8")
+    rows, prompts = infer.read_batch(tmp_path / "in.txt", ref)  # a .txt file: one prompt a non-empty line
+    assert rows == [{"text": "今天星期几"}, {"text": "把 b.shp 发布成服务"}]
+    assert [p[-1]["content"] for p in prompts] == [router.task("scene").render(t["text"]) for t in rows]
     with pytest.raises(UserError, match="unknown task 'nope'"):
         infer.TaskRef.parse("router:nope")
     assert cli.main(["infer", "smollm2-135m-instruct", "hi", "--task", "router"]) == 2
