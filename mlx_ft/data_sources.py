@@ -239,6 +239,12 @@ def _entry_source(info: Path, name: str, entry: Any) -> Source:
     return Source(path, "alpaca", alpaca, name)
 
 
+def _local(info: Path, entry: Any) -> bool:
+    """Whether a dataset_info.json entry names a data file that is here."""
+    file_name = entry.get("file_name") if isinstance(entry, dict) else None
+    return isinstance(file_name, str) and bool(file_name) and (info.parent / file_name).is_file()
+
+
 @dataclass
 class _Info:
     """What one dataset_info.json yields: the sources to read, the entry names it knows, the problems with the
@@ -276,7 +282,8 @@ def _dataset_info_sources(info: Path, wanted: list[str] | None) -> _Info:
                 out.skipped.append(f"{where}: {e}")
             continue
         except ValueError as e:
-            out.problems.append(f"{where}: {e}")
+            # Taking the whole file, an entry whose data is not here cannot be used anyway: a note, not an error.
+            (out.skipped if not wanted and not _local(info, entry) else out.problems).append(f"{where}: {e}")
             continue
         if not wanted and not src.path.is_file():
             out.skipped.append(f"{where}: {src.path.name} is not here")

@@ -445,12 +445,14 @@ def test_dataset_info_problems_are_one_line_each(write_jsonl, tmp_path):
         data.prepare([tmp_path / "d.jsonl"], tmp_path / "out", datasets=["good"])
     (tmp_path / "remote").mkdir()
     remote_only = _dataset_info(tmp_path / "remote", {"r": {"hf_hub_url": "someone/data"},
-                                                      "p": {"file_name": "gone.json"}})
+                                                      "p": {"file_name": "gone.json"},
+                                                      "q": {"file_name": "gone.json", "formatting": "odd"}})
     with pytest.raises(data.DataError) as err:
         data.prepare([remote_only], tmp_path / "out")
     assert err.value.problems == [
         f"{remote_only}:1: no entry mlx_ft can read (a supported kind, with a local file_name)",
         f"{remote_only}:5: dataset 'p': gone.json is not here",
+        f"{remote_only}:8: dataset 'q': formatting 'odd' is not one of alpaca, sharegpt",
         f"{remote_only}: 1 hub or script entry (r): only local files are read; download one and name it with "
         "file_name"]
 
