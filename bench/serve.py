@@ -26,7 +26,8 @@ from mlx_lm.generate import stream_generate
 from werkzeug.serving import make_server
 
 from mlx_ft import chat_template, loader
-from mlx_ft.server.app import ServeConfig, create_app
+from mlx_ft.server.app import create_app
+from mlx_ft.server.state import ServeConfig
 from mlx_ft.server.engine import Engine
 
 QUESTION = "我的金鱼最近不爱吃东西，总是浮在水面，应该怎么办？请详细说明。"

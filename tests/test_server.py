@@ -13,7 +13,8 @@ import pytest
 
 from mlx_ft import loader
 from mlx_ft.errors import UserError
-from mlx_ft.server.app import ServeConfig, check_port, create_app
+from mlx_ft.server.app import check_port, create_app
+from mlx_ft.server.state import ServeConfig
 from mlx_ft.server.engine import Engine
 from tests.conftest import REPO
 from tests.serving import call, free_port, start_server

@@ -11,7 +11,8 @@ import pytest
 
 from mlx_ft import loader
 from mlx_ft.server import guard
-from mlx_ft.server.app import ServeConfig, create_app
+from mlx_ft.server.app import create_app
+from mlx_ft.server.state import ServeConfig
 from mlx_ft.server.engine import Engine
 from mlx_ft.server.history import History
 from tests.serving import call, free_port, start_server

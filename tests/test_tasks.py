@@ -9,9 +9,11 @@ import pytest
 
 from mlx_ft import cli, loader, recipes
 from mlx_ft.errors import UserError
-from mlx_ft.server.app import ServeConfig, create_app
+from mlx_ft.server import state
+from mlx_ft.server.app import create_app
 from mlx_ft.server.engine import Engine
-from mlx_ft.server.tasks import TaskService
+from mlx_ft.server.state import ServeConfig
+from mlx_ft.server.task_service import TaskService
 from tests.serving import call, free_port, start_server
 
 LISTINGS = ["m50s 26w 124t gtd 1020u $1020.0", "蚂蚁 s19jpro 104t 现货 1300u", "avalon a1246 90T 330usdt"]
@@ -55,7 +57,7 @@ def test_one_input_is_answered_greedily_and_repeats_come_from_the_cache(app, eng
 def test_a_list_is_one_batched_generation_and_matches_single_answers(app, engine, monkeypatch):
     client = app.test_client()
     singles = [client.post("/api/tasks/scene", json={"input": x}).get_json()["output"] for x in LISTINGS[:2]]
-    app.extensions["mlx_ft"]["tasks"]._cache.clear()
+    state.of(app).tasks._cache.clear()
     real, batches = engine.answer_many, []
 
     def counting(prompts, sampling):

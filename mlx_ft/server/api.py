@@ -7,7 +7,8 @@ from typing import Any, Iterator
 from flask import Blueprint, Response, jsonify
 
 from mlx_ft import generation
-from mlx_ft.server.app import ApiError, event_stream, json_body, sse, state, text_field
+from mlx_ft.server.http import ApiError, event_stream, json_body, sse, text_field
+from mlx_ft.server.state import current
 from mlx_ft.server.engine import TooLong
 from mlx_ft.server.history import Conversation
 
@@ -18,7 +19,7 @@ SETTING_KEYS = ("title", "system", "temperature", "top_p", "max_tokens")
 
 
 def _conversation(cid: str) -> Conversation:
-    conv = state()["history"].get(cid)
+    conv = current().history.get(cid)
     if conv is None:
         raise ApiError(404, f"no conversation {cid!r}")
     return conv
@@ -34,19 +35,19 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
 def _new_conversation(**fields: Any) -> Conversation:
     """A new conversation; without a system prompt of its own it gets the one the run was trained with, if any
     (the model answers best under it)."""
-    fields.setdefault("system", state()["engine"].loaded.system)
+    fields.setdefault("system", current().engine.loaded.system)
     try:
-        return state()["history"].create(**fields)
+        return current().history.create(**fields)
     except ValueError as e:
         raise ApiError(400, str(e)) from None
 
 
 def _prepare(conv: Conversation, text: str) -> tuple[list[int], generation.Sampling]:
     """The prompt for `text` after the conversation so far, and the conversation's sampling settings."""
-    history = state()["history"]
+    history = current().history
     messages = [*history.chat_messages(conv.id), {"role": "user", "content": text}]
     try:
-        prompt = state()["engine"].prompt(messages, conv.max_tokens)
+        prompt = current().engine.prompt(messages, conv.max_tokens)
     except TooLong as e:
         raise ApiError(400, str(e)) from None
     return prompt, generation.Sampling(temp=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens)
@@ -54,7 +55,7 @@ def _prepare(conv: Conversation, text: str) -> tuple[list[int], generation.Sampl
 
 @bp.get("/conversations")
 def list_conversations() -> Response:
-    return jsonify(conversations=[c.to_dict() for c in state()["history"].list()])
+    return jsonify(conversations=[c.to_dict() for c in current().history.list()])
 
 
 @bp.post("/conversations")
@@ -65,14 +66,14 @@ def create_conversation() -> tuple[Response, int]:
 @bp.get("/conversations/<cid>")
 def get_conversation(cid: str) -> Response:
     conv = _conversation(cid)
-    return jsonify({**conv.to_dict(), "messages": [m.to_dict() for m in state()["history"].messages(cid)]})
+    return jsonify({**conv.to_dict(), "messages": [m.to_dict() for m in current().history.messages(cid)]})
 
 
 @bp.patch("/conversations/<cid>")
 def update_conversation(cid: str) -> Response:
     _conversation(cid)
     try:
-        conv = state()["history"].update(cid, **_settings(json_body()))
+        conv = current().history.update(cid, **_settings(json_body()))
     except ValueError as e:
         raise ApiError(400, str(e)) from None
     if conv is None:
@@ -82,14 +83,14 @@ def update_conversation(cid: str) -> Response:
 
 @bp.delete("/conversations/<cid>")
 def delete_conversation(cid: str) -> Response:
-    if not state()["history"].delete(cid):
+    if not current().history.delete(cid):
         raise ApiError(404, f"no conversation {cid!r}")
     return jsonify(deleted=True)
 
 
 @bp.post("/conversations/<cid>/clear")
 def clear_conversation(cid: str) -> Response:
-    if not state()["history"].clear(cid):
+    if not current().history.clear(cid):
         raise ApiError(404, f"no conversation {cid!r}")
     return jsonify(cleared=True)
 
@@ -101,7 +102,7 @@ def send_message(cid: str) -> Response:
     conv = _conversation(cid)
     text = text_field(json_body(), "content")
     prompt, sampling = _prepare(conv, text)
-    history, engine = state()["history"], state()["engine"]
+    history, engine = current().history, current().engine
 
     def events() -> Iterator[str]:
         pieces: list[str] = []
@@ -135,7 +136,7 @@ def seed_chat() -> Response:
     history kept here."""
     body = json_body()
     text = text_field(body, "message")
-    history = state()["history"]
+    history = current().history
     cid = body.get("conversation_id")
     if cid is None:
         cid = API_CONVERSATION
@@ -145,7 +146,7 @@ def seed_chat() -> Response:
         raise ApiError(400, "field 'conversation_id' must be a string")
     conv = _conversation(cid)
     prompt, sampling = _prepare(conv, text)
-    answer, _, _ = state()["engine"].answer(prompt, sampling)
+    answer, _, _ = current().engine.answer(prompt, sampling)
     try:
         history.add_exchange(cid, text, answer)
     except KeyError:
@@ -160,7 +161,7 @@ def seed_clear() -> Response:
     cid = body.get("conversation_id", API_CONVERSATION)
     if not isinstance(cid, str):
         raise ApiError(400, "field 'conversation_id' must be a string")
-    history = state()["history"]
+    history = current().history
     if history.get(cid) is None and cid != API_CONVERSATION:
         raise ApiError(404, f"no conversation {cid!r}")
     history.clear(cid)

@@ -7,89 +7,35 @@ is a 4xx JSON `{"error": "..."}` and the server keeps serving.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
 
+from mlx_ft import loader
 from mlx_ft.errors import UserError
 from mlx_ft.resources import resource
+from mlx_ft.server import api, guard, openai_api, runs, tasks
+from mlx_ft.server.engine import Engine
 from mlx_ft.server.history import DEFAULT_SETTINGS, History
-
-MAX_BODY_BYTES = 1 << 20  # a chat message, not an upload
-
-
-@dataclass
-class ServeConfig:
-    source: str  # what the model was loaded from
-    db: Path = Path("chat_history.db")
-    runs_dir: Path = Path("runs")
-    max_body_bytes: int = MAX_BODY_BYTES
-    tasks: list[str] = field(default_factory=list)  # recipes whose tasks get endpoints (`--task`)
-    extra: dict[str, Any] = field(default_factory=dict)
-    host: str = "127.0.0.1"  # the address it listens on (`--host`): a Host header it may be reached by
-    allowed_hosts: list[str] = field(default_factory=list)  # more Host names to accept (`--allow-host`; "*": any)
+from mlx_ft.server.http import ApiError
+from mlx_ft.server.state import EXTENSION, ServeConfig, ServerState, of
+from mlx_ft.server.task_service import TaskService
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def json_body() -> dict[str, Any]:
-    """The request's JSON object, or a 400 that says what is wrong with it."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"invalid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
-
-
-def text_field(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, f"field {key!r} is required: a non-empty string")
-    return value
-
-
-def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-def event_stream(events: Iterator[str]) -> Response:
-    resp = Response(events, mimetype="text/event-stream")
-    resp.headers["Cache-Control"] = "no-cache"
-    resp.headers["X-Accel-Buffering"] = "no"
-    return resp
-
-
-def create_app(config: ServeConfig, engine: Any = None) -> Flask:
-    """The app around `engine` (a `server.engine.Engine`), loaded from `config.source` when not given."""
-    from mlx_ft.server import api, guard, openai_api, runs, tasks
-
-    task_service = tasks.TaskService(engine, config.tasks)  # a bad recipe fails before the model loads
+def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
+    """The app around `engine`, loaded from `config.source` when not given."""
+    task_service = TaskService(engine, config.tasks)  # a bad recipe fails before the model loads
     if engine is None:
-        from mlx_ft import loader
-        from mlx_ft.server.engine import Engine
-
         engine = task_service.engine = Engine(loader.load(config.source))
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.extensions["mlx_ft"] = {"config": config, "engine": engine, "history": History(config.db),
-                                "tasks": task_service}
+    app.extensions[EXTENSION] = ServerState(config, engine, History(config.db), task_service)
     guard.install(app, guard.host_names(config.host, config.allowed_hosts))  # first: before any route runs
 
     @app.errorhandler(ApiError)
@@ -125,15 +71,9 @@ def create_app(config: ServeConfig, engine: Any = None) -> Flask:
     return app
 
 
-def adapter_name(engine: Any) -> str | None:
+def adapter_name(engine: Engine) -> str | None:
     loaded = engine.loaded
     return str(loaded.adapter_file.parent) if loaded.adapter_file is not None else None
-
-
-def state() -> dict[str, Any]:
-    from flask import current_app
-
-    return current_app.extensions["mlx_ft"]
 
 
 def check_port(host: str, port: int) -> None:
@@ -154,14 +94,13 @@ def check_port(host: str, port: int) -> None:
 def serve(source: str, host: str, port: int, db: Path, runs_dir: Path, tasks: list[str] | None = None,
           allowed_hosts: list[str] | None = None) -> None:
     """Serve until Ctrl-C, then end the process (exit status 0) without Python's interpreter shutdown."""
-    from werkzeug.serving import make_server
-
     check_port(host, port)
     app = create_app(ServeConfig(source, db, runs_dir, tasks=tasks or [], host=host,
                                  allowed_hosts=allowed_hosts or []))
-    label = app.extensions["mlx_ft"]["engine"].loaded.label
+    served = of(app)
+    label = served.engine.loaded.label
     print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {db})", file=sys.stderr)
-    for t in app.extensions["mlx_ft"]["tasks"].describe():
+    for t in served.tasks.describe():
         route = f" and GET {t['get_route']['path']}" if t["get_route"] else ""
         print(f"mlx_ft: task {t['name']} at POST /api/tasks/{t['name']}{route}", file=sys.stderr)
     if "*" in (allowed_hosts or []):
@@ -173,7 +112,7 @@ def serve(source: str, host: str, port: int, db: Path, runs_dir: Path, tasks: li
     # A request thread that generated holds MLX's per-thread compile cache; when it is still answering (or just
     # ending) while Python shuts down, that cache's destructor aborts the process ("terminate called without an
     # active exception", SIGABRT). History is committed per request, so leave as SIGTERM would, after closing it.
-    app.extensions["mlx_ft"]["history"].close()
+    served.history.close()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -11,7 +11,8 @@ from flask import Blueprint, Response, jsonify
 
 from mlx_ft import generation
 from mlx_ft.data import check_conversation
-from mlx_ft.server.app import ApiError, event_stream, json_body, sse, state
+from mlx_ft.server.http import ApiError, event_stream, json_body, number_field, sse
+from mlx_ft.server.state import current
 from mlx_ft.server.engine import TooLong
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -19,7 +20,7 @@ ROLES = ("system", "user", "assistant")
 
 
 def _model_id() -> str:
-    return state()["config"].source
+    return current().config.source
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -43,15 +44,6 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ApiError(400, f"field {key!r} must be a number from {lo} to {hi}")
-    return float(value)
-
-
 def _sampling(body: dict[str, Any]) -> generation.Sampling:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
@@ -61,8 +53,8 @@ def _sampling(body: dict[str, Any]) -> generation.Sampling:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "field 'seed' must be an integer")
-    return generation.Sampling(temp=_number(body, "temperature", 1.0, 0.0, 2.0),
-                               top_p=_number(body, "top_p", 1.0, 0.0, 1.0), max_tokens=max_tokens, seed=seed)
+    return generation.Sampling(temp=number_field(body, "temperature", 1.0, 0.0, 2.0),
+                               top_p=number_field(body, "top_p", 1.0, 0.0, 1.0), max_tokens=max_tokens, seed=seed)
 
 
 @bp.get("/models")
@@ -75,7 +67,7 @@ def chat_completions() -> Response:
     body = json_body()
     messages = _messages(body)
     sampling = _sampling(body)
-    engine = state()["engine"]
+    engine = current().engine
     try:
         prompt = engine.prompt(messages, sampling.max_tokens)
     except TooLong as e:

@@ -11,7 +11,8 @@ import yaml
 from flask import Blueprint, Response, jsonify
 
 from mlx_ft.loss_plot import read_metrics
-from mlx_ft.server.app import ApiError, state
+from mlx_ft.server.http import ApiError
+from mlx_ft.server.state import current
 
 bp = Blueprint("runs", __name__, url_prefix="/api/runs")
 RUNNING_WITHIN_S = 120  # a run that has written no metrics for this long is not training any more
@@ -41,7 +42,7 @@ def summary(run: Path) -> dict[str, Any]:
 
 
 def _runs() -> dict[str, Path]:
-    root = Path(state()["config"].runs_dir)
+    root = Path(current().config.runs_dir)
     if not root.is_dir():
         return {}
     return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / "config.yaml").is_file()}
@@ -57,5 +58,5 @@ def list_runs() -> Response:
 def run_metrics(name: str) -> Response:
     run = _runs().get(name)  # only names that are run folders: no path from the request reaches the filesystem
     if run is None:
-        raise ApiError(404, f"no run {name!r} in {state()['config'].runs_dir}")
+        raise ApiError(404, f"no run {name!r} in {current().config.runs_dir}")
     return jsonify(rows=read_metrics(run / "metrics.jsonl"))

@@ -1,0 +1,46 @@
+"""The server's configuration and its state: what `create_app` builds once and every request reads, as typed
+attributes (`current().engine`), not string keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+
+from mlx_ft.server.engine import Engine
+from mlx_ft.server.history import History
+from mlx_ft.server.task_service import TaskService
+
+MAX_BODY_BYTES = 1 << 20  # a chat message, not an upload
+EXTENSION = "mlx_ft"  # the key of our state in Flask's app.extensions
+
+
+@dataclass
+class ServeConfig:
+    source: str  # what the model was loaded from
+    db: Path = Path("chat_history.db")
+    runs_dir: Path = Path("runs")
+    max_body_bytes: int = MAX_BODY_BYTES
+    tasks: list[str] = field(default_factory=list)  # recipes whose tasks get endpoints (`--task`)
+    extra: dict[str, Any] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # the address it listens on (`--host`): a Host header it may be reached by
+    allowed_hosts: list[str] = field(default_factory=list)  # more Host names to accept (`--allow-host`; "*": any)
+
+
+@dataclass
+class ServerState:
+    config: ServeConfig
+    engine: Engine
+    history: History
+    tasks: TaskService
+
+
+def of(app: Flask) -> ServerState:
+    return app.extensions[EXTENSION]
+
+
+def current() -> ServerState:
+    """The state of the app handling the current request."""
+    return of(current_app)
