@@ -1,6 +1,6 @@
 """Tables that map Hugging Face model folders to llama.cpp's GGUF naming, per architecture.
 
-One table serves both directions (GGUF import today, GGUF export later), so a name is spelled in exactly one place.
+One table serves both directions (GGUF import and GGUF export), so a name is spelled in exactly one place.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one place that turns a conversation into text and token ids.
 
-Training, inference, the server and (later) the Modelfile all call these functions, so the model is trained on
+Training, inference, the server and the Modelfile all call these functions, so the model is trained on
 exactly the tokens it will see when it is used. The template itself is the model's own (tokenizer_config.json's
 `chat_template`); we never keep a second copy of it.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+# The one vocabulary of a conversation, everywhere in mlx_ft: OpenAI's chat roles and {"role", "content"} messages.
+ROLES = ("system", "user", "assistant", "tool")
 Message = dict[str, Any]
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from mlx_ft.chat_template import ROLES, Message
+
 if TYPE_CHECKING:
     from mlx_ft.recipes import Recipe
 
-Message = dict[str, str]
 Content = list[Message] | str  # a conversation, or raw text
 Convert = Callable[[dict[str, Any], "Options"], Content]
 
-ROLES = ("system", "user", "assistant", "tool")
 # Which role may follow which, after the optional leading system message. Tool results answer an assistant's call,
 # several in a row when it made parallel calls, and the assistant speaks next.
 NEXT_ROLES = {"user": ("assistant",), "assistant": ("user", "tool"), "tool": ("assistant", "tool")}

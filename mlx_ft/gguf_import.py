@@ -51,7 +51,8 @@ def _config(reader: GGUFReader, arch: arch_table.Arch, tied: bool, dtype: str) -
     if scaling not in (None, "none"):
         raise UserError(f"this GGUF uses {scaling!r} RoPE scaling, which the import does not reproduce yet; "
                         "use the original Hugging Face model instead")
-    # transformers 5 reads rope_parameters, mlx-lm 0.32 reads the top-level key: write both (design.md pitfalls).
+    # transformers 5 reads rope_parameters, mlx-lm 0.32 reads the top-level key: write both (mlx-lm would silently
+    # fall back to a RoPE base of 10000 otherwise).
     cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
     cfg.update(
         hidden_act="silu",

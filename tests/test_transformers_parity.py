@@ -1,4 +1,4 @@
-"""The folders we write load in transformers and give the same logits as in MLX (design.md: transformers 5 and
+"""The folders we write load in transformers and give the same logits as in MLX (transformers 5 and
 mlx-lm 0.32 read RoPE base from different keys, so a config missing either spelling runs a different model).
 
 Needs torch, which is no dependency of mlx_ft: CI installs the CPU build just for this (.ci/run)."""

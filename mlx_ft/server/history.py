@@ -24,7 +24,7 @@ from mlx_ft.errors import UserError
 SCHEMA_VERSION = 1
 DEFAULT_TITLE = "New chat"
 DEFAULT_SETTINGS: dict[str, Any] = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512}
-ROLES = ("user", "assistant")
+ROLES = ("user", "assistant")  # the turns a conversation stores, of chat_template.ROLES; its system prompt is a setting
 MAX_TITLE_CHARS = 200
 AUTO_TITLE_CHARS = 40
 MAX_TOKENS_LIMIT = 32768

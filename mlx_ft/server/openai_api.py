@@ -9,14 +9,14 @@ from typing import Any, Iterator
 
 from flask import Blueprint, Response, jsonify
 
-from mlx_ft import generation
+from mlx_ft import chat_template, generation
 from mlx_ft.data import check_conversation
 from mlx_ft.server.http import ApiError, event_stream, json_body, number_field, sse
 from mlx_ft.server.state import current
 from mlx_ft.server.engine import TooLong
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
-ROLES = ("system", "user", "assistant")
+ROLES = tuple(r for r in chat_template.ROLES if r != "tool")  # tool results need tool calls, which are not served yet
 
 
 def _model_id() -> str:
