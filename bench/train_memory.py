@@ -10,11 +10,12 @@ train_overhead.py's equal-length set (64 chats of 54 tokens: every batch 4 x 65)
 on fish_care's batches (4 x ~300) takes ~3 minutes; `--data data/fish_care` measures on real batches (measured once,
 2 steps, load average ~2: LoRA 2.23 GB train peak, QLoRA-4 1.90 GB at 188 s a step), where activations weigh more.
 
-Each variant runs in a fresh child process, so peaks never mix. The child wraps mlx_lm's training loop: when it is
-entered (model loaded, quantized, adapters attached) it evaluates the model's parameters, notes MLX's active memory
-(`weights`: base model + adapters) and the peak so far (`load peak`: loading and quantizing), and resets the peak
-(mx.reset_peak_memory). The `train peak` is the last `peak_memory_gb` in the run's metrics.jsonl (mx.get_peak_memory
-after the last step, reported every step): weights, gradients, optimizer state and activations of the largest batch.
+Each variant runs in a fresh child process, so peaks never mix. The child wraps our training loop
+(`train_loop.loop`): when it is entered (model loaded, quantized, adapters attached) it evaluates the model's
+parameters, notes MLX's active memory (`weights`: base model + adapters) and the peak so far (`load peak`: loading
+and quantizing), and resets the peak (mx.reset_peak_memory). The `train peak` is the last `peak_memory_gb` in the
+run's metrics.jsonl (mx.get_peak_memory after the last step, reported every step): weights, gradients, optimizer
+state and activations of the largest batch.
 `s/step` is the wall time per step after the first (from metrics.jsonl `time`); on CPU, MLX's quantized matmul is
 slow, so QLoRA is slower here, not faster.
 
@@ -49,20 +50,20 @@ CHILD = r"""
 import json, sys
 import mlx_ft  # binds MLX to OpenBLAS before mlx.core loads
 import mlx.core as mx
-from mlx_ft import config, train
+from mlx_ft import config, train, train_loop
 from mlx_ft.loss_plot import read_metrics
 
 out = {}
-mlx_lm_train = train.mlx_lm_trainer.train
+loop = train_loop.loop
 
-def measured(*args, **kwargs):
-    mx.eval(kwargs["model"].parameters())  # quantization is lazy: finish it before the peak is reset
+def measured(cfg, run, model, *rest):
+    mx.eval(model.parameters())  # quantization is lazy: finish it before the peak is reset
     out["weights_gb"] = mx.get_active_memory() / 1e9
     out["load_peak_gb"] = mx.get_peak_memory() / 1e9
     mx.reset_peak_memory()
-    return mlx_lm_train(*args, **kwargs)
+    return loop(cfg, run, model, *rest)
 
-train.mlx_lm_trainer.train = measured
+train_loop.loop = measured
 run = train.train(config.build(json.loads(sys.argv[1])))
 rows = [r for r in read_metrics(run / "metrics.jsonl") if "peak_memory_gb" in r]
 out["peak_gb"] = [r["peak_memory_gb"] for r in rows]

@@ -1,5 +1,5 @@
 """Training speed of `python -m mlx_ft train` against bare `python -m mlx_lm lora`: what our layer over mlx_lm's
-tuner (token-length batching, masks on every assistant turn, StepHooks with metrics/checkpoints/progress) costs per
+tuner (token-length batching, masks on every assistant turn, our loop with metrics/checkpoints/progress) costs per
 step, and what its token-length sorting buys on real chat data.
 
 Both commands read one shared YAML file (mlx_lm's key names, which `mlx_ft train` accepts as they are): the model

@@ -1,39 +1,38 @@
-"""Training: a thin layer over mlx_lm's tuner.
+"""Training: load the model and data, attach the adapter, then run our loop (`train_loop.py`) on mlx_lm's pieces.
 
-We call `mlx_lm.tuner.trainer.train` with pieces of our own:
+Ours:
 - a dataset of (ids, loss weights) from `chat_template`, so the loss covers every assistant turn and no system/user
   text (mlx-lm's `mask_prompt` keeps only the last message), cut into batches by token length or packed
   (`batches.py`);
 - a loss normalised over the global batch, so data-parallel workers (`mlx.launch`) compute what one worker would, that
   runs the output layer only on learned positions and keeps packed examples apart (`loss.py`);
-- `step_hooks.StepHooks`, called after every step: progress, metrics.jsonl, validation, checkpoints, early stopping
-  and Ctrl-C all happen there, counted in global steps.
-The run folder is an mlx-lm adapter folder: `mlx_lm.load(model, adapter_path=run)` accepts it.
+- the loop itself (`train_loop.loop`): the compiled step, progress, metrics.jsonl, validation, checkpoints, early
+  stopping and Ctrl-C, counted in global steps so a resumed run ends where an uninterrupted one does.
+mlx_lm's: the model code and loader, the LoRA/DoRA layers (`adapters.py`), optimizers' schedules, gradient
+checkpointing. The run folder is an mlx-lm adapter folder: `mlx_lm.load(model, adapter_path=run)` accepts it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
-from unittest import mock
+from typing import Any
 
 import mlx.core as mx
 import mlx.optimizers as optim
-from mlx_lm.tuner import trainer as mlx_lm_trainer
 from mlx_lm.tuner.utils import build_schedule, print_trainable_parameters
 
-from mlx_ft import adapters, chat_template, checkpoints, config as config_mod, data, models, step_hooks
+from mlx_ft import adapters, chat_template, checkpoints, data, models, train_loop
+from mlx_ft import config as config_mod
 from mlx_ft.atomic import write_json, write_text
-from mlx_ft.batches import TokenizedChats, batch_rows, batching_note, iterate_batches
-from mlx_ft.checkpoints import ADAPTERS, TrainerState
+from mlx_ft.batches import TokenizedChats, batch_rows, batching_note
+from mlx_ft.checkpoints import TrainerState
 from mlx_ft.errors import UserError
 from mlx_ft.loader import load_model
-from mlx_ft.loss import check_packable, masked_loss
+from mlx_ft.loss import check_packable
 from mlx_ft.loss_plot import read_metrics
 from mlx_ft.resources import local_or_shipped
 
@@ -58,36 +57,6 @@ def _optimizer(cfg: config_mod.TrainConfig) -> optim.Optimizer:
         return classes[cfg.optimizer](learning_rate=lr, **extra)
     except TypeError as e:
         raise UserError(f"config key 'optimizer_config.{cfg.optimizer}': {e}") from None
-
-
-class _SilentUI:
-    """Stands in for mlx_lm's TrainUI, which would print a line for every step we ask it to report: StepHooks draws
-    the progress instead."""
-
-    def __init__(self, total_iters: int, rank: int = 0) -> None:
-        pass
-
-    def __enter__(self) -> "_SilentUI":
-        return self
-
-    def __exit__(self, *exc: Any) -> bool:
-        return False
-
-    def advance(self) -> None:
-        pass
-
-    def report_train(self, *args: Any) -> None:
-        pass
-
-    def report_val(self, *args: Any) -> None:
-        pass
-
-    def report_save(self, *args: Any) -> None:
-        pass
-
-    @contextlib.contextmanager
-    def val_task(self, total: int) -> Iterator[Callable[[], None]]:
-        yield lambda: None
 
 
 def _new_run_dir(cfg: config_mod.TrainConfig, world: Any) -> Path:
@@ -187,51 +156,12 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         write_json(run / "adapter_config.json", {**cfg.to_dict(), "model": model_path, "base_model": cfg.model,
                                                  "system_prompt": data.common_system(train_chats)})
 
-    def batches(dataset: TokenizedChats, batch_size: int, max_seq_length: int, loop: bool = False,
-                comm_group: Any = None) -> Iterator[tuple[mx.array, ...]]:
-        if not loop:
-            return iterate_batches(dataset, batch_size, max_seq_length, comm_group=comm_group)
-        return iterate_batches(dataset, batch_size, max_seq_length, loop=True, seed=cfg.seed, comm_group=comm_group,
-                               # hooks exists by the time mlx_lm asks for the first batch
-                               skip=state.step, on_batch=hooks.count_batch, pack=cfg.pack)
-
-    def evaluate() -> float:
-        return mlx_lm_trainer.evaluate(model=model, dataset=valid_set, batch_size=cfg.batch_size,
-                                       num_batches=cfg.val_batches, max_seq_length=cfg.max_seq_length,
-                                       loss=masked_loss, iterate_batches=batches,
-                                       clear_cache_threshold=cfg.clear_cache_threshold)
-
-    schedule = step_hooks.Schedule(cfg.iters, cfg.steps_per_report, cfg.steps_per_eval, cfg.save_every,
-                                   cfg.grad_accumulation_steps, cfg.early_stopping_patience, cfg.keep_checkpoints)
-    args = mlx_lm_trainer.TrainingArgs(
-        batch_size=cfg.batch_size,
-        iters=cfg.iters - state.step,
-        steps_per_report=1,  # StepHooks runs after every step and reports at cfg.steps_per_report itself
-        steps_per_eval=cfg.iters + 1,  # validation and saving happen in StepHooks, at global steps
-        steps_per_save=cfg.iters + 1,
-        max_seq_length=cfg.max_seq_length,
-        adapter_file=str(run / ADAPTERS),  # never written by mlx_lm: StepHooks ends the loop before its final save
-        grad_checkpoint=cfg.grad_checkpoint,
-        grad_accumulation_steps=cfg.grad_accumulation_steps,
-        clear_cache_threshold=cfg.clear_cache_threshold,
-    )
-    with step_hooks.deferred_interrupt() as interrupt_requested:
-        hooks = step_hooks.StepHooks(run, model, optimizer, state, schedule, cfg.seed,
-                                     evaluate if len(valid_set) else None, interrupt_requested)
-        if state.step == 0:
-            hooks.validate(0)
-        mx.random.seed(step_hooks.seed_for_step(cfg.seed, state.step + 1))
-        try:
-            with mock.patch.object(mlx_lm_trainer, "TrainUI", _SilentUI):
-                mlx_lm_trainer.train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None,
-                                     args=args, loss=masked_loss, iterate_batches=batches, training_callback=hooks)
-        except step_hooks.StopTraining as stop:
-            if stop.reason != "finished":
-                print(f"mlx_ft: {stop.reason}", file=sys.stderr)
-        except step_hooks.TrainingInterrupted as e:
-            print(f"\nmlx_ft: interrupted after step {e.step}; checkpoint saved in {e.checkpoint}; continue with "
-                  f"`python -m mlx_ft train --resume {run}`", file=sys.stderr)
-            raise
-        else:  # mlx_lm ran out of batches without our hook ending the run: a bug, never a silent partial result
-            raise RuntimeError("mlx_lm's training loop ended before the last step")
+    try:
+        reason = train_loop.loop(cfg, run, model, optimizer, state, train_set, valid_set)
+    except train_loop.TrainingInterrupted as e:
+        print(f"\nmlx_ft: interrupted after step {e.step}; checkpoint saved in {e.checkpoint}; continue with "
+              f"`python -m mlx_ft train --resume {run}`", file=sys.stderr)
+        raise
+    if reason != "finished":
+        print(f"mlx_ft: {reason}", file=sys.stderr)
     return run
