@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlx_ft import data, models  # noqa: E402
-from mlx_ft.loader import load_model  # noqa: E402
-from mlx_ft.batches import TokenizedChats, batch_rows, real_token_share  # noqa: E402
+from mlx_ft.models.loader import load_model  # noqa: E402
+from mlx_ft.training.batches import TokenizedChats, batch_rows, real_token_share  # noqa: E402
 
 
 def main() -> None:
@@ -34,16 +34,20 @@ def main() -> None:
     _, tokenizer = load_model(models.resolve(args.model), args.model)
     msl = args.max_seq_length
     print(f"model {args.model}, max_seq_length {msl}; real tokens / padded positions over one epoch")
-    print(f"{'data':<24} {'examples':>8} {'batch':>5} {'file order':>10} {'by length':>10} {'packed':>8} "
-          f"{'steps':>6} {'packed steps':>12}")
+    print(
+        f"{'data':<24} {'examples':>8} {'batch':>5} {'file order':>10} {'by length':>10} {'packed':>8} "
+        f"{'steps':>6} {'packed steps':>12}"
+    )
     for folder in args.data:
         chats = TokenizedChats(data.load_split(Path(folder), "train"), tokenizer, True, msl, "train")
         for bs in args.batch_size:
             shares = [f"{real_token_share(chats, bs, msl, order):.1%}" for order in ("file", "length", "packed")]
             steps = len(batch_rows(chats, bs, msl, loop=True))
             packed_steps = len(batch_rows(chats, bs, msl, loop=True, pack=True))
-            print(f"{folder:<24} {len(chats):>8} {bs:>5} {shares[0]:>10} {shares[1]:>10} {shares[2]:>8} {steps:>6} "
-                  f"{packed_steps:>12}")
+            print(
+                f"{folder:<24} {len(chats):>8} {bs:>5} {shares[0]:>10} {shares[1]:>10} {shares[2]:>8} {steps:>6} "
+                f"{packed_steps:>12}"
+            )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import argparse
 import time
 
 import mlx_ft  # noqa: F401  (binds MLX to OpenBLAS on Linux before mlx.core loads)
-from mlx_ft import data, evaluate, generation, loader
+from mlx_ft import data
+from mlx_ft.inference import evaluate, generation
+from mlx_ft.models import loader
 from mlx_ft.resources import local_or_shipped
 
 
@@ -41,8 +43,10 @@ def main() -> None:
 
     n_tokens = sum(len(loaded.tokenizer.encode(a, add_special_tokens=False)) for a in batched)
     same = sum(a == b for a, b in zip(one_by_one, batched))
-    print(f"{args.model} on {args.data}/{args.split}.jsonl: {len(prompts)} prompts, max {args.max_tokens} tokens, "
-          f"{n_tokens} tokens generated; identical answers {same}/{len(prompts)}")
+    print(
+        f"{args.model} on {args.data}/{args.split}.jsonl: {len(prompts)} prompts, max {args.max_tokens} tokens, "
+        f"{n_tokens} tokens generated; identical answers {same}/{len(prompts)}"
+    )
     print(f"{'':12}{'seconds':>9}{'answers/s':>11}{'tokens/s':>10}")
     for name, t in (("one by one", t_seq), ("batched", t_batch)):
         print(f"{name:12}{t:9.1f}{len(prompts) / t:11.2f}{n_tokens / t:10.1f}")

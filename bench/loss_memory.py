@@ -22,16 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mlx_ft  # noqa: E402,F401  (before mlx: it binds MLX to OpenBLAS)
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx_lm import load  # noqa: E402
 from mlx_lm.tuner.utils import linear_to_lora_layers  # noqa: E402
 
+import mlx_ft  # noqa: E402,F401  (before mlx: it binds MLX to OpenBLAS)
 from mlx_ft import models  # noqa: E402
-from mlx_ft.platform import use_fast_blas  # noqa: E402
-from mlx_ft.loss import learned_positions, masked_loss  # noqa: E402
+from mlx_ft.system.blas import use_fast_blas  # noqa: E402
+from mlx_ft.training.loss import learned_positions, masked_loss  # noqa: E402
 
 
 def model_dir(name: str) -> str:
@@ -46,7 +46,7 @@ def batch(rows: int, length: int, vocab: int) -> tuple[mx.array, mx.array]:
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, (rows, length + 1)).astype(np.int32)
     weights = np.zeros((rows, length + 1), np.int8)
-    weights[:, int(0.4 * length): int(0.9 * length)] = 1
+    weights[:, int(0.4 * length) : int(0.9 * length)] = 1
     return mx.array(ids), mx.array(weights)
 
 
@@ -69,14 +69,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["qwen3-tiny", "smollm2"])
     args = ap.parse_args()
-    print(f"device {mx.default_device()} (BLAS: {use_fast_blas().state}), batch {args.rows} x {args.length}, "
-          "LoRA r16 on all projections")
+    print(
+        f"device {mx.default_device()} (BLAS: {use_fast_blas().state}), batch {args.rows} x {args.length}, "
+        "LoRA r16 on all projections"
+    )
     print(f"{'model':<12} {'vocab':>7} {'loss':<8} {'peak MB':>9} {'s/step':>8} {'value':>9}")
     for name in args.models:
         model, _ = load(model_dir(name))
         model.freeze()
-        keys = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-                "mlp.up_proj", "mlp.down_proj"]
+        keys = [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ]
         linear_to_lora_layers(model, len(model.layers), {"rank": 16, "scale": 20.0, "dropout": 0.0, "keys": keys})
         mx.eval(model.parameters())
         ids, weights = batch(args.rows, args.length, model.args.vocab_size)

@@ -1,7 +1,7 @@
 """MLX float32 matmul throughput on this machine: the mlx-cpu wheel's bundled BLAS (A) against the fast BLAS that
 `import mlx_ft` binds MLX to (B: the system OpenBLAS when installed), and, run as root with the system OpenBLAS
 present, against what a fresh machine without it gets from `pip install` alone (C: Debian's OpenBLAS folders hidden
-in a private mount namespace, so the mkl wheel binds; see mlx_ft/platform.py).
+in a private mount namespace, so the mkl wheel binds; see mlx_ft/system/blas.py).
 
 Which BLAS MLX uses is fixed when its library loads, so each side runs in a child process of this one; the figures
 are printed side by side with their ratios. Usage: python bench/matmul.py [--sizes 256 512 1024 2048] [--seconds 2]
@@ -21,8 +21,8 @@ import time
 CHILD = r"""
 import json, sys
 import mlx_ft  # applies (or, with MLX_FT_NO_BLAS_FIX=1, skips) the OpenBLAS binding
-from mlx_ft.devices import matmul_gflops
-from mlx_ft.platform import use_fast_blas
+from mlx_ft.system.devices import matmul_gflops
+from mlx_ft.system.blas import use_fast_blas
 sizes, budget = json.loads(sys.argv[1]), float(sys.argv[2])
 out = {"blas": use_fast_blas().library or "bundled reference BLAS",
        "gflops": {n: matmul_gflops(n, budget) for n in sizes}}
@@ -44,8 +44,13 @@ def without_system_openblas() -> list[str] | None:
 def measure(sizes: list[int], seconds: float, bundled: bool, prefix: list[str] | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env["MLX_FT_NO_BLAS_FIX"] = "1" if bundled else ""
-    out = subprocess.run([*(prefix or []), sys.executable, "-c", CHILD, json.dumps(sizes), str(seconds)], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*(prefix or []), sys.executable, "-c", CHILD, json.dumps(sizes), str(seconds)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -66,8 +71,11 @@ def main() -> None:
     print(f"{'n':>6} " + " ".join(f"{k + ' GFLOP/s':>10}" for k in sides) + "".join(f" {k + '/A':>7}" for k in others))
     for n in args.sizes:
         g = {k: side["gflops"][str(n)] for k, side in sides.items()}
-        print(f"{n:>6} " + " ".join(f"{v:>10.1f}" for v in g.values())
-              + "".join(f" {g[k] / g['A']:>6.1f}x" for k in others))
+        print(
+            f"{n:>6} "
+            + " ".join(f"{v:>10.1f}" for v in g.values())
+            + "".join(f" {g[k] / g['A']:>6.1f}x" for k in others)
+        )
     print(f"({time.time() - t0:.0f} s)")
 
 

@@ -21,14 +21,15 @@ import threading
 import time
 from pathlib import Path
 
-import mlx_ft  # noqa: F401  (binds MLX to OpenBLAS on Linux before mlx.core loads)
 from mlx_lm.generate import stream_generate
 from werkzeug.serving import make_server
 
-from mlx_ft import chat_template, loader
+import mlx_ft  # noqa: F401  (binds MLX to OpenBLAS on Linux before mlx.core loads)
+from mlx_ft import chat_template
+from mlx_ft.models import loader
 from mlx_ft.server.app import create_app
-from mlx_ft.server.state import ServeConfig
 from mlx_ft.server.engine import Engine
+from mlx_ft.server.state import ServeConfig
 
 QUESTION = "我的金鱼最近不爱吃东西，总是浮在水面，应该怎么办？请详细说明。"
 
@@ -48,8 +49,15 @@ def bare(loaded: loader.Loaded, prompt: list[int], max_tokens: int) -> tuple[str
 
 
 def served(port: int, max_tokens: int) -> tuple[str, float, float]:
-    body = json.dumps({"model": "m", "stream": True, "temperature": 0, "max_tokens": max_tokens,
-                       "messages": [{"role": "user", "content": QUESTION}]})
+    body = json.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "temperature": 0,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": QUESTION}],
+        }
+    )
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})

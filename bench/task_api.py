@@ -45,8 +45,13 @@ def timed(fn) -> tuple[float, object]:
 
 
 def infer_once(run: str, text: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "mlx_ft", "infer", run, text, "--task", "miners", "--temp", "0",
-                          "--max-tokens", "40"], capture_output=True, text=True, check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "mlx_ft", "infer", run, text, "--task", "miners", "--temp", "0", "--max-tokens", "40"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     return out.stdout.strip()
 
 
@@ -58,17 +63,18 @@ def main() -> None:
     args = ap.parse_args()
 
     pool = listings(3 * args.n + args.infer_n + 1)
-    warm, batch_in = pool[0], pool[1:1 + args.n]
-    single_in = pool[1 + args.n:1 + 2 * args.n]
-    infer_in = pool[1 + 2 * args.n:1 + 2 * args.n + args.infer_n]
+    warm, batch_in = pool[0], pool[1 : 1 + args.n]
+    single_in = pool[1 + args.n : 1 + 2 * args.n]
+    infer_in = pool[1 + 2 * args.n : 1 + 2 * args.n + args.infer_n]
     port = free_port()
     db = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-task-api-{port}.db"
     proc = start_server(Path(args.run), port, db, "--task", "miners")
     try:
         call(port, "POST", f"/api/tasks/{TASK}", {"input": warm})
         t_batch, batch = timed(lambda: call(port, "POST", f"/api/tasks/{TASK}", {"inputs": batch_in}))
-        t_single, singles = timed(lambda: [call(port, "POST", f"/api/tasks/{TASK}", {"input": x})["output"]
-                                           for x in single_in])
+        t_single, singles = timed(
+            lambda: [call(port, "POST", f"/api/tasks/{TASK}", {"input": x})["output"] for x in single_in]
+        )
         t_cached, cached = timed(lambda: call(port, "POST", f"/api/tasks/{TASK}", {"inputs": batch_in}))
         assert all(r["cached"] for r in cached["results"]) and cached["outputs"] == batch["outputs"]
         # The same listings asked the other ways give the same greedy answers.
@@ -81,17 +87,29 @@ def main() -> None:
     t_infer, inferred = timed(lambda: [infer_once(args.run, x) for x in infer_in])
     parsed = sum(r["parsed"] for r in batch["results"])
 
-    rate = {"batch": args.n / t_batch, "single": args.n / t_single, "infer": args.infer_n / t_infer,
-            "cached": args.n / t_cached}
+    rate = {
+        "batch": args.n / t_batch,
+        "single": args.n / t_single,
+        "infer": args.infer_n / t_infer,
+        "cached": args.n / t_cached,
+    }
     print(f"run {args.run}: {args.n} listings per way, greedy, max_tokens from the recipe")
     print(f"{'way':<8}{'listings':>9}{'seconds':>10}{'listings/s':>12}")
-    for way, n, t in (("batch", args.n, t_batch), ("single", args.n, t_single), ("infer", args.infer_n, t_infer),
-                      ("cached", args.n, t_cached)):
+    for way, n, t in (
+        ("batch", args.n, t_batch),
+        ("single", args.n, t_single),
+        ("infer", args.infer_n, t_infer),
+        ("cached", args.n, t_cached),
+    ):
         print(f"{way:<8}{n:>9}{t:>10.2f}{rate[way]:>12.2f}")
-    print(f"batch vs single requests: {rate['batch'] / rate['single']:.1f}x; batch vs infer per listing: "
-          f"{rate['batch'] / rate['infer']:.1f}x; cached batch vs generated batch: {rate['cached'] / rate['batch']:.0f}x")
-    print(f"batch answers matching the recipe's pattern: {parsed}/{args.n}; batched and single answers agree: {agree}; "
-          f"sample: {batch_in[0]!r} -> {batch['outputs'][0]!r} (infer: {infer_in[0]!r} -> {inferred[0]!r})")
+    print(
+        f"batch vs single requests: {rate['batch'] / rate['single']:.1f}x; batch vs infer per listing: "
+        f"{rate['batch'] / rate['infer']:.1f}x; cached batch vs generated batch: {rate['cached'] / rate['batch']:.0f}x"
+    )
+    print(
+        f"batch answers matching the recipe's pattern: {parsed}/{args.n}; batched and single answers agree: {agree}; "
+        f"sample: {batch_in[0]!r} -> {batch['outputs'][0]!r} (infer: {infer_in[0]!r} -> {inferred[0]!r})"
+    )
 
 
 if __name__ == "__main__":

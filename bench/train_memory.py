@@ -1,5 +1,5 @@
 """Peak memory of one training step with LoRA, DoRA, QLoRA (4- and 8-bit base) and a full fine-tune of the last
-layers, through `mlx_ft.train.train`, on the built-in SmolLM2-135M-Instruct: what each choice costs in memory,
+layers, through `mlx_ft.training.run.train`, on the built-in SmolLM2-135M-Instruct: what each choice costs in memory,
 side by side with its ratio to LoRA.
 
 Every variant trains with the settings of bench/train_overhead.py (rank 8, scale 20, dropout 0, num_layers 8, batch
@@ -11,7 +11,7 @@ on fish_care's batches (4 x ~300) takes ~3 minutes; `--data data/fish_care` meas
 2 steps, load average ~2: LoRA 2.23 GB train peak, QLoRA-4 1.90 GB at 188 s a step), where activations weigh more.
 
 Each variant runs in a fresh child process, so peaks never mix. The child wraps our training loop
-(`train_loop.loop`): when it is entered (model loaded, quantized, adapters attached) it evaluates the model's
+(`mlx_ft.training.loop.loop`): when it is entered (model loaded, quantized, adapters attached) it evaluates the model's
 parameters, notes MLX's active memory (`weights`: base model + adapters) and the peak so far (`load peak`: loading
 and quantizing), and resets the peak (mx.reset_peak_memory). The `train peak` is the last `peak_memory_gb` in the
 run's metrics.jsonl (mx.get_peak_memory after the last step, reported every step): weights, gradients, optimizer
@@ -50,11 +50,12 @@ CHILD = r"""
 import json, sys
 import mlx_ft  # binds MLX to OpenBLAS before mlx.core loads
 import mlx.core as mx
-from mlx_ft import config, train, train_loop
-from mlx_ft.loss_plot import read_metrics
+from mlx_ft import config
+from mlx_ft.training import loop as training_loop, run as training_run
+from mlx_ft.training.loss_plot import read_metrics
 
 out = {}
-loop = train_loop.loop
+loop = training_loop.loop
 
 def measured(cfg, run, model, *rest):
     mx.eval(model.parameters())  # quantization is lazy: finish it before the peak is reset
@@ -63,8 +64,8 @@ def measured(cfg, run, model, *rest):
     mx.reset_peak_memory()
     return loop(cfg, run, model, *rest)
 
-train_loop.loop = measured
-run = train.train(config.build(json.loads(sys.argv[1])))
+training_loop.loop = measured
+run = training_run.train(config.build(json.loads(sys.argv[1])))
 rows = [r for r in read_metrics(run / "metrics.jsonl") if "peak_memory_gb" in r]
 out["peak_gb"] = [r["peak_memory_gb"] for r in rows]
 out["time"] = [r["time"] for r in rows]
@@ -89,8 +90,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model source (mlx_ft alias, folder, repo id)")
     ap.add_argument("--iters", type=int, default=2, help="training steps per variant")
-    ap.add_argument("--data", default="equal-length",
-                    help="'equal-length' (generated, see train_overhead.py) or a folder with train.jsonl")
+    ap.add_argument(
+        "--data",
+        default="equal-length",
+        help="'equal-length' (generated, see train_overhead.py) or a folder with train.jsonl",
+    )
     ap.add_argument("--examples", type=int, default=64, help="size of the equal-length dataset")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = ap.parse_args()
@@ -109,15 +113,19 @@ def main() -> None:
         for name in args.variants:
             results[name] = measure(VARIANTS[name], model_dir, data, Path(tmp) / name, args.iters)
     base = results.get("lora")
-    print(f"{'variant':<8} {'trainable':>16} {'weights GB':>11} {'load peak GB':>13} {'train peak GB':>14} "
-          f"{'vs LoRA':>8} {'s/step':>7}")
+    print(
+        f"{'variant':<8} {'trainable':>16} {'weights GB':>11} {'load peak GB':>13} {'train peak GB':>14} "
+        f"{'vs LoRA':>8} {'s/step':>7}"
+    )
     for name, r in results.items():
         peak = r["peak_gb"][-1]
         ratio = f"{peak / base['peak_gb'][-1]:.2f}x" if base else "-"
         times = r["time"]
         s_step = f"{(times[-1] - times[0]) / (len(times) - 1):.1f}" if len(times) > 1 else "-"
-        print(f"{name:<8} {r['trainable']:>16} {r['weights_gb']:>11.3f} {r['load_peak_gb']:>13.3f} {peak:>14.3f} "
-              f"{ratio:>8} {s_step:>7}")
+        print(
+            f"{name:<8} {r['trainable']:>16} {r['weights_gb']:>11.3f} {r['load_peak_gb']:>13.3f} {peak:>14.3f} "
+            f"{ratio:>8} {s_step:>7}"
+        )
     load = os.getloadavg()
     print(f"({time.time() - t0:.0f} s; load average now {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
 

@@ -28,11 +28,11 @@ Datasets:
   its longest example (rounded up to 32); mlx_ft sorts by token length first. Real (non-padding) tokens per step are
   counted by replaying each side's own batching code in this process on the same tokenizer: mlx_lm's
   `tuner.trainer.iterate_batches` over its `CacheDataset(ChatDataset)` after `np.random.seed(seed)` (what
-  `mlx_lm.lora.run` does), and `mlx_ft.batches.iterate_batches` over `TokenizedChats`. A real token is a position
-  holding a token of the example (input or last target), the count both `on_batch` and mlx_lm's `lengths` give. The
-  replay is checked against what the children report: mlx_ft's metrics.jsonl `tokens` column, and mlx_lm's printed
-  running count of loss tokens. `real tok/s` = real tokens of the timed steps / their wall time; `fill` = real tokens
-  / padded positions (batch x width) of the timed steps, `epoch fill` the same over one whole pass of the data (a few
+  `mlx_lm.lora.run` does), and `mlx_ft.training.batches.iterate_batches` over `TokenizedChats`. A real token is a
+  position holding a token of the example (input or last target), the count both `on_batch` and mlx_lm's `lengths` give.
+  The replay is checked against what the children report: mlx_ft's metrics.jsonl `tokens` column, and mlx_lm's printed
+  running count of loss tokens. `real tok/s` = real tokens of the timed steps / their wall time; `fill` = real tokens /
+  padded positions (batch x width) of the timed steps, `epoch fill` the same over one whole pass of the data (a few
   timed batches are a small sample of it).
 
 `other cpu`: the largest share of the machine's CPU time (/proc/stat) that processes outside this benchmark took
@@ -59,28 +59,38 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
-import mlx_ft  # noqa: F401 -- binds MLX to OpenBLAS before anything imports mlx.core
 import numpy as np
 import yaml
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import iterate_batches as mlx_lm_batches
 from mlx_lm.utils import load_tokenizer
 
-from mlx_ft import data as ft_data, models
-from mlx_ft import batches as ft_batches
-from mlx_ft.loss_plot import read_metrics
-from mlx_ft.platform import use_fast_blas
+import mlx_ft  # noqa: F401 -- binds MLX to OpenBLAS before anything imports mlx.core
+from mlx_ft import data as ft_data
+from mlx_ft import models
+from mlx_ft.system.blas import use_fast_blas
+from mlx_ft.training import batches as ft_batches
+from mlx_ft.training.loss_plot import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 # The settings both commands train with (mlx_lm's key names; `mlx_ft train` reads the same file).
 SETTINGS = {
-    "fine_tune_type": "lora", "num_layers": 8, "lora_parameters": {"rank": 8, "scale": 20.0, "dropout": 0.0},
-    "batch_size": 4, "learning_rate": 2e-4, "optimizer": "adam", "max_seq_length": 512, "mask_prompt": True,
-    "seed": 0, "steps_per_report": 1, "save_every": 100_000,
+    "fine_tune_type": "lora",
+    "num_layers": 8,
+    "lora_parameters": {"rank": 8, "scale": 20.0, "dropout": 0.0},
+    "batch_size": 4,
+    "learning_rate": 2e-4,
+    "optimizer": "adam",
+    "max_seq_length": 512,
+    "mask_prompt": True,
+    "seed": 0,
+    "steps_per_report": 1,
+    "save_every": 100_000,
 }
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 MLX_LM_STEP = re.compile(r"^\s*(\d+)\s+\d+\.\d+\s*[▼▲]\s+[\d,]+\s+([\d.]+)k\s*$")  # iter, loss, tok/s, tokens
@@ -128,10 +138,18 @@ class Sides:
     def mlx_ft_batches(self, folder: Path, n: int) -> list[dict]:
         """mlx_ft's first n training batches: width and real tokens, from its own iterate_batches."""
         real: list[int] = []
-        batches = ft_batches.iterate_batches(self.mlx_ft_set(folder), self.bs, self.msl, loop=True, seed=self.seed,
-                                           on_batch=lambda lengths, _: real.append(sum(lengths)))
-        return [{"width": ids.shape[1], "real": real[k], "rows": ids.shape[0]}
-                for k, (ids, *_rest) in zip(range(n), batches)]
+        batches = ft_batches.iterate_batches(
+            self.mlx_ft_set(folder),
+            self.bs,
+            self.msl,
+            loop=True,
+            seed=self.seed,
+            on_batch=lambda lengths, _: real.append(sum(lengths)),
+        )
+        return [
+            {"width": ids.shape[1], "real": real[k], "rows": ids.shape[0]}
+            for k, (ids, *_rest) in zip(range(n), batches)
+        ]
 
 
 def equal_length_set(sides: Sides, dest: Path, count: int) -> int:
@@ -140,8 +158,14 @@ def equal_length_set(sides: Sides, dest: Path, count: int) -> int:
     pool = []
     for _ in range(count * 6):
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-        pool.append({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                                  {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]})
+        pool.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {a} plus {b}?"},
+                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+                ]
+            }
+        )
     lm_set = sides.mlx_lm_set(pool)
     lengths = [len(lm_set[i][0]) for i in range(len(pool))]
     common = Counter(lengths).most_common(1)[0][0]
@@ -165,13 +189,16 @@ def cpu_seconds() -> tuple[float, float]:
         busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
     except OSError:
         busy = 0.0
-    ours = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    ours = sum(
+        resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
     return busy, ours
 
 
-def run_child(cmd: list[str], env: dict[str, str], pattern: re.Pattern,
-              probe: Callable[[int], Any] | None = None) -> dict:
+def run_child(
+    cmd: list[str], env: dict[str, str], pattern: re.Pattern, probe: Callable[[int], Any] | None = None
+) -> dict:
     """Run one training command: the arrival time of each step line (seconds since start) and its match, every line
     it printed, its peak RSS (kB, its own: os.wait4's rusage), the share of the machine's CPU time that other
     processes took meanwhile, and `probe(pid)` called when the first step line arrives (the child still running)."""
@@ -195,8 +222,14 @@ def run_child(cmd: list[str], env: dict[str, str], pattern: re.Pattern,
         raise SystemExit(f"{' '.join(cmd[:4])} failed (exit {proc.returncode}):\n" + "\n".join(lines[-15:]))
     total, (busy1, ours1) = time.perf_counter() - t0, cpu_seconds()
     other = max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (total * (os.cpu_count() or 1)) if busy1 else float("nan")
-    return {"steps": steps, "total": total, "other": other, "lines": lines, "maxrss_kb": usage.ru_maxrss,
-            "probe": probed}
+    return {
+        "steps": steps,
+        "total": total,
+        "other": other,
+        "lines": lines,
+        "maxrss_kb": usage.ru_maxrss,
+        "probe": probed,
+    }
 
 
 def time_pair(cfg: Path, data: Path, work: Path, iters: int, k: int) -> dict[str, dict]:
@@ -218,8 +251,12 @@ def time_pair(cfg: Path, data: Path, work: Path, iters: int, k: int) -> dict[str
         if sorted(steps) != list(range(1, iters + 1)):
             raise SystemExit(f"{side}: expected a line for each of steps 1..{iters}, got {sorted(steps)}")
         stamps = [steps[i][0] for i in range(1, iters + 1)]
-        out[side] = {"window": stamps[-1] - stamps[0], "start": stamps[0], "other": res["other"],
-                     "step_times": np.diff(stamps).tolist()}
+        out[side] = {
+            "window": stamps[-1] - stamps[0],
+            "start": stamps[0],
+            "other": res["other"],
+            "step_times": np.diff(stamps).tolist(),
+        }
         if side == "mlx_lm":  # its running count of loss tokens, printed as e.g. 3.1k
             out[side]["loss_k"] = [float(steps[i][1].group(2)) for i in range(1, iters + 1)]
         else:
@@ -229,8 +266,9 @@ def time_pair(cfg: Path, data: Path, work: Path, iters: int, k: int) -> dict[str
     return out
 
 
-def bench_dataset(name: str, about: str, data: Path, sides: Sides, cfg: Path, work: Path, steps: int,
-                  repeats: int) -> None:
+def bench_dataset(
+    name: str, about: str, data: Path, sides: Sides, cfg: Path, work: Path, steps: int, repeats: int
+) -> None:
     iters = steps + 1
     records = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines() if line.strip()]
     epoch = len(records) // sides.bs  # the first `epoch` batches of either side are one pass over the data
@@ -251,14 +289,17 @@ def bench_dataset(name: str, about: str, data: Path, sides: Sides, cfg: Path, wo
             print(f"  warning: mlx_ft metrics tokens {res['tokens']}, replay says {ft_real}")
 
     print(f"\n{name}: {len(records)} {about}; timed steps 2..{iters} of each run, {repeats} run(s) per command")
-    print(f"  {'command':<13} {'s/step':>7} {'runs':>15} {'start s':>8} {'real tok/step':>14} {'fill':>5} "
-          f"{'real tok/s':>11} {'time ratio':>11} {'tok/s ratio':>12} {'epoch fill':>11} {'other cpu':>10}")
+    print(
+        f"  {'command':<13} {'s/step':>7} {'runs':>15} {'start s':>8} {'real tok/step':>14} {'fill':>5} "
+        f"{'real tok/s':>11} {'time ratio':>11} {'tok/s ratio':>12} {'epoch fill':>11} {'other cpu':>10}"
+    )
     figures = {}
     for side, label in (("mlx_lm", "mlx_lm lora"), ("mlx_ft", "mlx_ft train")):
         timed = plan[side][1:iters]
         real = sum(b["real"] for b in timed)
-        fill, epoch_fill = (sum(b["real"] for b in bs) / sum(b["rows"] * b["width"] for b in bs)
-                            for bs in (timed, plan[side][:epoch]))
+        fill, epoch_fill = (
+            sum(b["real"] for b in bs) / sum(b["rows"] * b["width"] for b in bs) for bs in (timed, plan[side][:epoch])
+        )
         per_run = [r["window"] / steps for r in runs[side]]
         s_step = sum(r["window"] for r in runs[side]) / (steps * repeats)
         figures[side] = (s_step, real / steps / s_step)
@@ -267,31 +308,43 @@ def bench_dataset(name: str, about: str, data: Path, sides: Sides, cfg: Path, wo
             t, v = s_step / figures["mlx_lm"][0], figures[side][1] / figures["mlx_lm"][1]
             ratios = f"{t:>10.3f}x {v:>11.3f}x"
         start = statistics.median(r["start"] for r in runs[side])
-        print(f"  {label:<13} {s_step:>7.2f} {' '.join(f'{x:.2f}' for x in per_run):>15} {start:>8.1f} "
-              f"{real / steps:>14.0f} {fill:>5.0%} {figures[side][1]:>11.1f} {ratios} {epoch_fill:>11.0%} "
-              f"{max(r['other'] for r in runs[side]):>10.0%}")
+        print(
+            f"  {label:<13} {s_step:>7.2f} {' '.join(f'{x:.2f}' for x in per_run):>15} {start:>8.1f} "
+            f"{real / steps:>14.0f} {fill:>5.0%} {figures[side][1]:>11.1f} {ratios} {epoch_fill:>11.0%} "
+            f"{max(r['other'] for r in runs[side]):>10.0%}"
+        )
     t = figures["mlx_ft"][0] / figures["mlx_lm"][0]
     # Step times scatter by ~10% even on an idle machine: say how well the ratio is known.
-    rel = [np.std(x, ddof=1) / np.mean(x) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
-           for x in ([d for r in runs[side] for d in r["step_times"]] for side in ("mlx_lm", "mlx_ft"))]
+    rel = [
+        np.std(x, ddof=1) / np.mean(x) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+        for x in ([d for r in runs[side] for d in r["step_times"]] for side in ("mlx_lm", "mlx_ft"))
+    ]
     se = t * np.hypot(*rel)
-    print(f"  mlx_ft vs mlx_lm, time per step: {t - 1:+.1%} +- {f'{se:.1%}' if se == se else '?'} (standard error of "
-          f"{steps * repeats} step times a side)")
-    print("  same batches on both sides: the difference is our overhead (goal: at most +3%)" if name == "equal-length"
-          else "  different batches on the two sides: compare real tok/s")
+    print(
+        f"  mlx_ft vs mlx_lm, time per step: {t - 1:+.1%} +- {f'{se:.1%}' if se == se else '?'} (standard error of "
+        f"{steps * repeats} step times a side)"
+    )
+    print(
+        "  same batches on both sides: the difference is our overhead (goal: at most +3%)"
+        if name == "equal-length"
+        else "  different batches on the two sides: compare real tok/s"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model source (mlx_ft alias, folder, repo id)")
-    ap.add_argument("--steps", type=int, default=4,
-                    help="timed steps per equal-length run (each run trains one more, untimed)")
-    ap.add_argument("--fish-steps", type=int, default=2,
-                    help="timed steps per fish_care run (~8x the work of an equal-length step)")
+    ap.add_argument(
+        "--steps", type=int, default=4, help="timed steps per equal-length run (each run trains one more, untimed)"
+    )
+    ap.add_argument(
+        "--fish-steps", type=int, default=2, help="timed steps per fish_care run (~8x the work of an equal-length step)"
+    )
     ap.add_argument("--repeats", type=int, default=2, help="runs of each command per dataset, alternating")
     ap.add_argument("--examples", type=int, default=64, help="size of the equal-length dataset")
-    ap.add_argument("--datasets", nargs="+", choices=["equal-length", "fish_care"],
-                    default=["equal-length", "fish_care"])
+    ap.add_argument(
+        "--datasets", nargs="+", choices=["equal-length", "fish_care"], default=["equal-length", "fish_care"]
+    )
     args = ap.parse_args()
     t0 = time.time()
     model_dir = models.resolve(args.model)

@@ -72,18 +72,26 @@ from typing import Any
 
 PEFT_CHILD = "--peft-child"
 if sys.argv[1:2] != [PEFT_CHILD]:  # the parent, in the project's venv; the PEFT child has no mlx
-    import mlx_ft  # noqa: F401 -- binds MLX to OpenBLAS before anything imports mlx.core
     import yaml
     from train_overhead import MLX_FT_STEP, REPO, SETTINGS, Sides, run_child, train_only_copy
 
-    from mlx_ft import data as ft_data, models
-    from mlx_ft.loss_plot import read_metrics
-    from mlx_ft.platform import use_fast_blas
-    from mlx_ft.batches import PAD_TO
+    import mlx_ft  # noqa: F401 -- binds MLX to OpenBLAS before anything imports mlx.core
+    from mlx_ft import data as ft_data
+    from mlx_ft import models
+    from mlx_ft.system.blas import use_fast_blas
+    from mlx_ft.training.batches import PAD_TO
+    from mlx_ft.training.loss_plot import read_metrics
 
 PEFT_PINS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0"]
-LORA_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]  # mlx_lm's default for llama: every Linear of a block
+LORA_KEYS = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]  # mlx_lm's default for llama: every Linear of a block
 PEFT_STEP = re.compile(r"^step (\d+)/\d+ loss (\S+) tokens (\d+) rows (\d+) width (\d+)$")
 TRAINABLE = re.compile(r"Trainable parameters: [\d.]+% \(([\d.]+)M/")
 
@@ -99,8 +107,14 @@ def peft_child(spec_path: str) -> None:
     torch.set_num_threads(spec["threads"])
     import peft
     import transformers
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     msl = spec["max_seq_length"]
     tok = AutoTokenizer.from_pretrained(spec["model"])
@@ -114,20 +128,34 @@ def peft_child(spec_path: str) -> None:
         answers = "".join(m["content"] for m in row["messages"] if m["role"] == "assistant")
         if "".join(learned.split()) != "".join(answers.split()):
             raise SystemExit(f"example {k}: the learned tokens are not the assistant turns")
-        examples.append({"input_ids": ids, "attention_mask": [1] * len(ids),
-                         "labels": [i if w else -100 for i, w in zip(ids, row["mask"])]})
+        examples.append(
+            {
+                "input_ids": ids,
+                "attention_mask": [1] * len(ids),
+                "labels": [i if w else -100 for i, w in zip(ids, row["mask"])],
+            }
+        )
     print(f"peft: {len(examples)} examples, ids equal to mlx_ft's, labels on the assistant turns", flush=True)
 
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     n_layers = model.config.num_hidden_layers
-    lora = peft.LoraConfig(r=spec["rank"], lora_alpha=spec["scale"] * spec["rank"], lora_dropout=0.0, bias="none",
-                           target_modules=[k.split(".")[-1] for k in spec["keys"]],
-                           layers_to_transform=list(range(n_layers - spec["num_layers"], n_layers)),
-                           layers_pattern="layers", task_type="CAUSAL_LM")
+    lora = peft.LoraConfig(
+        r=spec["rank"],
+        lora_alpha=spec["scale"] * spec["rank"],
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=[k.split(".")[-1] for k in spec["keys"]],
+        layers_to_transform=list(range(n_layers - spec["num_layers"], n_layers)),
+        layers_pattern="layers",
+        task_type="CAUSAL_LM",
+    )
     model = peft.get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"peft: trainable {trainable} parameters; tied embeddings: "
-          f"{model.get_output_embeddings().weight is model.get_input_embeddings().weight}", flush=True)
+    print(
+        f"peft: trainable {trainable} parameters; tied embeddings: "
+        f"{model.get_output_embeddings().weight is model.get_input_embeddings().weight}",
+        flush=True,
+    )
 
     pad = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)
     real: list[int] = []
@@ -152,22 +180,44 @@ def peft_child(spec_path: str) -> None:
             if logs and "loss" in logs:
                 k = state.global_step
                 rows_, width = shapes[k - 1]
-                print(f"step {k}/{iters} loss {logs['loss']} tokens {sum(real[:k])} rows {rows_} width {width}",
-                      flush=True)
+                print(
+                    f"step {k}/{iters} loss {logs['loss']} tokens {sum(real[:k])} rows {rows_} width {width}",
+                    flush=True,
+                )
 
     args = TrainingArguments(
-        output_dir=spec["out"], max_steps=iters, per_device_train_batch_size=spec["batch_size"],
-        learning_rate=spec["learning_rate"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=0.0, seed=spec["seed"], data_seed=spec["seed"], logging_strategy="steps", logging_steps=1,
-        save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
-        dataloader_num_workers=0, dataloader_drop_last=True, dataloader_pin_memory=False,
-        remove_unused_columns=False, train_sampling_strategy="random", gradient_checkpointing=False,
+        output_dir=spec["out"],
+        max_steps=iters,
+        per_device_train_batch_size=spec["batch_size"],
+        learning_rate=spec["learning_rate"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        seed=spec["seed"],
+        data_seed=spec["seed"],
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        dataloader_drop_last=True,
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+        train_sampling_strategy="random",
+        gradient_checkpointing=False,
     )
-    print(f"peft: torch {torch.__version__} ({torch.get_num_threads()} threads, "
-          f"{'MKL' if torch.backends.mkl.is_available() else 'no MKL'}, "
-          f"{'OpenMP' if torch.backends.openmp.is_available() else 'no OpenMP'}), transformers "
-          f"{transformers.__version__}, peft {peft.__version__}, attention {model.config._attn_implementation}, "
-          f"optim {args.optim}", flush=True)
+    print(
+        f"peft: torch {torch.__version__} ({torch.get_num_threads()} threads, "
+        f"{'MKL' if torch.backends.mkl.is_available() else 'no MKL'}, "
+        f"{'OpenMP' if torch.backends.openmp.is_available() else 'no OpenMP'}), transformers "
+        f"{transformers.__version__}, peft {peft.__version__}, attention {model.config._attn_implementation}, "
+        f"optim {args.optim}",
+        flush=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate, callbacks=[Lines()])
     trainer.train()
     if spec.get("profile"):
@@ -214,16 +264,18 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx_ft import adapters, config, train
-from mlx_ft.loader import load_model
-from mlx_ft.loss import learned_positions, masked_loss
+from mlx_ft import config
+from mlx_ft.models import adapters
+from mlx_ft.training import run as training_run
+from mlx_ft.models.loader import load_model
+from mlx_ft.training.loss import learned_positions, masked_loss
 
 spec = json.loads(sys.argv[1])
 cfg = config.build(spec["config"])
 model, tokenizer = load_model(spec["model"], spec["model"])
 mx.random.seed(cfg.seed)
 adapters.attach(model, cfg)
-opt = train._optimizer(cfg)
+opt = training_run._optimizer(cfg)
 rows = [json.loads(line) for line in open(spec["rows"])]
 chosen = [rows[i] for i in spec["rows_idx"]]
 width = spec["width"]
@@ -290,29 +342,62 @@ def write_inputs(sides: Sides, data: Path, work: Path, model_dir: str, args: arg
     if len(train_set) != len(chats):
         raise SystemExit(f"mlx_ft left out {len(chats) - len(train_set)} examples: rows would not line up")
     rows = work / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"messages": ex.messages, "ids": ids, "mask": mask}, ensure_ascii=False) + "\n"
-                            for ex, (ids, mask) in zip(chats, train_set.items)))
+    rows.write_text(
+        "".join(
+            json.dumps({"messages": ex.messages, "ids": ids, "mask": mask}, ensure_ascii=False) + "\n"
+            for ex, (ids, mask) in zip(chats, train_set.items)
+        )
+    )
     lora = {**SETTINGS["lora_parameters"], "keys": LORA_KEYS}
-    cfg = {"model": model_dir, "train": True, **SETTINGS, "lora_parameters": lora,
-           "optimizer_config": {"adam": {"bias_correction": True}}}
+    cfg = {
+        "model": model_dir,
+        "train": True,
+        **SETTINGS,
+        "lora_parameters": lora,
+        "optimizer_config": {"adam": {"bias_correction": True}},
+    }
     (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    spec = {"model": model_dir, "rows": str(rows), "threads": args.threads, "iters": args.steps + 1,
-            "rank": lora["rank"], "scale": lora["scale"], "keys": LORA_KEYS, "num_layers": SETTINGS["num_layers"],
-            **{k: SETTINGS[k] for k in ("batch_size", "learning_rate", "max_seq_length", "seed")}}
+    spec = {
+        "model": model_dir,
+        "rows": str(rows),
+        "threads": args.threads,
+        "iters": args.steps + 1,
+        "rank": lora["rank"],
+        "scale": lora["scale"],
+        "keys": LORA_KEYS,
+        "num_layers": SETTINGS["num_layers"],
+        **{k: SETTINGS[k] for k in ("batch_size", "learning_rate", "max_seq_length", "seed")},
+    }
     return {"rows": rows, "config": cfg, "spec": spec}
 
 
 def run_mlx(work: Path, data: Path, iters: int, env: dict, k: int) -> dict:
     run = work / f"mlx_ft-{k}"
-    cmd = [sys.executable, "-m", "mlx_ft", "train", "-c", str(work / "config.yaml"), "--data", str(data),
-           "--iters", str(iters), "--adapter-path", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlx_ft",
+        "train",
+        "-c",
+        str(work / "config.yaml"),
+        "--data",
+        str(data),
+        "--iters",
+        str(iters),
+        "--adapter-path",
+        str(run),
+    ]
     res = run_child(cmd, env, MLX_FT_STEP, probe)
     metrics = {r["step"]: r for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
     trainable = [float(m.group(1)) for line in res["lines"] if (m := TRAINABLE.search(line))]
     warnings = [line for line in res["lines"] if "warning" in line.lower()]
-    return {**res, "tokens": [metrics[i]["tokens"] for i in range(1, iters + 1)],
-            "losses": [metrics[i]["loss"] for i in range(1, iters + 1)],
-            "trainable_m": trainable[0] if trainable else None, "notes": warnings}
+    return {
+        **res,
+        "tokens": [metrics[i]["tokens"] for i in range(1, iters + 1)],
+        "losses": [metrics[i]["loss"] for i in range(1, iters + 1)],
+        "trainable_m": trainable[0] if trainable else None,
+        "notes": warnings,
+    }
 
 
 def run_peft(python: Path, work: Path, spec: dict, env: dict, k: int) -> dict:
@@ -324,10 +409,14 @@ def run_peft(python: Path, work: Path, spec: dict, env: dict, k: int) -> dict:
     iters = spec["iters"]
     notes = [line for line in res["lines"] if line.startswith("peft: ")]
     trainable = [int(m.group(1)) for line in notes if (m := re.search(r"trainable (\d+)", line))]
-    return {**res, "tokens": [int(steps[i][1].group(3)) for i in range(1, iters + 1)],
-            "losses": [float(steps[i][1].group(2)) for i in range(1, iters + 1)],
-            "shapes": [(int(steps[i][1].group(4)), int(steps[i][1].group(5))) for i in range(1, iters + 1)],
-            "trainable": trainable[0] if trainable else None, "notes": notes}
+    return {
+        **res,
+        "tokens": [int(steps[i][1].group(3)) for i in range(1, iters + 1)],
+        "losses": [float(steps[i][1].group(2)) for i in range(1, iters + 1)],
+        "shapes": [(int(steps[i][1].group(4)), int(steps[i][1].group(5))) for i in range(1, iters + 1)],
+        "trainable": trainable[0] if trainable else None,
+        "notes": notes,
+    }
 
 
 def summarize(side: str, runs: list[dict], shapes: list[tuple[int, int]], steps: int) -> dict:
@@ -345,11 +434,18 @@ def summarize(side: str, runs: list[dict], shapes: list[tuple[int, int]], steps:
     padded = sum(rows * width for rows, width in shapes[1:])
     total = sum(w for w, _ in windows)
     tok_s = real * len(runs) / total
-    return {"tok_s": tok_s, "s_step": total / (steps * len(runs)), "runs": [w / steps for w, _ in windows],
-            "rss_mb": max(r["maxrss_kb"] for r in runs) * 1024 / 1e6,
-            "losses": [r["losses"][-1] for r in runs], "start": statistics.median(s for _, s in windows),
-            "fill": real / padded, "padded_tok_s": tok_s * padded / real, "real_step": real / steps,
-            "other": max(r["other"] for r in runs)}
+    return {
+        "tok_s": tok_s,
+        "s_step": total / (steps * len(runs)),
+        "runs": [w / steps for w, _ in windows],
+        "rss_mb": max(r["maxrss_kb"] for r in runs) * 1024 / 1e6,
+        "losses": [r["losses"][-1] for r in runs],
+        "start": statistics.median(s for _, s in windows),
+        "fill": real / padded,
+        "padded_tok_s": tok_s * padded / real,
+        "real_step": real / steps,
+        "other": max(r["other"] for r in runs),
+    }
 
 
 def main() -> None:
@@ -362,8 +458,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run (each run trains one more, untimed)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating")
     ap.add_argument("--threads", type=int, default=2, help="threads for each side's math library")
-    ap.add_argument("--peft-venv", default=str(REPO / "bench" / ".venv-peft"),
-                    help="virtual environment of the PEFT side (made on first use)")
+    ap.add_argument(
+        "--peft-venv",
+        default=str(REPO / "bench" / ".venv-peft"),
+        help="virtual environment of the PEFT side (made on first use)",
+    )
     ap.add_argument("--profile", action="store_true", help="also split one step into forward/backward/update")
     args = ap.parse_args()
     t0 = time.time()
@@ -373,7 +472,10 @@ def main() -> None:
     iters = args.steps + 1
     load = os.getloadavg()
     print(f"cpu cores: {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"model: {model_dir}\nmlx_ft BLAS: {use_fast_blas().library} (bound by import mlx_ft); threads {args.threads} a side")
+    print(
+        f"model: {model_dir}\nmlx_ft BLAS: {use_fast_blas().library} (bound by import mlx_ft); "
+        f"threads {args.threads} a side"
+    )
     thread_vars = {"mlx_ft": ["OPENBLAS_NUM_THREADS"], "peft": ["OMP_NUM_THREADS", "MKL_NUM_THREADS"]}
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and k not in sum(thread_vars.values(), [])}
     base.update(PYTHONUNBUFFERED="1", COLUMNS="120")
@@ -399,11 +501,15 @@ def main() -> None:
         profiles = profile_both(python, work, inputs, envs, model_dir) if args.profile else {}
 
     mlx_shapes = [(b["rows"], b["width"]) for b in plan]
-    fig = {"mlx_ft": summarize("mlx_ft", runs["mlx_ft"], mlx_shapes, args.steps),
-           "peft": summarize("peft", runs["peft"], runs["peft"][0]["shapes"], args.steps)}
+    fig = {
+        "mlx_ft": summarize("mlx_ft", runs["mlx_ft"], mlx_shapes, args.steps),
+        "peft": summarize("peft", runs["peft"], runs["peft"][0]["shapes"], args.steps),
+    }
     m, p = runs["mlx_ft"][0], runs["peft"][0]
-    print(f"\ndata: {n_examples} chats of {args.data} (same ids and loss mask on both sides); batch 4, LoRA rank 8 "
-          f"on {len(LORA_KEYS)} projections of the last {SETTINGS['num_layers']} layers")
+    print(
+        f"\ndata: {n_examples} chats of {args.data} (same ids and loss mask on both sides); batch 4, LoRA rank 8 "
+        f"on {len(LORA_KEYS)} projections of the last {SETTINGS['num_layers']} layers"
+    )
     print(f"trainable parameters: mlx_ft {m['trainable_m']}M, peft {p['trainable'] / 1e6:.3f}M")
     if m["trainable_m"] is None or abs(m["trainable_m"] - p["trainable"] / 1e6) > 0.0005:
         print("  warning: the two sides train different numbers of LoRA parameters: not the same adapters")
@@ -416,24 +522,32 @@ def main() -> None:
     if not any(lib.startswith("libopenblas") for lib in m["probe"]["libs"]):
         print("  warning: the mlx_ft child has no OpenBLAS mapped: MLX multiplied on its slow bundled BLAS")
     print(f"\ntimed steps 2..{iters} of each run, {args.repeats} run(s) a side, alternating")
-    print(f"  {'side':<13} {'real tok/s':>10} {'s/step':>7} {'runs':>15} {'peak RSS MB':>12} {'final loss':>11} "
-          f"{'start s':>8} {'real tok/step':>14} {'fill':>5} {'padded tok/s':>13} {'other cpu':>10}")
+    print(
+        f"  {'side':<13} {'real tok/s':>10} {'s/step':>7} {'runs':>15} {'peak RSS MB':>12} {'final loss':>11} "
+        f"{'start s':>8} {'real tok/step':>14} {'fill':>5} {'padded tok/s':>13} {'other cpu':>10}"
+    )
     for side, label in (("mlx_ft", "mlx_ft train"), ("peft", "HF+peft")):
         f = fig[side]
-        print(f"  {label:<13} {f['tok_s']:>10.1f} {f['s_step']:>7.2f} {' '.join(f'{x:.2f}' for x in f['runs']):>15} "
-              f"{f['rss_mb']:>12.0f} {' '.join(f'{x:.3f}' for x in f['losses']):>11} {f['start']:>8.1f} "
-              f"{f['real_step']:>14.0f} {f['fill']:>5.0%} {f['padded_tok_s']:>13.1f} {f['other']:>10.0%}")
+        print(
+            f"  {label:<13} {f['tok_s']:>10.1f} {f['s_step']:>7.2f} {' '.join(f'{x:.2f}' for x in f['runs']):>15} "
+            f"{f['rss_mb']:>12.0f} {' '.join(f'{x:.3f}' for x in f['losses']):>11} {f['start']:>8.1f} "
+            f"{f['real_step']:>14.0f} {f['fill']:>5.0%} {f['padded_tok_s']:>13.1f} {f['other']:>10.0%}"
+        )
     speed = fig["mlx_ft"]["tok_s"] / fig["peft"]["tok_s"]
     raw = fig["mlx_ft"]["padded_tok_s"] / fig["peft"]["padded_tok_s"]
     rss = fig["mlx_ft"]["rss_mb"] / fig["peft"]["rss_mb"]
-    print(f"\n  mlx_ft / peft: real tok/s {speed:.2f}x (padded tok/s {raw:.2f}x: the rest is mlx_ft's length "
-          f"sorting), peak RSS {rss:.2f}x")
+    print(
+        f"\n  mlx_ft / peft: real tok/s {speed:.2f}x (padded tok/s {raw:.2f}x: the rest is mlx_ft's length "
+        f"sorting), peak RSS {rss:.2f}x"
+    )
     met = speed >= 2 and rss <= 1
     print(f"  goal (>= 2x real tok/s at <= peak RSS): {'met' if met else 'NOT met'}")
     for side, prof in profiles.items():
         total = prof["forward"] + prof["backward"] + prof["update"]
-        print(f"  profile {side:<7} batch {prof['shape'][0]}x{prof['shape'][1]}: forward {prof['forward']:.2f} s, "
-              f"backward {prof['backward']:.2f} s, update {prof['update']:.3f} s (sum {total:.2f} s)")
+        print(
+            f"  profile {side:<7} batch {prof['shape'][0]}x{prof['shape'][1]}: forward {prof['forward']:.2f} s, "
+            f"backward {prof['backward']:.2f} s, update {prof['update']:.3f} s (sum {total:.2f} s)"
+        )
     load = os.getloadavg()
     print(f"\n({time.time() - t0:.0f} s; load average now {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
 
@@ -445,18 +559,47 @@ def profile_both(python: Path, work: Path, inputs: dict, envs: dict[str, dict], 
     rows = [json.loads(line) for line in inputs["rows"].read_text().splitlines()]
     by_length = sorted(range(len(rows)), key=lambda i: len(rows[i]["ids"]))
     bs = SETTINGS["batch_size"]
-    idx = by_length[len(rows) // 2 - bs // 2:][:bs]
+    idx = by_length[len(rows) // 2 - bs // 2 :][:bs]
     longest = max(len(rows[i]["ids"]) for i in idx)
     width = min(PAD_TO * -(-longest // PAD_TO) + 1, SETTINGS["max_seq_length"] + 1)
-    spec = {"config": {k: v for k, v in inputs["config"].items() if k != "train"}, "model": model_dir,
-            "rows": str(inputs["rows"]), "rows_idx": idx, "width": width}
-    out = {"mlx_ft": _profile_line(subprocess.run([sys.executable, "-c", MLX_PROFILE, json.dumps(spec)], cwd=REPO,
-                                                  capture_output=True, text=True, env=envs["mlx_ft"]), "mlx_ft")}
+    spec = {
+        "config": {k: v for k, v in inputs["config"].items() if k != "train"},
+        "model": model_dir,
+        "rows": str(inputs["rows"]),
+        "rows_idx": idx,
+        "width": width,
+    }
+    out = {
+        "mlx_ft": _profile_line(
+            subprocess.run(
+                [sys.executable, "-c", MLX_PROFILE, json.dumps(spec)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                env=envs["mlx_ft"],
+            ),
+            "mlx_ft",
+        )
+    }
     path = work / "peft-profile.json"
-    path.write_text(json.dumps({**inputs["spec"], "iters": 1, "out": str(work / "peft-profile"), "profile": idx,
-                                "profile_width": width - 1}))
-    proc = subprocess.run([str(python), str(Path(__file__).resolve()), PEFT_CHILD, str(path)], cwd=REPO,
-                          capture_output=True, text=True, env=envs["peft"])
+    path.write_text(
+        json.dumps(
+            {
+                **inputs["spec"],
+                "iters": 1,
+                "out": str(work / "peft-profile"),
+                "profile": idx,
+                "profile_width": width - 1,
+            }
+        )
+    )
+    proc = subprocess.run(
+        [str(python), str(Path(__file__).resolve()), PEFT_CHILD, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=envs["peft"],
+    )
     out["peft"] = _profile_line(proc, "peft")
     return out
 
@@ -464,7 +607,7 @@ def profile_both(python: Path, work: Path, inputs: dict, envs: dict[str, dict], 
 def _profile_line(proc: subprocess.CompletedProcess, side: str) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("profile "):
-            return json.loads(line[len("profile "):])
+            return json.loads(line[len("profile ") :])
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
     raise SystemExit(f"{side} profile failed (exit {proc.returncode}):\n{tail}")
 

@@ -1,8 +1,8 @@
 """mlx_ft: fine-tune a small chat model with MLX, serve it, export it to GGUF."""
 
-from mlx_ft.platform import use_fast_blas as _use_fast_blas
+from mlx_ft.system.blas import use_fast_blas as _use_fast_blas
 
 __version__ = "0.1.0"
 
-# Must run before anything imports mlx.core: see mlx_ft/platform.py.
+# Must run before anything imports mlx.core: see mlx_ft/system/blas.py.
 _use_fast_blas()

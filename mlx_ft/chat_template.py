@@ -7,8 +7,9 @@ exactly the tokens it will see when it is used. The template itself is the model
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 # The one vocabulary of a conversation, everywhere in mlx_ft: OpenAI's chat roles and {"role", "content"} messages.
 ROLES = ("system", "user", "assistant", "tool")
@@ -73,8 +74,8 @@ def _probe_frame(tokenizer: Any) -> AnswerFrame:
     at = full.find(_PROBE)
     if at < 0:
         raise ValueError("the chat template does not write the assistant's answer")
-    preamble = full[len(prompt):at] if full.startswith(prompt) else ""
-    return AnswerFrame(preamble, full[at + len(_PROBE):])
+    preamble = full[len(prompt) : at] if full.startswith(prompt) else ""
+    return AnswerFrame(preamble, full[at + len(_PROBE) :])
 
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
@@ -83,7 +84,8 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     end = answer_frame(tokenizer).end.strip()
     ids = _ids(tokenizer, end) if end else []
     special = set(getattr(hf_tokenizer(tokenizer), "all_special_ids", ())) | set(
-        getattr(hf_tokenizer(tokenizer), "added_tokens_decoder", {}) or {})
+        getattr(hf_tokenizer(tokenizer), "added_tokens_decoder", {}) or {}
+    )
     return ids[0] if ids and ids[0] in special else None
 
 
@@ -125,7 +127,9 @@ def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, l
     return text, spans
 
 
-def training_tokens(tokenizer: Any, messages: Sequence[Message], mask_prompt: bool = True) -> tuple[list[int], list[int]]:
+def training_tokens(
+    tokenizer: Any, messages: Sequence[Message], mask_prompt: bool = True
+) -> tuple[list[int], list[int]]:
     """Ids of the whole conversation and a 0/1 weight per id: 1 where the loss applies.
 
     The mask is taken from character offsets of one tokenization of the full text, so tokens that BPE merges across

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
-from mlx_ft import __version__, config as config_mod, data, data_stats, recipes
+from mlx_ft import __version__, data
+from mlx_ft import config as config_mod
+from mlx_ft.data import recipes
+from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
-from mlx_ft.platform import blas_warning
+from mlx_ft.inference.sampling import CHAT_TEMPERATURE, MAX_TOKENS
+from mlx_ft.system.blas import blas_warning
 
 if TYPE_CHECKING:
-    from mlx_ft.generation import Sampling
-    from mlx_ft.loader import Loaded
+    from mlx_ft.inference.sampling import Sampling
+    from mlx_ft.models.loader import Loaded
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -21,10 +26,20 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     if recipe and args.instruction:
         raise UserError("--instruction and --recipe both wrap the input; the recipe's task templates decide it")
     report = data.prepare(
-        [Path(p) for p in args.inputs], Path(args.out), fmt=args.format,
-        opts=data.Options(system=args.system or (recipe.system if recipe else None), instruction=args.instruction,
-                          recipe=recipe, keep=tuple(dict.fromkeys(["task", *(args.keep_field or [])]))),
-        valid=args.valid, test=args.test, seed=args.seed, skip_invalid=args.skip_invalid, datasets=args.dataset,
+        [Path(p) for p in args.inputs],
+        Path(args.out),
+        fmt=args.format,
+        opts=data.Options(
+            system=args.system or (recipe.system if recipe else None),
+            instruction=args.instruction,
+            recipe=recipe,
+            keep=tuple(dict.fromkeys(["task", *(args.keep_field or [])])),
+        ),
+        valid=args.valid,
+        test=args.test,
+        seed=args.seed,
+        skip_invalid=args.skip_invalid,
+        datasets=args.dataset,
         stats=None if args.no_stats else data_stats.settings(args.model, args.max_seq_length),
         group=args.group_field,
     )
@@ -32,7 +47,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from mlx_ft.train import train
+    from mlx_ft.training.run import train
 
     flags = {k: getattr(args, k, None) for k in config_mod.FIELDS}
     if args.resume:
@@ -45,28 +60,36 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_import_gguf(args: argparse.Namespace) -> None:
-    from mlx_ft.gguf_import import import_gguf
+    from mlx_ft.models.gguf_import import import_gguf
 
     out = import_gguf(Path(args.file), Path(args.out), dtype=args.dtype)
     print(f"imported {args.file} into {out}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from mlx_ft import evaluate
+    from mlx_ft.inference import evaluate
 
-    report = evaluate.evaluate(args.run, args.data, args.split, compare_base=args.compare_base,
-                               by_field=args.by_field, out=Path(args.out) if args.out else None,
-                               max_tokens=args.max_tokens, batch_size=args.batch_size, limit=args.limit)
+    report = evaluate.evaluate(
+        args.run,
+        args.data,
+        args.split,
+        compare_base=args.compare_base,
+        by_field=args.by_field,
+        out=Path(args.out) if args.out else None,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
     print(evaluate.format_report(report))
 
 
-def _sampling(args: argparse.Namespace) -> "Sampling":
-    from mlx_ft.generation import Sampling
+def _sampling(args: argparse.Namespace) -> Sampling:
+    from mlx_ft.inference.sampling import Sampling
 
     return Sampling(temp=args.temp, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
 
 
-def _system(args: argparse.Namespace, loaded: "Loaded") -> str | None:
+def _system(args: argparse.Namespace, loaded: Loaded) -> str | None:
     """--system, else the system prompt the run was trained with (answers match training best under it)."""
     if args.system is not None:
         return args.system or None
@@ -76,7 +99,8 @@ def _system(args: argparse.Namespace, loaded: "Loaded") -> str | None:
 
 
 def _cmd_infer(args: argparse.Namespace) -> None:
-    from mlx_ft import infer, loader
+    from mlx_ft.inference import infer
+    from mlx_ft.models import loader
 
     if (args.text is None) == (args.file is None):
         raise UserError("give either a TEXT to answer or --file FILE")
@@ -88,8 +112,10 @@ def _cmd_infer(args: argparse.Namespace) -> None:
         try:  # before the model loads: a recipe with several tasks needs one named
             text = ref.render(text)
         except ValueError:
-            raise UserError(f"recipe {ref.recipe.name} has several tasks; name one: --task "
-                            f"{ref.recipe.name}:{next(iter(ref.recipe.tasks))}") from None
+            raise UserError(
+                f"recipe {ref.recipe.name} has several tasks; name one: --task "
+                f"{ref.recipe.name}:{next(iter(ref.recipe.tasks))}"
+            ) from None
     loaded = loader.load(args.run)
     if args.file:
         n = infer.run_file(loaded, Path(args.file), Path(args.out), _sampling(args), _system(args, loaded), ref)
@@ -99,7 +125,8 @@ def _cmd_infer(args: argparse.Namespace) -> None:
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
-    from mlx_ft import chat_repl, loader
+    from mlx_ft.inference import chat_repl
+    from mlx_ft.models import loader
 
     loaded = loader.load(args.run)
     chat_repl.run(chat_repl.Session(loaded, _sampling(args), _system(args, loaded)))
@@ -122,14 +149,16 @@ def _cmd_export_gguf(args: argparse.Namespace) -> None:
 
     out = Path(args.out) if args.out else Path(f"{Path(args.run).resolve().name}-{args.type}.gguf")
     export_gguf(args.run, args.type, out)
-    print(f"GGUF written to {out}, with {out.parent / 'Modelfile'}; then: cd {out.parent} && "
-          f"ollama create NAME -f Modelfile")
+    print(
+        f"GGUF written to {out}, with {out.parent / 'Modelfile'}; then: cd {out.parent} && "
+        f"ollama create NAME -f Modelfile"
+    )
 
 
 def _cmd_export_modelfile(args: argparse.Namespace) -> None:
-    from mlx_ft import loader
     from mlx_ft.atomic import write_text
     from mlx_ft.export.modelfile import modelfile
+    from mlx_ft.models import loader
 
     loaded = loader.load(args.run, adapter=False)
     out = Path(args.out)
@@ -138,7 +167,7 @@ def _cmd_export_modelfile(args: argparse.Namespace) -> None:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from mlx_ft import doctor
+    from mlx_ft.system import doctor
 
     return doctor.main(as_json=args.json)
 
@@ -161,12 +190,19 @@ class _GGUFTypes:
 
 def _add_sampling_flags(p: argparse.ArgumentParser, temp: float) -> None:
     p.add_argument("--temp", type=float, default=temp, help=f"sampling temperature; 0 is greedy (default {temp})")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens "
-                   "whose probabilities sum to this (default 1.0: all)")
-    p.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="nucleus sampling: keep the most likely tokens whose probabilities sum to this (default 1.0: all)",
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=MAX_TOKENS, help=f"longest answer in tokens (default {MAX_TOKENS})"
+    )
     p.add_argument("--seed", type=int, help="random seed, for repeatable sampled answers")
-    p.add_argument("--system", help="system prompt (default: the one every training example had, if any; "
-                   "--system '' for none)")
+    p.add_argument(
+        "--system", help="system prompt (default: the one every training example had, if any; --system '' for none)"
+    )
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -192,165 +228,254 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlx_ft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("prepare", help="turn raw chat / instruction / text files into train/valid/test JSONL",
-                       description="Convert raw examples (.json array, .jsonl, .csv with a header row, .txt with "
-                       "one text per line; or LLaMA-Factory's dataset_info.json) into {\"messages\": […]} chat JSONL (or {\"text\": …} "
-                       "for continued pre-training) split into train/valid/test. Formats: "
-                       + ", ".join(data.FORMATS) + "; detected per example unless --format is given. Every problem "
-                       "is reported as FILE:LINE before anything is written. Then prints token lengths per split "
-                       "under the model's chat template and how many examples max_seq_length would cut.")
-    p.add_argument("inputs", nargs="+", metavar="FILE",
-                   help="raw data files (.json, .jsonl, .csv, .txt) or a dataset_info.json")
+    p = sub.add_parser(
+        "prepare",
+        help="turn raw chat / instruction / text files into train/valid/test JSONL",
+        description="Convert raw examples (.json array, .jsonl, .csv with a header row, .txt with "
+        'one text per line; or LLaMA-Factory\'s dataset_info.json) into {"messages": […]} chat JSONL (or {"text": …} '
+        "for continued pre-training) split into train/valid/test. Formats: "
+        + ", ".join(data.FORMATS)
+        + "; detected per example unless --format is given. Every problem "
+        "is reported as FILE:LINE before anything is written. Then prints token lengths per split "
+        "under the model's chat template and how many examples max_seq_length would cut.",
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="FILE", help="raw data files (.json, .jsonl, .csv, .txt) or a dataset_info.json"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write train/valid/test.jsonl into")
     p.add_argument("--format", choices=list(data.FORMATS), help="format of plain input files (default: detect)")
-    p.add_argument("--dataset", action="append", metavar="NAME",
-                   help="entry of dataset_info.json to use (repeatable; default: every supported entry whose file is "
-                   "here, the others listed as skipped with the reason)")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        metavar="NAME",
+        help="entry of dataset_info.json to use (repeatable; default: every supported entry whose file is "
+        "here, the others listed as skipped with the reason)",
+    )
     p.add_argument("--system", help="system prompt to put at the start of every conversation that has none")
     p.add_argument("--instruction", help="text put before every input (io format)")
-    p.add_argument("--recipe", metavar="NAME|DIR",
-                   help="wrap every input (io format) in its task's template from this recipe (a folder with "
-                   "recipe.yaml, or a shipped recipe: miners, router); its system prompt applies unless --system")
-    p.add_argument("--keep-field", action="append", metavar="NAME",
-                   help="carry this field of each record (a label such as a category) into the prepared splits, "
-                   "for `eval --by-field NAME` (repeatable; `task` is always carried)")
+    p.add_argument(
+        "--recipe",
+        metavar="NAME|DIR",
+        help="wrap every input (io format) in its task's template from this recipe (a folder with "
+        "recipe.yaml, or a shipped recipe: miners, router); its system prompt applies unless --system",
+    )
+    p.add_argument(
+        "--keep-field",
+        action="append",
+        metavar="NAME",
+        help="carry this field of each record (a label such as a category) into the prepared splits, "
+        "for `eval --by-field NAME` (repeatable; `task` is always carried)",
+    )
     p.add_argument("--valid", type=float, default=0.1, help="fraction for the validation split (default 0.1)")
     p.add_argument("--test", type=float, default=0.1, help="fraction for the test split (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    p.add_argument("--group-field", metavar="NAME",
-                   help="keep the examples that share this field's value in one split (e.g. one product's listings), "
-                   "so the test split holds only unseen groups")
+    p.add_argument(
+        "--group-field",
+        metavar="NAME",
+        help="keep the examples that share this field's value in one split (e.g. one product's listings), "
+        "so the test split holds only unseen groups",
+    )
     p.add_argument("--skip-invalid", action="store_true", help="skip bad examples (and count them) instead of failing")
     p.add_argument("--model", help="model whose tokenizer measures the token lengths (default: the config's model)")
-    p.add_argument("--max-seq-length", type=int, metavar="N",
-                   help="count the examples longer than this (default: the config's max_seq_length)")
+    p.add_argument(
+        "--max-seq-length",
+        type=int,
+        metavar="N",
+        help="count the examples longer than this (default: the config's max_seq_length)",
+    )
     p.add_argument("--no-stats", action="store_true", help="skip the token-length statistics (no tokenizer load)")
     p.set_defaults(func=_cmd_prepare, needs_mlx=False)
 
-    p = sub.add_parser("train", help="train a LoRA/DoRA adapter (or a full fine-tune) from lora_config.yaml",
-                       description="Train with mlx_lm's tuner. Settings come from the config file (default: "
-                       "./lora_config.yaml, else the shipped one); every flag below overrides its key. Writes a run "
-                       "folder with config.yaml, adapter_config.json, adapters.safetensors, metrics.jsonl, loss.png, "
-                       "best/ (the best validation loss) and checkpoints/. Ctrl-C saves a checkpoint after the current step; "
-                       "`--resume RUN` continues. Data-parallel over several Macs: mlx.launch --hosts A,B "
-                       "python -m mlx_ft train …")
+    p = sub.add_parser(
+        "train",
+        help="train a LoRA/DoRA adapter (or a full fine-tune) from lora_config.yaml",
+        description="Train with mlx_lm's tuner. Settings come from the config file (default: "
+        "./lora_config.yaml, else the shipped one); every flag below overrides its key. Writes a run "
+        "folder with config.yaml, adapter_config.json, adapters.safetensors, metrics.jsonl, loss.png, "
+        "best/ (the best validation loss) and checkpoints/. Ctrl-C saves a checkpoint after the current step; "
+        "`--resume RUN` continues. Data-parallel over several Macs: mlx.launch --hosts A,B "
+        "python -m mlx_ft train …",
+    )
     p.add_argument("-c", "--config", metavar="YAML", help="config file (default: ./lora_config.yaml)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any key, nested ones too: --set lora_parameters.rank=16")
-    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint, exactly as if it had "
-                   "never stopped (only when-to-stop/report/save keys may change, e.g. --iters)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any key, nested ones too: --set lora_parameters.rank=16",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue RUN from its newest checkpoint, exactly as if it had "
+        "never stopped (only when-to-stop/report/save keys may change, e.g. --iters)",
+    )
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train, needs_mlx=True)
 
-    p = sub.add_parser("import-gguf", help="turn a llama/qwen2/qwen3 .gguf file into a Hugging Face style folder",
-                       description="Dequantize a GGUF model (F32/F16/BF16/Q8_0/Q4_x/Q5_x/K-quants) into "
-                       "config.json + model.safetensors + tokenizer files that mlx_lm and transformers load.")
+    p = sub.add_parser(
+        "import-gguf",
+        help="turn a llama/qwen2/qwen3 .gguf file into a Hugging Face style folder",
+        description="Dequantize a GGUF model (F32/F16/BF16/Q8_0/Q4_x/Q5_x/K-quants) into "
+        "config.json + model.safetensors + tokenizer files that mlx_lm and transformers load.",
+    )
     p.add_argument("file", help="the .gguf file")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="weight type to store (default float32: exact, and fastest on CPU)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="weight type to store (default float32: exact, and fastest on CPU)",
+    )
     p.set_defaults(func=_cmd_import_gguf, needs_mlx=True)
 
-    run_help = ("a run folder (base model + adapter; also RUN/best or RUN/checkpoints/step-N), a fused model folder, "
-                "a .gguf file, a built-in model or a Hugging Face repo id")
-    p = sub.add_parser("eval", help="score a run on a data split: loss, exact match, BLEU, ROUGE-L …",
-                       description="Loss and perplexity over the learned tokens of a prepared split, and generation "
-                       "metrics on each example's final answer (greedy): exact match, label accuracy with a "
-                       "confusion table when the answers are a small set of labels, BLEU-4 and ROUGE-L (characters "
-                       "for Chinese, words otherwise), and the length ratio. Per task when examples carry a `task` "
-                       "field. Writes metrics.json and predictions.jsonl to RUN/eval.")
+    run_help = (
+        "a run folder (base model + adapter; also RUN/best or RUN/checkpoints/step-N), a fused model folder, "
+        "a .gguf file, a built-in model or a Hugging Face repo id"
+    )
+    p = sub.add_parser(
+        "eval",
+        help="score a run on a data split: loss, exact match, BLEU, ROUGE-L …",
+        description="Loss and perplexity over the learned tokens of a prepared split, and generation "
+        "metrics on each example's final answer (greedy): exact match, label accuracy with a "
+        "confusion table when the answers are a small set of labels, BLEU-4 and ROUGE-L (characters "
+        "for Chinese, words otherwise), and the length ratio. Per task when examples carry a `task` "
+        "field. Writes metrics.json and predictions.jsonl to RUN/eval.",
+    )
     p.add_argument("run", metavar="RUN", help=run_help)
     p.add_argument("--data", metavar="DIR", help="prepared data folder (default: the run's training data)")
     p.add_argument("--split", default="test", help="which split file to score (default test)")
-    p.add_argument("--compare-base", action="store_true",
-                   help="score the base model without the adapter too, side by side")
-    p.add_argument("--by-field", metavar="NAME", help="break every metric down by this field of the examples "
-                   "(default: `task` when the examples have it)")
+    p.add_argument(
+        "--compare-base", action="store_true", help="score the base model without the adapter too, side by side"
+    )
+    p.add_argument(
+        "--by-field",
+        metavar="NAME",
+        help="break every metric down by this field of the examples (default: `task` when the examples have it)",
+    )
     p.add_argument("--out", metavar="DIR", help="where to write the results (default RUN/eval)")
-    p.add_argument("--max-tokens", type=int, help="longest answer generated (default: twice the longest expected "
-                   "answer + 16 tokens)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="longest answer generated (default: twice the longest expected answer + 16 tokens)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch for the loss (default 8)")
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N examples of the split (a quick look)")
     p.set_defaults(func=_cmd_eval, needs_mlx=True)
 
-    p = sub.add_parser("infer", help="answer one prompt (streamed), or a JSONL file of prompts (batched)",
-                       description="Answer TEXT, streaming the answer as it is generated, or every line of --file "
-                       "(JSONL/JSON/CSV rows with `messages`, or a `prompt`/`input`/`question`/`instruction` field) "
-                       "into --out, each row with an `output` field added.")
+    p = sub.add_parser(
+        "infer",
+        help="answer one prompt (streamed), or a JSONL file of prompts (batched)",
+        description="Answer TEXT, streaming the answer as it is generated, or every line of --file "
+        "(JSONL/JSON/CSV rows with `messages`, or a `prompt`/`input`/`question`/`instruction` field) "
+        "into --out, each row with an `output` field added.",
+    )
     p.add_argument("run", metavar="RUN", help=run_help)
     p.add_argument("text", nargs="?", help="the prompt")
     p.add_argument("--file", metavar="FILE", help="prompts to answer in batches")
     p.add_argument("--out", metavar="FILE", help="where --file's answers go (JSONL)")
-    p.add_argument("--task", metavar="RECIPE[:TASK]",
-                   help="wrap the input in a recipe task's template, as its training data was (e.g. miners, "
-                   "router:scene; in --file, a line's own `task` field picks the task)")
+    p.add_argument(
+        "--task",
+        metavar="RECIPE[:TASK]",
+        help="wrap the input in a recipe task's template, as its training data was (e.g. miners, "
+        "router:scene; in --file, a line's own `task` field picks the task)",
+    )
     _add_sampling_flags(p, temp=0.0)
     p.set_defaults(func=_cmd_infer, needs_mlx=True)
 
-    p = sub.add_parser("chat", help="talk to a run in the terminal",
-                       description="A multi-turn chat in the terminal. Commands: /clear, /system TEXT, /save FILE, "
-                       "/help, /exit. Ctrl-D quits; Ctrl-C stops an answer, or quits at the prompt.")
+    p = sub.add_parser(
+        "chat",
+        help="talk to a run in the terminal",
+        description="A multi-turn chat in the terminal. Commands: /clear, /system TEXT, /save FILE, "
+        "/help, /exit. Ctrl-D quits; Ctrl-C stops an answer, or quits at the prompt.",
+    )
     p.add_argument("run", metavar="RUN", help=run_help)
-    _add_sampling_flags(p, temp=0.7)
+    _add_sampling_flags(p, temp=CHAT_TEMPERATURE)
     p.set_defaults(func=_cmd_chat, needs_mlx=True)
 
-    p = sub.add_parser("serve", help="web chat with history, OpenAI-compatible API and a runs dashboard",
-                       description="Serve RUN in a browser chat at http://HOST:PORT (conversations kept in a SQLite "
-                       "file across restarts, answers streamed), with a runs page (loss curves, live while "
-                       "training) and JSON APIs: /api/chat + /api/clear (server-side history), /api/conversations, "
-                       "and OpenAI's /v1/chat/completions (stream: true too) and /v1/models.")
+    p = sub.add_parser(
+        "serve",
+        help="web chat with history, OpenAI-compatible API and a runs dashboard",
+        description="Serve RUN in a browser chat at http://HOST:PORT (conversations kept in a SQLite "
+        "file across restarts, answers streamed), with a runs page (loss curves, live while "
+        "training) and JSON APIs: /api/chat + /api/clear (server-side history), /api/conversations, "
+        "and OpenAI's /v1/chat/completions (stream: true too) and /v1/models.",
+    )
     p.add_argument("run", metavar="RUN", help=run_help)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     p.add_argument("--db", default="chat_history.db", metavar="PATH", help="history file (default ./chat_history.db)")
     p.add_argument("--runs", default="runs", metavar="DIR", help="runs folder shown on /runs (default ./runs)")
-    p.add_argument("--task", action="append", metavar="RECIPE",
-                   help="serve this recipe's tasks at POST /api/tasks/<task> (and any GET route the recipe declares, "
-                   "e.g. the miner recipe's /model_generate/get-model-name); a folder with recipe.yaml or a shipped "
-                   "recipe name; repeatable")
-    p.add_argument("--allow-host", action="append", metavar="NAME",
-                   help="also answer requests whose Host header is NAME (e.g. this machine's LAN name with --host "
-                   "0.0.0.0); by default only 127.0.0.1, localhost, [::1] and --host are, which stops DNS "
-                   "rebinding; '*' accepts any Host (turns that check off); repeatable")
+    p.add_argument(
+        "--task",
+        action="append",
+        metavar="RECIPE",
+        help="serve this recipe's tasks at POST /api/tasks/<task> (and any GET route the recipe declares, "
+        "e.g. the miner recipe's /model_generate/get-model-name); a folder with recipe.yaml or a shipped "
+        "recipe name; repeatable",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (e.g. this machine's LAN name with --host "
+        "0.0.0.0); by default only 127.0.0.1, localhost, [::1] and --host are, which stops DNS "
+        "rebinding; '*' accepts any Host (turns that check off); repeatable",
+    )
     p.set_defaults(func=_cmd_serve, needs_mlx=True)
 
-    p = sub.add_parser("export", help="write a run out: fused Hugging Face folder, GGUF + Ollama Modelfile",
-                       description="Export a run for other tools.")
+    p = sub.add_parser(
+        "export",
+        help="write a run out: fused Hugging Face folder, GGUF + Ollama Modelfile",
+        description="Export a run for other tools.",
+    )
     formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
-    q = formats.add_parser("hf", help="the adapter fused into the base: safetensors + config + tokenizer",
-                           description="Fuse RUN's adapter into its base model and write a Hugging Face folder "
-                           "(safetensors, sharded when large; config.json; tokenizer files with the chat template) "
-                           "that transformers and mlx_lm load. A QLoRA base is dequantized.")
+    q = formats.add_parser(
+        "hf",
+        help="the adapter fused into the base: safetensors + config + tokenizer",
+        description="Fuse RUN's adapter into its base model and write a Hugging Face folder "
+        "(safetensors, sharded when large; config.json; tokenizer files with the chat template) "
+        "that transformers and mlx_lm load. A QLoRA base is dequantized.",
+    )
     q.add_argument("run", metavar="RUN", help=run_help)
     q.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
     q.set_defaults(func=_cmd_export_hf, needs_mlx=True)
 
-    q = formats.add_parser("gguf", help="one GGUF file for llama.cpp / Ollama, plus a Modelfile",
-                           description="Fuse RUN's adapter and write a GGUF file (llama, qwen2, qwen3) of --type, "
-                           "with the tokenizer and chat template as llama.cpp's converter writes them, quantized in "
-                           "Python as llama-quantize would (its per-tensor type choice and fallbacks), and an Ollama "
-                           "Modelfile beside it.")
+    q = formats.add_parser(
+        "gguf",
+        help="one GGUF file for llama.cpp / Ollama, plus a Modelfile",
+        description="Fuse RUN's adapter and write a GGUF file (llama, qwen2, qwen3) of --type, "
+        "with the tokenizer and chat template as llama.cpp's converter writes them, quantized in "
+        "Python as llama-quantize would (its per-tensor type choice and fallbacks), and an Ollama "
+        "Modelfile beside it.",
+    )
     q.add_argument("run", metavar="RUN", help=run_help)
-    q.add_argument("--type", default="q4_k_m", choices=_GGUFTypes(), metavar="TYPE",
-                   help="file type: %(choices)s (default q4_k_m)")
+    q.add_argument(
+        "--type", default="q4_k_m", choices=_GGUFTypes(), metavar="TYPE", help="file type: %(choices)s (default q4_k_m)"
+    )
     q.add_argument("--out", metavar="FILE", help="GGUF file to write (default ./<run name>-<type>.gguf)")
     q.set_defaults(func=_cmd_export_gguf, needs_mlx=True)
 
-    q = formats.add_parser("modelfile", help="only the Ollama Modelfile for a GGUF file",
-                           description="Write an Ollama Modelfile for GGUF: FROM, a TEMPLATE equivalent to RUN's "
-                           "chat template, stop tokens, the training system prompt and sampling defaults.")
+    q = formats.add_parser(
+        "modelfile",
+        help="only the Ollama Modelfile for a GGUF file",
+        description="Write an Ollama Modelfile for GGUF: FROM, a TEMPLATE equivalent to RUN's "
+        "chat template, stop tokens, the training system prompt and sampling defaults.",
+    )
     q.add_argument("run", metavar="RUN", help=run_help)
     q.add_argument("--gguf", required=True, metavar="FILE", help="the GGUF file the Modelfile points at")
     q.add_argument("--out", default="Modelfile", metavar="FILE", help="where to write it (default ./Modelfile)")
     q.set_defaults(func=_cmd_export_modelfile, needs_mlx=True)
 
-    p = sub.add_parser("doctor", help="say what MLX will compute on here (Metal, CUDA or CPU) and what to fix",
-                       description="Report the Python and package versions, which MLX backend wheel's library is "
-                       "installed, the device MLX computes on (Apple GPU, NVIDIA GPU with its driver, or the CPU "
-                       "with its BLAS and a measured matmul speed), the peak FLOP/s used for MFU "
-                       "(MLX_FT_PEAK_TFLOPS overrides it) and the model caches; then every problem found, with its "
-                       "fix. Takes about a second and downloads nothing.",
-                       epilog="exit status: 0 when no problems were found, 1 when some were")
+    p = sub.add_parser(
+        "doctor",
+        help="say what MLX will compute on here (Metal, CUDA or CPU) and what to fix",
+        description="Report the Python and package versions, which MLX backend wheel's library is "
+        "installed, the device MLX computes on (Apple GPU, NVIDIA GPU with its driver, or the CPU "
+        "with its BLAS and a measured matmul speed), the peak FLOP/s used for MFU "
+        "(MLX_FT_PEAK_TFLOPS overrides it) and the model caches; then every problem found, with its "
+        "fix. Takes about a second and downloads nothing.",
+        epilog="exit status: 0 when no problems were found, 1 when some were",
+    )
     p.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
     p.set_defaults(func=_cmd_doctor, needs_mlx=False)
     return parser
@@ -361,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
         if args.needs_mlx:
-            from mlx_ft.devices import unused_gpu_warning
+            from mlx_ft.system.devices import unused_gpu_warning
 
             for warning in (blas_warning(), unused_gpu_warning()):
                 if warning:

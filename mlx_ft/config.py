@@ -24,8 +24,17 @@ LORA_KEYS = {"rank": int, "scale": float, "dropout": float, "keys": list}
 IGNORED_MLX_LM_KEYS = ("train", "test", "test_batches", "report_to", "project_name", "config", "trust_remote_code")
 NESTED = ("lora_parameters", "optimizer_config", "lr_schedule")
 # Settings a resumed run may change: when to stop, report and save. Anything else would make it a different run.
-RESUMABLE_KEYS = ("iters", "epochs", "steps_per_report", "steps_per_eval", "val_batches", "save_every",
-                  "keep_checkpoints", "early_stopping_patience", "clear_cache_threshold")
+RESUMABLE_KEYS = (
+    "iters",
+    "epochs",
+    "steps_per_report",
+    "steps_per_eval",
+    "val_batches",
+    "save_every",
+    "keep_checkpoints",
+    "early_stopping_patience",
+    "clear_cache_threshold",
+)
 
 
 def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
@@ -53,8 +62,11 @@ class TrainConfig:
     grad_accumulation_steps: int = _f(1, "micro-batches per optimizer update")
     grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
     max_seq_length: int = _f(2048, "longer examples are truncated to this many tokens")
-    pack: bool = _f(False, "pack several examples into each row of max_seq_length tokens (attention kept inside "
-                    "each example); batch_size then counts rows")
+    pack: bool = _f(
+        False,
+        "pack several examples into each row of max_seq_length tokens (attention kept inside "
+        "each example); batch_size then counts rows",
+    )
     mask_prompt: bool = _f(True, "learn only the assistant turns (never system/user text)")
     seed: int = _f(0, "random seed (data order, adapter init)")
     steps_per_report: int = _f(10, "steps between training-loss reports")
@@ -62,8 +74,9 @@ class TrainConfig:
     val_batches: int = _f(25, "validation batches per evaluation (-1: the whole split)")
     save_every: int = _f(100, "steps between checkpoints (adapter, optimizer state and counters)")
     keep_checkpoints: int = _f(3, "newest checkpoints kept on disk (0: all)")
-    early_stopping_patience: int | None = _f(None, "stop after this many evaluations without a better validation "
-                                             "loss, keeping the best adapter")
+    early_stopping_patience: int | None = _f(
+        None, "stop after this many evaluations without a better validation loss, keeping the best adapter"
+    )
     clear_cache_threshold: int = _f(0, "free MLX's allocator cache when it grows past this many bytes (0: never)")
     resume_adapter_file: str | None = _f(None, "adapters.safetensors to start from (mlx-lm's warm start)")
     adapter_path: str | None = _f(None, "run folder to write (default: runs/<date-time>)")
@@ -117,13 +130,22 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, name) not in choices:
             raise UserError(f"config key {name!r}: {getattr(cfg, name)!r} is not one of {', '.join(map(str, choices))}")
-    for name in ("batch_size", "iters", "grad_accumulation_steps", "max_seq_length", "steps_per_report",
-                 "steps_per_eval", "save_every"):
+    for name in (
+        "batch_size",
+        "iters",
+        "grad_accumulation_steps",
+        "max_seq_length",
+        "steps_per_report",
+        "steps_per_eval",
+        "save_every",
+    ):
         if getattr(cfg, name) < 1:
             raise UserError(f"config key {name!r} must be at least 1")
     if cfg.save_every % cfg.grad_accumulation_steps:
-        raise UserError("config key 'save_every' must be a multiple of grad_accumulation_steps (a checkpoint cannot "
-                        "hold a half-accumulated gradient)")
+        raise UserError(
+            "config key 'save_every' must be a multiple of grad_accumulation_steps (a checkpoint cannot "
+            "hold a half-accumulated gradient)"
+        )
     if cfg.epochs is not None and cfg.epochs <= 0:
         raise UserError("config key 'epochs' must be positive")
     if cfg.early_stopping_patience is not None and cfg.early_stopping_patience < 1:
@@ -131,8 +153,9 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.keep_checkpoints < 0:
         raise UserError("config key 'keep_checkpoints' must be 0 (keep all) or more")
     if cfg.quantize and cfg.fine_tune_type == "full":
-        raise UserError("config key 'quantize' needs fine_tune_type lora or dora: a full fine-tune cannot train "
-                        "quantized weights")
+        raise UserError(
+            "config key 'quantize' needs fine_tune_type lora or dora: a full fine-tune cannot train quantized weights"
+        )
     if cfg.learning_rate <= 0:
         raise UserError("config key 'learning_rate' must be positive")
     if cfg.val_batches == 0 or cfg.val_batches < -1:
@@ -163,8 +186,9 @@ def _set(values: dict[str, Any], key: str, value: Any) -> None:
     target[parts[-1]] = value
 
 
-def build(file_values: dict[str, Any] | None, overrides: dict[str, Any] | None = None,
-          source: str = "config") -> TrainConfig:
+def build(
+    file_values: dict[str, Any] | None, overrides: dict[str, Any] | None = None, source: str = "config"
+) -> TrainConfig:
     """A validated config from a YAML mapping plus overrides (dotted keys allowed: `lora_parameters.rank`)."""
     values: dict[str, Any] = {}
     for key, value in (file_values or {}).items():
@@ -234,6 +258,8 @@ def for_resume(run: Path, flags: dict[str, Any], set_items: list[str]) -> TrainC
     cfg.adapter_path = saved.adapter_path = str(run)  # the folder may have moved since it was written
     changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS and v != getattr(saved, k)]
     if changed:
-        raise UserError(f"--resume continues {run} as it was configured; it cannot change {', '.join(changed)} "
-                        f"(changeable: {', '.join(RESUMABLE_KEYS)})")
+        raise UserError(
+            f"--resume continues {run} as it was configured; it cannot change {', '.join(changed)} "
+            f"(changeable: {', '.join(RESUMABLE_KEYS)})"
+        )
     return cfg

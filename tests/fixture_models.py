@@ -24,8 +24,8 @@ from typing import Any, Literal
 import numpy as np
 
 from mlx_ft.atomic import atomic_dir, atomic_path, write_json
-from mlx_ft.bpe import QWEN2_PATTERN
 from mlx_ft.models import cache_home, fetch_from_wheel
+from mlx_ft.models.gguf_tokenizer import QWEN2_PATTERN
 
 Flavor = Literal["qwen2", "qwen3"]
 
@@ -225,8 +225,9 @@ def qwen_tiktoken_path(cache: Path) -> Path:
     Only the one resource file is kept; the wheel is never installed because
     dashscope drags in an SDK's worth of dependencies we do not need.
     """
-    return fetch_from_wheel(f"dashscope=={DASHSCOPE_VERSION}", _WHEEL_MEMBER, QWEN_TIKTOKEN_SHA256,
-                            Path(cache) / "qwen.tiktoken")
+    return fetch_from_wheel(
+        f"dashscope=={DASHSCOPE_VERSION}", _WHEEL_MEMBER, QWEN_TIKTOKEN_SHA256, Path(cache) / "qwen.tiktoken"
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -266,11 +267,7 @@ def qwen_added_tokens(flavor: Flavor) -> list[tuple[str, int, bool]]:
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2's reversible byte->printable-char map; HF ByteLevel pre-tokenizer
     # and decoder assume exactly this table.
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -331,8 +328,7 @@ def build_qwen_tokenizer(out_dir: Path, flavor: Flavor, cache: Path) -> None:
     ``mlx_lm``'s tokenizer loader, and tokenises exactly like tiktoken with
     the official Qwen ranks and regex.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers
-    from tokenizers import pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
     if flavor not in ("qwen2", "qwen3"):

@@ -19,8 +19,13 @@ def free_port() -> int:
 
 def start_server(model: Path, port: int, db: Path, *extra: str) -> subprocess.Popen:
     """`mlx_ft serve` in a child process, returned once it answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_ft", "serve", str(model), "--port", str(port), "--db",
-                             str(db), *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_ft", "serve", str(model), "--port", str(port), "--db", str(db), *extra],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
@@ -34,9 +39,12 @@ def start_server(model: Path, port: int, db: Path, *extra: str) -> subprocess.Po
 
 
 def call(port: int, method: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=600) as resp:
         raw = resp.read().decode()
     return raw if resp.headers.get_content_type() == "text/event-stream" else json.loads(raw)

@@ -62,8 +62,10 @@ def test_conversation_without_answer_is_refused(tokenizer):
         ct.training_tokens(tokenizer, CHAT[:2])
 
 
-ENGLISH = [{"role": "user", "content": "How often should I feed goldfish?"},
-           {"role": "assistant", "content": "Once or twice a day, only what they eat in three minutes."}]
+ENGLISH = [
+    {"role": "user", "content": "How often should I feed goldfish?"},
+    {"role": "assistant", "content": "Once or twice a day, only what they eat in three minutes."},
+]
 
 
 @pytest.mark.parametrize("model", ["smollm2_dir", "qwen2_dir", "qwen3_dir"])
@@ -71,7 +73,7 @@ ENGLISH = [{"role": "user", "content": "How often should I feed goldfish?"},
 def test_inference_sends_exactly_the_tokens_training_saw(request, model, chat):
     """Training's ids for a conversation = inference's prompt ids + the answer's ids + the end-of-turn token that
     generation stops at (for Qwen3, its empty think block is part of the prompt on both sides)."""
-    from mlx_ft import loader
+    from mlx_ft.models import loader
 
     loaded = loader.load(str(request.getfixturevalue(model)))
     tok = loaded.tokenizer
@@ -81,6 +83,6 @@ def test_inference_sends_exactly_the_tokens_training_saw(request, model, chat):
     assert mask[len(prompt) - 1] == 0 and mask[len(prompt)] == 1, "learning starts where inference generates"
     eot = ct.end_of_turn_id(tok)
     assert eot is not None and eot in tok.eos_token_ids, "generation stops where training's answer ends"
-    answer = ids[len(prompt):]
+    answer = ids[len(prompt) :]
     assert tok.decode(answer[: answer.index(eot)]) == chat[-1]["content"]
-    assert all(mask[len(prompt): len(prompt) + answer.index(eot) + 1])
+    assert all(mask[len(prompt) : len(prompt) + answer.index(eot) + 1])

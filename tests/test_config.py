@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from mlx_ft import config
@@ -23,14 +21,17 @@ def test_overrides_win_and_strings_are_coerced(tmp_path):
     assert cfg.mask_prompt is False
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"iter": 5}, "unknown key 'iter'"),
-    ({"iters": "many"}, "'iters': expected int"),
-    ({"fine_tune_type": "qlora"}, "'fine_tune_type': 'qlora' is not one of lora, dora, full"),
-    ({"lora_parameters": {"alpha": 16}}, "lora_parameters.alpha' is unknown"),
-    ({"batch_size": 0}, "'batch_size' must be at least 1"),
-    ({"grad_checkpoint": "maybe"}, "'grad_checkpoint': expected bool"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"iter": 5}, "unknown key 'iter'"),
+        ({"iters": "many"}, "'iters': expected int"),
+        ({"fine_tune_type": "qlora"}, "'fine_tune_type': 'qlora' is not one of lora, dora, full"),
+        ({"lora_parameters": {"alpha": 16}}, "lora_parameters.alpha' is unknown"),
+        ({"batch_size": 0}, "'batch_size' must be at least 1"),
+        ({"grad_checkpoint": "maybe"}, "'grad_checkpoint': expected bool"),
+    ],
+)
 def test_bad_keys_are_named(values, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config.build(values)
@@ -57,8 +58,9 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_nested_overrides_reach_optimizer_config():
-    cfg = config.from_cli(None, {"optimizer": "adamw"},
-                          ["optimizer_config.adamw.weight_decay=0.1", "lora_parameters.rank=16", "iters=3"])
+    cfg = config.from_cli(
+        None, {"optimizer": "adamw"}, ["optimizer_config.adamw.weight_decay=0.1", "lora_parameters.rank=16", "iters=3"]
+    )
     assert cfg.optimizer_config == {"adamw": {"weight_decay": 0.1}}
     assert cfg.lora_parameters["rank"] == 16 and cfg.iters == 3
     with pytest.raises(UserError, match="expected KEY=VALUE"):
@@ -67,16 +69,19 @@ def test_nested_overrides_reach_optimizer_config():
         config.from_cli(None, {}, ["iters.x=1"])
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"iters": "--5"}, "'iters': expected int"),
-    ({"val_batches": 0}, "'val_batches' must be a positive"),
-    ({"quantize": 3}, "'quantize': 3 is not one of None, 4, 8"),
-    ({"quantize": 4, "fine_tune_type": "full"}, "a full fine-tune cannot train quantized weights"),
-    ({"save_every": 3, "grad_accumulation_steps": 2}, "'save_every' must be a multiple of grad_accumulation_steps"),
-    ({"epochs": 0}, "'epochs' must be positive"),
-    ({"early_stopping_patience": 0}, "'early_stopping_patience' must be at least 1"),
-    ({"keep_checkpoints": -1}, "'keep_checkpoints' must be 0"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"iters": "--5"}, "'iters': expected int"),
+        ({"val_batches": 0}, "'val_batches' must be a positive"),
+        ({"quantize": 3}, "'quantize': 3 is not one of None, 4, 8"),
+        ({"quantize": 4, "fine_tune_type": "full"}, "a full fine-tune cannot train quantized weights"),
+        ({"save_every": 3, "grad_accumulation_steps": 2}, "'save_every' must be a multiple of grad_accumulation_steps"),
+        ({"epochs": 0}, "'epochs' must be positive"),
+        ({"early_stopping_patience": 0}, "'early_stopping_patience' must be at least 1"),
+        ({"keep_checkpoints": -1}, "'keep_checkpoints' must be 0"),
+    ],
+)
 def test_more_bad_values(values, message):
     with pytest.raises(UserError, match=message):
         config.build(values)
@@ -84,7 +89,9 @@ def test_more_bad_values(values, message):
 
 def test_mlx_lm_default_keys_are_accepted(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("config: null\ntrust_remote_code: false\nresume_adapter_file: null\nclear_cache_threshold: 0\n"
-                    "report_to: null\nproject_name: null\n")
+    path.write_text(
+        "config: null\ntrust_remote_code: false\nresume_adapter_file: null\nclear_cache_threshold: 0\n"
+        "report_to: null\nproject_name: null\n"
+    )
     cfg = config.load(path)
     assert cfg.resume_adapter_file is None and cfg.clear_cache_threshold == 0

@@ -73,8 +73,26 @@ BRAND_WORDS = {
     "MicroBT": ["whatsminer", "microbt", "microbt whatsminer", "神马", "神马矿机", "WhatsMiner"],
     "Canaan": ["avalon", "canaan", "canaan avalon", "阿瓦隆", "avalonminer", "Avalon"],
 }
-EXTRAS = ["现货", "二手", "包邮", "全新", "9成新", "深圳仓", "香港仓", "in stock", "used", "new", "ready stock",
-          "psu included", "带电源", "moq 5", "hot", "warranty", "期货", "fast ship"]
+EXTRAS = [
+    "现货",
+    "二手",
+    "包邮",
+    "全新",
+    "9成新",
+    "深圳仓",
+    "香港仓",
+    "in stock",
+    "used",
+    "new",
+    "ready stock",
+    "psu included",
+    "带电源",
+    "moq 5",
+    "hot",
+    "warranty",
+    "期货",
+    "fast ship",
+]
 
 
 def model_spellings(model: str) -> list[str]:
@@ -103,16 +121,31 @@ def number(x: float) -> str:
 
 def hashrate_text(rate: float, unit: str, rng: random.Random) -> str:
     letter = unit[0]
-    forms = [f"{number(rate)}{letter}", f"{number(rate)}{unit}", f"{number(rate)}{unit}/s", f"{number(rate)} {unit}",
-             f"{number(rate)}{letter}/s"]
+    forms = [
+        f"{number(rate)}{letter}",
+        f"{number(rate)}{unit}",
+        f"{number(rate)}{unit}/s",
+        f"{number(rate)} {unit}",
+        f"{number(rate)}{letter}/s",
+    ]
     text = rng.choice(forms)
     return text.upper() if rng.random() < 0.4 else text
 
 
 def price_text(price: float, rng: random.Random) -> str:
     p = number(price)
-    forms = [f"{p}u", f"{p}U", f"{p}usdt", f"{p} USDT", f"${p}", f"${price:.1f}", f"{p}u ${price:.1f}", f"{p}$",
-             f"usdt {p}", f"{p}刀"]
+    forms = [
+        f"{p}u",
+        f"{p}U",
+        f"{p}usdt",
+        f"{p} USDT",
+        f"${p}",
+        f"${price:.1f}",
+        f"{p}u ${price:.1f}",
+        f"{p}$",
+        f"usdt {p}",
+        f"{p}刀",
+    ]
     return rng.choice(forms)
 
 
@@ -127,8 +160,16 @@ def listing(m: Miner, rate: float, price: float, rng: random.Random) -> str:
     spaced = rng.random() < 0.8 or not model[0].isalpha()
     fields = [" ".join(head) if spaced else "".join(head), hashrate_text(rate, m.unit, rng)]
     if m.efficiency is not None and rng.random() < 0.6:
-        fields.append(rng.choice([f"{number(m.efficiency)}w", f"{number(m.efficiency)}W", f"{number(m.efficiency)}j/t",
-                                  f"{number(m.efficiency)}J/T"]))
+        fields.append(
+            rng.choice(
+                [
+                    f"{number(m.efficiency)}w",
+                    f"{number(m.efficiency)}W",
+                    f"{number(m.efficiency)}j/t",
+                    f"{number(m.efficiency)}J/T",
+                ]
+            )
+        )
     if rng.random() < 0.35:
         fields.append(rng.choice(["gtd", "GTD", "guaranteed"]))
     for _ in range(rng.choice([0, 0, 1, 1, 2])):
@@ -165,8 +206,13 @@ def generate(seed: int, prices_per_rate: int, listings_per_price: int) -> list[d
         for rate in m.rates:
             for price in prices(m, rate, rng, prices_per_rate):
                 for _ in range(listings_per_price):
-                    rows.append({"input": listing(m, rate, price, rng), "output": standard(m, rate, price),
-                                 "group": f"{m.model}|{number(price)}"})
+                    rows.append(
+                        {
+                            "input": listing(m, rate, price, rng),
+                            "output": standard(m, rate, price),
+                            "group": f"{m.model}|{number(price)}",
+                        }
+                    )
     rng.shuffle(rows)
     return rows
 

@@ -19,17 +19,19 @@ from mlx.utils import tree_flatten
 from tokenizers import normalizers
 from tqdm import tqdm
 
-from mlx_ft import arch as arch_table
 from mlx_ft.atomic import atomic_path, write_text
-from mlx_ft.bpe import PRE_TOKENIZERS, build_normalizer, build_pre_tokenizer
 from mlx_ft.chat_template import hf_tokenizer
 from mlx_ft.errors import UserError
 from mlx_ft.export import modelfile, quants, tensor_types
 from mlx_ft.export.hf import Fused, fuse
+from mlx_ft.models import gguf_arch as arch_table
+from mlx_ft.models.gguf_tokenizer import PRE_TOKENIZERS, build_normalizer, build_pre_tokenizer
 
 # Text that tells the supported pre-tokenizers apart: digits runs, CJK, contractions, punctuation runs, newlines.
-_PROBE = ("Hello world! It's 2026-11-23, 12345 items @ $1020.0 each.\n\n  indented\tTabs  "
-          "我的金鱼每天喂几次？ 日本語 ÅÉ café don't WE'LL ...!!! \r\n end")
+_PROBE = (
+    "Hello world! It's 2026-11-23, 12345 items @ $1020.0 each.\n\n  indented\tTabs  "
+    "我的金鱼每天喂几次？ 日本語 ÅÉ café don't WE'LL ...!!! \r\n end"
+)
 
 
 def pre_tokenizer_name(tokenizer: Any) -> str:
@@ -43,8 +45,10 @@ def pre_tokenizer_name(tokenizer: Any) -> str:
         mine = [piece for piece, _ in build_pre_tokenizer(spec).pre_tokenize_str(norm.normalize_str(_PROBE))]
         if mine == theirs:
             return name
-    raise UserError("the tokenizer's pre-tokenizer matches none llama.cpp knows here "
-                    f"({', '.join(PRE_TOKENIZERS)}); GGUF export would tokenize differently")
+    raise UserError(
+        "the tokenizer's pre-tokenizer matches none llama.cpp knows here "
+        f"({', '.join(PRE_TOKENIZERS)}); GGUF export would tokenize differently"
+    )
 
 
 def _vocab(tokenizer: Any, n_vocab: int) -> tuple[list[str], list[int]]:
@@ -119,16 +123,19 @@ def export_gguf(source: str, file_type: str, out: Path, with_modelfile: bool = T
     f = fuse(source)
     arch = arch_table.BY_MODEL_TYPE.get(f.config.get("model_type"))
     if arch is None:
-        raise UserError(f"architecture {f.config.get('model_type')!r} cannot be exported to GGUF; supported: "
-                        f"{', '.join(a.model_type for a in arch_table.ARCHS.values())}")
+        raise UserError(
+            f"architecture {f.config.get('model_type')!r} cannot be exported to GGUF; supported: "
+            f"{', '.join(a.model_type for a in arch_table.ARCHS.values())}"
+        )
     tensors = _tensors(f, arch, file_type)
     n_vocab = next(w.shape[0] for name, w, _ in tensors if name == "token_embd.weight")
     print(f"mlx_ft: writing {f.label} as {file_type} GGUF to {out}", file=sys.stderr)
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch.gguf)
         _write_metadata(w, f, arch, file_type, n_vocab)
-        for name, data, qtype in tqdm(tensors, desc=f"quantizing to {file_type}", unit="tensor", leave=False,
-                                      disable=None):
+        for name, data, qtype in tqdm(
+            tensors, desc=f"quantizing to {file_type}", unit="tensor", leave=False, disable=None
+        ):
             raw = quants.quantize(data, qtype)
             w.add_tensor(name, raw, raw_dtype=qtype)
         w.write_header_to_file()

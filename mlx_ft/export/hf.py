@@ -17,9 +17,10 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 from mlx_lm.utils import dequantize_model, save
 
-from mlx_ft import loader, models
+from mlx_ft import models
 from mlx_ft.atomic import atomic_dir
 from mlx_ft.errors import UserError
+from mlx_ft.models import loader
 
 QUANTIZATION_KEYS = ("quantization", "quantization_config")
 

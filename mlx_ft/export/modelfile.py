@@ -43,6 +43,7 @@ def _split(text: str, *marks: str) -> list[str]:
 def turns(tokenizer: Any) -> Turns:
     """The template's turn structure, found by rendering probes; ValueError when it is not prefix + content + suffix
     per message."""
+
     def render(*msgs: tuple[str, str], gen: bool = False) -> str:
         return chat_template.render(tokenizer, [{"role": r, "content": c} for r, c in msgs], add_generation_prompt=gen)
 
@@ -50,16 +51,16 @@ def turns(tokenizer: Any) -> Turns:
     a0, a1, a2 = _split(render(("system", _S), ("user", _U)), _S, _U)
     b0, b1, b2, b3, b4 = _split(render(("system", _S), ("user", _U), ("assistant", _A), ("user", _V)), _S, _U, _A, _V)
     end = frame.end
-    if not (b3.startswith(end) and a1.endswith(b3[len(end):]) and b2.startswith(a2)):
+    if not (b3.startswith(end) and a1.endswith(b3[len(end) :]) and b2.startswith(a2)):
         raise ValueError("the chat template's turns are not prefix + content + suffix")
-    user_prefix = b3[len(end):]
+    user_prefix = b3[len(end) :]
     system = (a0, a1[: len(a1) - len(user_prefix)])
     user = (user_prefix, a2)
-    assistant = (b2[len(a2):], end)
+    assistant = (b2[len(a2) :], end)
     c0, c1 = _split(render(("user", _U)), _U)
     if not c0.endswith(user_prefix):
         raise ValueError("the chat template writes a user turn differently without a system message")
-    generation = render(("user", _U), gen=True)[len(c0) + len(_U) + len(c1):] + frame.preamble
+    generation = render(("user", _U), gen=True)[len(c0) + len(_U) + len(c1) :] + frame.preamble
     if generation != assistant[0] + frame.preamble:
         raise ValueError("the generation prompt is not the assistant turn's prefix")
     result = Turns(system, user, assistant, c0[: len(c0) - len(user_prefix)], generation)
@@ -72,10 +73,12 @@ def turns(tokenizer: Any) -> Turns:
 def go_template(t: Turns) -> str:
     """Ollama's TEMPLATE: one line of Go template, with no `{{-` trimming (it would eat the newlines the model's turns
     end with)."""
-    return (f'{{{{ if .System }}}}{t.system[0]}{{{{ .System }}}}{t.system[1]}{{{{ else }}}}{t.default_system}'
-            f'{{{{ end }}}}{{{{ range .Messages }}}}{{{{ if eq .Role "user" }}}}{t.user[0]}{{{{ .Content }}}}'
-            f'{t.user[1]}{{{{ else if eq .Role "assistant" }}}}{t.assistant[0]}{{{{ .Content }}}}{t.assistant[1]}'
-            f'{{{{ end }}}}{{{{ end }}}}{t.generation}')
+    return (
+        f"{{{{ if .System }}}}{t.system[0]}{{{{ .System }}}}{t.system[1]}{{{{ else }}}}{t.default_system}"
+        f'{{{{ end }}}}{{{{ range .Messages }}}}{{{{ if eq .Role "user" }}}}{t.user[0]}{{{{ .Content }}}}'
+        f'{t.user[1]}{{{{ else if eq .Role "assistant" }}}}{t.assistant[0]}{{{{ .Content }}}}{t.assistant[1]}'
+        f"{{{{ end }}}}{{{{ end }}}}{t.generation}"
+    )
 
 
 def stop_tokens(tokenizer: Any) -> list[str]:
@@ -91,8 +94,7 @@ def _quoted(text: str) -> str:
     return f'"""{text}"""'
 
 
-def modelfile(gguf_name: str, tokenizer: Any, system: str | None,
-              parameters: dict[str, float] | None = None) -> str:
+def modelfile(gguf_name: str, tokenizer: Any, system: str | None, parameters: dict[str, float] | None = None) -> str:
     lines = [f"FROM ./{gguf_name}", f"TEMPLATE {_quoted(go_template(turns(tokenizer)))}"]
     if system:
         lines.append(f"SYSTEM {_quoted(system)}")

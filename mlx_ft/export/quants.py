@@ -13,7 +13,7 @@ ones ggml writes, not merely close to them. That constrains how the numpy is wri
 What "the bytes ggml writes" means depends on how ggml was compiled: ggml-quants.c belongs to the ggml-base library,
 which ggml's CMake builds without -march flags, so on x86-64 there is no fused multiply-add and plain IEEE float32
 arithmetic is exactly what llama-quantize runs (no imatrix: `quantize_q4_K` calls `quantize_row_q4_K_ref`). We match
-that bit for bit (tests/test_quants.py). A compiler allowed to fuse `a*b + c` (clang on arm64 does so by default,
+that bit for bit (tests/export/test_quants.py). A compiler allowed to fuse `a*b + c` (clang on arm64 does so by default,
 gcc with -march=native) rounds some sums differently: against such a build a minority of blocks differ by a level
 here and there (gcc -O3 -march=native, Gaussian weights: 6% of Q4_K, 30% of Q5_K, 0.3% of Q6_K blocks), with the
 same error statistics: neither side is better, they just round differently.

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from mlx_ft import generation
-from mlx_ft.server.http import ApiError, event_stream, json_body, sse, text_field
-from mlx_ft.server.state import current
+from mlx_ft.inference.sampling import Sampling
 from mlx_ft.server.engine import TooLong
 from mlx_ft.server.history import Conversation
+from mlx_ft.server.http import ApiError, event_stream, json_body, sse, text_field
+from mlx_ft.server.state import current
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -42,7 +43,7 @@ def _new_conversation(**fields: Any) -> Conversation:
         raise ApiError(400, str(e)) from None
 
 
-def _prepare(conv: Conversation, text: str) -> tuple[list[int], generation.Sampling]:
+def _prepare(conv: Conversation, text: str) -> tuple[list[int], Sampling]:
     """The prompt for `text` after the conversation so far, and the conversation's sampling settings."""
     history = current().history
     messages = [*history.chat_messages(conv.id), {"role": "user", "content": text}]
@@ -50,7 +51,7 @@ def _prepare(conv: Conversation, text: str) -> tuple[list[int], generation.Sampl
         prompt = current().engine.prompt(messages, conv.max_tokens)
     except TooLong as e:
         raise ApiError(400, str(e)) from None
-    return prompt, generation.Sampling(temp=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens)
+    return prompt, Sampling(temp=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens)
 
 
 @bp.get("/conversations")
@@ -116,8 +117,14 @@ def send_message(cid: str) -> Response:
                     yield sse({"delta": chunk.text})
             _, answer = history.add_exchange(cid, text, "".join(pieces))
             saved = True
-            yield sse({"done": True, "finish_reason": reason, "message": answer.to_dict(),
-                       "conversation": history.get(cid).to_dict()})
+            yield sse(
+                {
+                    "done": True,
+                    "finish_reason": reason,
+                    "message": answer.to_dict(),
+                    "conversation": history.get(cid).to_dict(),
+                }
+            )
         except KeyError:
             yield sse({"error": f"conversation {cid!r} was deleted while answering"})
         finally:

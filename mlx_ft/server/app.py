@@ -17,8 +17,8 @@ from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from mlx_ft import loader
 from mlx_ft.errors import UserError
+from mlx_ft.models import loader
 from mlx_ft.resources import resource
 from mlx_ft.server import api, guard, openai_api, runs, tasks
 from mlx_ft.server.engine import Engine
@@ -51,8 +51,12 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
 
     @app.get("/")
     def chat_page() -> str:
-        return render_template("chat.html", model_label=engine.loaded.label, adapter=adapter_name(engine),
-                               default_settings=DEFAULT_SETTINGS)
+        return render_template(
+            "chat.html",
+            model_label=engine.loaded.label,
+            adapter=adapter_name(engine),
+            default_settings=DEFAULT_SETTINGS,
+        )
 
     @app.get("/runs")
     def runs_page() -> str:
@@ -60,8 +64,9 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
 
     @app.get("/api/info")
     def info() -> Response:
-        return jsonify(model=engine.loaded.label, adapter=adapter_name(engine), defaults=DEFAULT_SETTINGS,
-                       context=engine.context)
+        return jsonify(
+            model=engine.loaded.label, adapter=adapter_name(engine), defaults=DEFAULT_SETTINGS, context=engine.context
+        )
 
     app.register_blueprint(api.bp)
     app.register_blueprint(openai_api.bp)
@@ -86,17 +91,24 @@ def check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise UserError(f"port {port} on {host} is in use (another `serve`?); choose another with --port") \
-                    from None
+                raise UserError(
+                    f"port {port} on {host} is in use (another `serve`?); choose another with --port"
+                ) from None
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def serve(source: str, host: str, port: int, db: Path, runs_dir: Path, tasks: list[str] | None = None,
-          allowed_hosts: list[str] | None = None) -> None:
+def serve(
+    source: str,
+    host: str,
+    port: int,
+    db: Path,
+    runs_dir: Path,
+    tasks: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
+) -> None:
     """Serve until Ctrl-C, then end the process (exit status 0) without Python's interpreter shutdown."""
     check_port(host, port)
-    app = create_app(ServeConfig(source, db, runs_dir, tasks=tasks or [], host=host,
-                                 allowed_hosts=allowed_hosts or []))
+    app = create_app(ServeConfig(source, db, runs_dir, tasks=tasks or [], host=host, allowed_hosts=allowed_hosts or []))
     served = of(app)
     label = served.engine.loaded.label
     print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {db})", file=sys.stderr)
@@ -104,8 +116,7 @@ def serve(source: str, host: str, port: int, db: Path, runs_dir: Path, tasks: li
         route = f" and GET {t['get_route']['path']}" if t["get_route"] else ""
         print(f"mlx_ft: task {t['name']} at POST /api/tasks/{t['name']}{route}", file=sys.stderr)
     if "*" in (allowed_hosts or []):
-        print("mlx_ft: --allow-host '*': any Host header is accepted (the DNS-rebinding check is off)",
-              file=sys.stderr)
+        print("mlx_ft: --allow-host '*': any Host header is accepted (the DNS-rebinding check is off)", file=sys.stderr)
     # make_server, not run_simple: the same threaded server (answers still stream token by token) without
     # run_simple's red "development server" banner; serve_forever ends quietly on Ctrl-C.
     make_server(host, port, app, threaded=True).serve_forever()

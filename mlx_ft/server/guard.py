@@ -13,7 +13,8 @@ Clients that send no Origin (curl, the openai client, scripts) are unaffected; b
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request
@@ -38,7 +39,7 @@ def split_host(host: str) -> tuple[str, int | None]:
     host = host.strip()
     if host.startswith("["):
         end = host.find("]")
-        name, rest = (host[1:end], host[end + 1:]) if end != -1 else (host[1:], "")
+        name, rest = (host[1:end], host[end + 1 :]) if end != -1 else (host[1:], "")
         port = rest[1:] if rest.startswith(":") else ""
     elif host.count(":") == 1:
         name, port = host.split(":")
@@ -83,10 +84,14 @@ def install(app: Flask, names: frozenset[str]) -> None:
             name, _ = split_host(host)
             if name not in names:
                 shown = name if ":" not in name else f"[{name}]"
-                return _refuse(f"refused a request for Host {host!r}: not a name of this server (a DNS-rebinding "
-                               f"guard); to allow it, start serve with --allow-host {shown}")
+                return _refuse(
+                    f"refused a request for Host {host!r}: not a name of this server (a DNS-rebinding "
+                    f"guard); to allow it, start serve with --allow-host {shown}"
+                )
         origin = request.headers.get("Origin")
         if origin is not None and not _same_origin(origin, host or ""):
-            return _refuse(f"refused a cross-origin request from Origin {origin!r}: only this server's own pages "
-                           f"may call it from a browser")
+            return _refuse(
+                f"refused a cross-origin request from Origin {origin!r}: only this server's own pages "
+                f"may call it from a browser"
+            )
         return None

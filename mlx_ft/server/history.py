@@ -15,15 +15,17 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from mlx_ft.errors import UserError
+from mlx_ft.inference.sampling import CHAT_TEMPERATURE, MAX_TOKENS
 
 SCHEMA_VERSION = 1
 DEFAULT_TITLE = "New chat"
-DEFAULT_SETTINGS: dict[str, Any] = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512}
+DEFAULT_SETTINGS: dict[str, Any] = {"temperature": CHAT_TEMPERATURE, "top_p": 1.0, "max_tokens": MAX_TOKENS}
 ROLES = ("user", "assistant")  # the turns a conversation stores, of chat_template.ROLES; its system prompt is a setting
 MAX_TITLE_CHARS = 200
 AUTO_TITLE_CHARS = 40
@@ -97,6 +99,7 @@ class Message:
 
 
 # --- validation: the server passes request JSON straight in, so every field is checked here, by name ----------------
+
 
 def _check_title(title: object) -> str:
     if not isinstance(title, str) or not title.strip():
@@ -203,14 +206,17 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: the sqlite3 module opens no transactions behind our back; we BEGIN explicitly.
         self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
         try:
             self._setup(self._conn)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             self._conn = None
-            raise UserError(f"{self.path} is not a usable chat history database ({exc}); "
-                            "pass another --db path or move this file away") from exc
+            raise UserError(
+                f"{self.path} is not a usable chat history database ({exc}); "
+                "pass another --db path or move this file away"
+            ) from exc
         except BaseException:
             self._conn.close()
             self._conn = None
@@ -226,8 +232,10 @@ class History:
         with conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise UserError(f"{self.path} was written by a newer mlx_ft (history schema {version}, this version "
-                                f"reads {SCHEMA_VERSION}); upgrade mlx_ft or pass another --db path")
+                raise UserError(
+                    f"{self.path} was written by a newer mlx_ft (history schema {version}, this version "
+                    f"reads {SCHEMA_VERSION}); upgrade mlx_ft or pass another --db path"
+                )
             for statement in _SCHEMA_STATEMENTS:
                 conn.execute(statement)
             if version < SCHEMA_VERSION:
@@ -274,24 +282,31 @@ class History:
 
     # --- conversations ----------------------------------------------------------------------------------------------
 
-    def create(self, title: str | None = None, system: str | None = None, cid: str | None = None,
-               **settings: Any) -> Conversation:
+    def create(
+        self, title: str | None = None, system: str | None = None, cid: str | None = None, **settings: Any
+    ) -> Conversation:
         """A new, empty conversation. `settings` are temperature / top_p / max_tokens; the rest come from defaults.
         `cid` names it (the seed API's one server-side conversation has a fixed id); default a fresh uuid."""
         unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)} (known: {', '.join(DEFAULT_SETTINGS)})")
-        values = {name: _SETTING_CHECKS[name](settings.get(name, default))
-                  for name, default in DEFAULT_SETTINGS.items()}
+        values = {
+            name: _SETTING_CHECKS[name](settings.get(name, default)) for name, default in DEFAULT_SETTINGS.items()
+        }
         now = self._clock()
         conversation = Conversation(
             id=cid or uuid.uuid4().hex,
             title=DEFAULT_TITLE if title is None else _check_title(title),
             system=_check_system(system),
-            created=now, updated=now, **values)
+            created=now,
+            updated=now,
+            **values,
+        )
         with self._write() as conn:
-            conn.execute(f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         _row(conversation))
+            conn.execute(
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _row(conversation),
+            )
         return conversation
 
     def get(self, cid: str) -> Conversation | None:
@@ -301,16 +316,21 @@ class History:
     def list(self) -> builtins.list[Conversation]:
         """All conversations, most recently updated first (ties: most recently created first)."""
         with self._read() as conn:
-            rows = conn.execute(f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
-                                "ORDER BY updated DESC, rowid DESC").fetchall()
+            rows = conn.execute(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations ORDER BY updated DESC, rowid DESC"
+            ).fetchall()
         return [_conversation(r) for r in rows]
 
-    def update(self, cid: str, *,
-               title: str | _Unset = _UNSET,
-               system: str | None | _Unset = _UNSET,
-               temperature: float | _Unset = _UNSET,
-               top_p: float | _Unset = _UNSET,
-               max_tokens: int | _Unset = _UNSET) -> Conversation | None:
+    def update(
+        self,
+        cid: str,
+        *,
+        title: str | _Unset = _UNSET,
+        system: str | None | _Unset = _UNSET,
+        temperature: float | _Unset = _UNSET,
+        top_p: float | _Unset = _UNSET,
+        max_tokens: int | _Unset = _UNSET,
+    ) -> Conversation | None:
         """Change only the given fields (`system=None` clears the system prompt); None if there is no such
         conversation. Any change bumps `updated`. Raises ValueError naming the first invalid field."""
         changes: dict[str, Any] = {}
@@ -357,8 +377,10 @@ class History:
         user_text, assistant_text = _check_content(user_text), _check_content(assistant_text)
         with self._write() as conn:
             now = self._clock()
-            return (self._add(conn, cid, "user", user_text, now),
-                    self._add(conn, cid, "assistant", assistant_text, now))
+            return (
+                self._add(conn, cid, "user", user_text, now),
+                self._add(conn, cid, "assistant", assistant_text, now),
+            )
 
     def messages(self, cid: str) -> builtins.list[Message]:
         """The conversation's messages in the order they were added (empty for an unknown conversation)."""
@@ -385,8 +407,9 @@ class History:
 
     @staticmethod
     def _messages(conn: sqlite3.Connection, cid: str) -> builtins.list[Message]:
-        rows = conn.execute("SELECT id, role, content, created FROM messages WHERE conversation_id = ? ORDER BY id",
-                            (cid,)).fetchall()
+        rows = conn.execute(
+            "SELECT id, role, content, created FROM messages WHERE conversation_id = ? ORDER BY id", (cid,)
+        ).fetchall()
         return [_message(r) for r in rows]
 
     @staticmethod
@@ -395,15 +418,23 @@ class History:
         if row is None:
             raise KeyError(cid)
         title = None
-        if role == "user" and row[0] == DEFAULT_TITLE and conn.execute(
-                "SELECT 1 FROM messages WHERE conversation_id = ? AND role = 'user' LIMIT 1", (cid,)).fetchone() is None:
+        if (
+            role == "user"
+            and row[0] == DEFAULT_TITLE
+            and conn.execute(
+                "SELECT 1 FROM messages WHERE conversation_id = ? AND role = 'user' LIMIT 1", (cid,)
+            ).fetchone()
+            is None
+        ):
             title = auto_title(content)
         if title is not None:
             conn.execute("UPDATE conversations SET title = ?, updated = ? WHERE id = ?", (title, now, cid))
         else:
             conn.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, cid))
-        cursor = conn.execute("INSERT INTO messages (conversation_id, role, content, created) VALUES (?, ?, ?, ?)",
-                              (cid, role, content, now))
+        cursor = conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, created) VALUES (?, ?, ?, ?)",
+            (cid, role, content, now),
+        )
         assert cursor.lastrowid is not None
         return Message(id=cursor.lastrowid, role=role, content=content, created=now)
 

@@ -4,7 +4,8 @@ and server-sent events. Every error a client can cause is an `ApiError`, answere
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from flask import Response, request
 

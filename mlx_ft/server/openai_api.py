@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from mlx_ft import chat_template, generation
+from mlx_ft import chat_template
 from mlx_ft.data import check_conversation
+from mlx_ft.inference.sampling import MAX_TOKENS, OPENAI_TEMPERATURE, Sampling
+from mlx_ft.server.engine import TooLong
 from mlx_ft.server.http import ApiError, event_stream, json_body, number_field, sse
 from mlx_ft.server.state import current
-from mlx_ft.server.engine import TooLong
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 ROLES = tuple(r for r in chat_template.ROLES if r != "tool")  # tool results need tool calls, which are not served yet
@@ -44,17 +46,21 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _sampling(body: dict[str, Any]) -> generation.Sampling:
+def _sampling(body: dict[str, Any]) -> Sampling:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
-        max_tokens = 512
+        max_tokens = MAX_TOKENS
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ApiError(400, "field 'max_tokens' must be a positive integer")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "field 'seed' must be an integer")
-    return generation.Sampling(temp=number_field(body, "temperature", 1.0, 0.0, 2.0),
-                               top_p=number_field(body, "top_p", 1.0, 0.0, 1.0), max_tokens=max_tokens, seed=seed)
+    return Sampling(
+        temp=number_field(body, "temperature", OPENAI_TEMPERATURE, 0.0, 2.0),
+        top_p=number_field(body, "top_p", 1.0, 0.0, 1.0),
+        max_tokens=max_tokens,
+        seed=seed,
+    )
 
 
 @bp.get("/models")
@@ -75,15 +81,27 @@ def chat_completions() -> Response:
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), _model_id()
     if not body.get("stream"):
         text, reason, n = engine.answer(prompt, sampling)
-        return jsonify(id=cid, object="chat.completion", created=created, model=model,
-                       choices=[{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": reason or "stop"}],
-                       usage={"prompt_tokens": len(prompt), "completion_tokens": n,
-                              "total_tokens": len(prompt) + n})
+        return jsonify(
+            id=cid,
+            object="chat.completion",
+            created=created,
+            model=model,
+            choices=[
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason or "stop"}
+            ],
+            usage={"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n},
+        )
 
     def chunk(delta: dict[str, Any], reason: str | None = None) -> str:
-        return sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+        return sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            }
+        )
 
     def events() -> Iterator[str]:
         yield chunk({"role": "assistant", "content": ""})

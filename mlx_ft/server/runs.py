@@ -10,9 +10,9 @@ from typing import Any
 import yaml
 from flask import Blueprint, Response, jsonify
 
-from mlx_ft.loss_plot import read_metrics
 from mlx_ft.server.http import ApiError
 from mlx_ft.server.state import current
+from mlx_ft.training.loss_plot import read_metrics
 
 bp = Blueprint("runs", __name__, url_prefix="/api/runs")
 RUNNING_WITHIN_S = 120  # a run that has written no metrics for this long is not training any more
@@ -35,10 +35,19 @@ def summary(run: Path) -> dict[str, Any]:
     metrics = run / "metrics.jsonl"
     recent = metrics.is_file() and time.time() - metrics.stat().st_mtime < RUNNING_WITHIN_S
     iters = cfg.get("iters")
-    return {"name": run.name, "path": str(run), "model": cfg.get("model"), "fine_tune_type": cfg.get("fine_tune_type"),
-            "iters": iters, "step": step, "loss": losses[-1]["loss"] if losses else None,
-            "val_loss": vals[-1] if vals else None, "best_val_loss": min(vals) if vals else None,
-            "running": bool(recent and isinstance(iters, int) and step < iters), "config": cfg}
+    return {
+        "name": run.name,
+        "path": str(run),
+        "model": cfg.get("model"),
+        "fine_tune_type": cfg.get("fine_tune_type"),
+        "iters": iters,
+        "step": step,
+        "loss": losses[-1]["loss"] if losses else None,
+        "val_loss": vals[-1] if vals else None,
+        "best_val_loss": min(vals) if vals else None,
+        "running": bool(recent and isinstance(iters, int) and step < iters),
+        "config": cfg,
+    }
 
 
 def _runs() -> dict[str, Path]:

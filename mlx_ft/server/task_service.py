@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from threading import Lock
 from typing import Any
 
-from mlx_ft import recipes
-from mlx_ft.data_formats import with_system
+from mlx_ft.data import recipes
+from mlx_ft.data.formats import with_system
 from mlx_ft.errors import UserError
-from mlx_ft.generation import Sampling
+from mlx_ft.inference.sampling import Sampling
 from mlx_ft.server.engine import Engine, TooLong
 from mlx_ft.server.http import ApiError
 
@@ -32,8 +32,9 @@ class Served:
 class TaskService:
     """The tasks of one or more recipes answered by one engine, with a cache of recent answers."""
 
-    def __init__(self, engine: Engine | None, refs: list[str], cache_size: int = CACHE_SIZE,
-                 max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, engine: Engine | None, refs: list[str], cache_size: int = CACHE_SIZE, max_batch: int = MAX_BATCH
+    ) -> None:
         self.engine, self.cache_size, self.max_batch = engine, cache_size, max_batch
         self.tasks: dict[str, Served] = {}
         for ref in refs:
@@ -77,8 +78,12 @@ class TaskService:
             task = served.task
             system = self.engine.loaded.system or served.recipe.system
             try:
-                prompts = [self.engine.prompt(with_system([{"role": "user", "content": task.render(t)}], system),
-                                              task.max_tokens) for t in todo]
+                prompts = [
+                    self.engine.prompt(
+                        with_system([{"role": "user", "content": task.render(t)}], system), task.max_tokens
+                    )
+                    for t in todo
+                ]
             except TooLong as e:
                 raise ApiError(400, str(e)) from None
             outputs = self.engine.answer_many(prompts, Sampling(temp=0.0, max_tokens=task.max_tokens))
@@ -86,8 +91,11 @@ class TaskService:
                 for text, output in zip(todo, outputs):
                     output = output.strip()
                     fields = task.fields(output)
-                    result = {"output": output, "fields": fields,
-                              "parsed": None if task.pattern is None else fields is not None}
+                    result = {
+                        "output": output,
+                        "fields": fields,
+                        "parsed": None if task.pattern is None else fields is not None,
+                    }
                     results[text] = {**result, "cached": False}
                     self._cache[(name, text)] = result
                     while len(self._cache) > self.cache_size:
@@ -95,7 +103,13 @@ class TaskService:
         return [results[t] for t in inputs]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": name, "recipe": s.recipe.name, "max_tokens": s.task.max_tokens,
-                 "fields": list(s.task.pattern.groupindex) if s.task.pattern else None,
-                 "get_route": dataclasses.asdict(s.task.get_route) if s.task.get_route else None}
-                for name, s in self.tasks.items()]
+        return [
+            {
+                "name": name,
+                "recipe": s.recipe.name,
+                "max_tokens": s.task.max_tokens,
+                "fields": list(s.task.pattern.groupindex) if s.task.pattern else None,
+                "get_route": dataclasses.asdict(s.task.get_route) if s.task.get_route else None,
+            }
+            for name, s in self.tasks.items()
+        ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
-from mlx_ft import recipes
+from mlx_ft.data import recipes
 from mlx_ft.server.http import ApiError, json_body
 from mlx_ft.server.state import current
 from mlx_ft.server.task_service import TaskService

@@ -19,8 +19,10 @@ from tests.conftest import REPO
 from tests.serving import call, free_port, start_server
 
 ON_CPU = os.environ.get("MLX_FT_GPU_TESTS") == "cpu"
-pytestmark = pytest.mark.skipif(not (mx.cuda.is_available() or mx.metal.is_available() or ON_CPU),
-                                reason="MLX has no GPU here (CUDA or Metal); MLX_FT_GPU_TESTS=cpu runs these anyway")
+pytestmark = pytest.mark.skipif(
+    not (mx.cuda.is_available() or mx.metal.is_available() or ON_CPU),
+    reason="MLX has no GPU here (CUDA or Metal); MLX_FT_GPU_TESTS=cpu runs these anyway",
+)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -37,10 +39,33 @@ def test_doctor_sees_the_gpu():
 
 def test_train_evaluate_and_serve_on_the_gpu(qwen3_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
-    r = _cli("train", "--model", str(qwen3_dir), "--data", "data/fish_care", "--adapter-path", str(run),
-             "--fine-tune-type", "lora", "--num-layers", "-1", "--batch-size", "4", "--iters", "20",
-             "--learning-rate", "1e-3", "--steps-per-report", "10", "--steps-per-eval", "20", "--val-batches", "2",
-             "--max-seq-length", "256")
+    r = _cli(
+        "train",
+        "--model",
+        str(qwen3_dir),
+        "--data",
+        "data/fish_care",
+        "--adapter-path",
+        str(run),
+        "--fine-tune-type",
+        "lora",
+        "--num-layers",
+        "-1",
+        "--batch-size",
+        "4",
+        "--iters",
+        "20",
+        "--learning-rate",
+        "1e-3",
+        "--steps-per-report",
+        "10",
+        "--steps-per-eval",
+        "20",
+        "--val-batches",
+        "2",
+        "--max-seq-length",
+        "256",
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [row for row in rows if "loss" in row]
     assert [row["step"] for row in train_rows] == [10, 20]

@@ -1,0 +1,18 @@
+"""How an answer is sampled, and the defaults every way of asking shares (the CLI, the chat page, the OpenAI API,
+task endpoints). Light on purpose: the CLI reads these defaults while it builds its parser, before MLX loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_TOKENS = 512  # the longest answer, unless asked otherwise
+CHAT_TEMPERATURE = 0.7  # a conversation (the chat REPL, the page): some variety
+OPENAI_TEMPERATURE = 1.0  # what the OpenAI API assumes when a request names none
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temp: float = 0.0  # 0: greedy, the same answer every time
+    top_p: float = 1.0
+    max_tokens: int = MAX_TOKENS
+    seed: int | None = None

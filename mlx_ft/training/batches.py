@@ -1,0 +1,232 @@
+"""Training data as token ids, cut into batches.
+
+- `TokenizedChats`: conversations tokenized once through `chat_template`, with the loss mask on every assistant turn;
+- batches of similar *token* length (mlx_lm sorts chat records by `len()` of the JSON object, i.e. not at all), or
+  packed rows (`pack: true`) of several examples each, with segment numbers so attention stays inside each example;
+- the k-th training batch depends only on (seed, k), so a resumed run continues the same data order;
+- each batch carries what `loss.masked_loss` needs: the global-batch normaliser (data-parallel workers compute what
+  one worker would) and the learned positions (the output layer runs only there).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from tqdm import tqdm
+
+from mlx_ft import chat_template, data
+from mlx_ft.data import stats as data_stats
+from mlx_ft.errors import UserError
+from mlx_ft.training.loss import learned_positions
+
+PAD_TO = 32  # pad batch lengths to a multiple of this: few distinct shapes, so mx.compile retraces rarely
+
+
+class TokenizedChats:
+    """Conversations as (ids, mask) pairs, tokenized once up front.
+
+    Ids are cut to max_seq_length + 1 (the model reads max_seq_length of them and predicts the next); an example
+    whose answer lies wholly past that cut would teach nothing, so it is left out and counted.
+    """
+
+    def __init__(
+        self, examples: Sequence[data.Example], tokenizer: Any, mask_prompt: bool, max_seq_length: int, desc: str
+    ) -> None:
+        self.items: list[tuple[list[int], list[int]]] = []
+        self.truncated = 0
+        self.dropped = 0
+        problems = []
+        for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="ex", leave=False, disable=None):
+            try:
+                if ex.text is not None:
+                    ids, mask = chat_template.text_tokens(tokenizer, ex.text)
+                else:
+                    ids, mask = chat_template.training_tokens(tokenizer, ex.messages, mask_prompt)
+            except ValueError as e:
+                problems.append(f"{ex.where}: {e}")
+                continue
+            if data_stats.is_truncated(len(ids), max_seq_length):
+                self.truncated += 1
+                ids, mask = ids[: max_seq_length + 1], mask[: max_seq_length + 1]
+            if not any(mask[1:]):
+                self.dropped += 1
+                continue
+            self.items.append((ids, mask))
+        if problems:
+            raise data.DataError(problems)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, idx: int) -> tuple[list[int], list[int]]:
+        return self.items[idx]
+
+    def report(self, name: str, max_seq_length: int) -> str | None:
+        if not (self.truncated or self.dropped):
+            return None
+        return (
+            f"{name}: {self.truncated} examples longer than max_seq_length {max_seq_length} are truncated; "
+            f"{self.dropped} of them keep no answer token and are left out"
+        )
+
+
+def _batch_order(n_batches: int, loop: bool, seed: int | None) -> Iterator[int]:
+    """Training (loop): a fresh seeded permutation every epoch, so the k-th batch depends only on (seed, k) and a
+    resumed run can skip straight to it. Evaluation: one fixed shuffled pass, so a limited number of validation
+    batches scores a fair sample rather than only the shortest examples."""
+    if not loop:
+        yield from np.random.default_rng(0).permutation(n_batches).tolist()
+        return
+    rng = np.random.default_rng(seed)
+    while True:
+        yield from rng.permutation(n_batches).tolist()
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Examples (by index) packed into rows of at most `capacity` tokens: longest first, each into the row with the
+    least room that still fits it (best fit decreasing), which leaves little room unused. The free room of open rows
+    is kept sorted, so 100k examples pack in well under a second. An example longer than a row (already cut to
+    max_seq_length + 1) fills one."""
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row), sorted
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = min(lengths[i], capacity)
+        k = bisect.bisect_left(room, (n, -1))
+        if k == len(room):
+            rows.append([i])
+            free, r = capacity - n, len(rows) - 1
+        else:
+            free, r = room.pop(k)
+            rows[r].append(i)
+            free -= n
+        if free > 0:
+            bisect.insort(room, (free, r))
+    return rows
+
+
+def _row(dataset: TokenizedChats, members: list[int], packed: bool) -> tuple[list[int], list[int], list[int]]:
+    """One batch row: ids, loss mask and segment numbers (1, 2, ... per example). In a packed row each example's
+    first token is unlearned: its "target" position would be predicted from the previous example."""
+    ids: list[int] = []
+    mask: list[int] = []
+    segments: list[int] = []
+    for k, j in enumerate(members, start=1):
+        e_ids, e_mask = dataset[j]
+        ids += e_ids
+        mask += [0, *e_mask[1:]] if packed else e_mask
+        segments += [k] * len(e_ids)
+    return ids, mask, segments
+
+
+def batch_rows(
+    dataset: TokenizedChats, batch_size: int, max_seq_length: int, loop: bool, pack: bool = False
+) -> list[list[list[int]]]:
+    """The batches of one epoch, each a list of rows, each row a list of example indices (one unless packed).
+    Rows are sorted by token length before they are cut into batches, so a batch pads little."""
+    lengths = [len(dataset[i][0]) for i in range(len(dataset))]
+    if pack:
+        rows = pack_rows(lengths, max_seq_length + 1)
+        row_len = [sum(lengths[i] for i in r) for r in rows]
+    else:
+        rows, row_len = [[i] for i in range(len(dataset))], lengths
+    by_length = [rows[r] for r in sorted(range(len(rows)), key=lambda r: row_len[r])]
+    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+    if loop:  # training: only full batches, so every step sees batch_size rows
+        batches = [b for b in batches if len(b) == batch_size]
+    if not batches:
+        unit = "packed rows" if pack else "examples"
+        raise UserError(f"the dataset makes {len(rows)} {unit}, fewer than batch_size={batch_size}")
+    return batches
+
+
+def padded_width(longest: int, max_seq_length: int) -> int:
+    """Batch width: the longest row rounded up to PAD_TO (+1 for the shifted targets), never past the limit."""
+    return min(PAD_TO * -(-longest // PAD_TO) + 1, max_seq_length + 1)
+
+
+def real_token_share(dataset: TokenizedChats, batch_size: int, max_seq_length: int, order: str) -> float:
+    """Share of the padded positions of one training epoch that hold real tokens, with the batches cut in `order`:
+    "file" (consecutive examples, which is what mlx_lm's length sort amounts to on chat data), "length" (ours) or
+    "packed"."""
+    lengths = [len(dataset[i][0]) for i in range(len(dataset))]
+    if order == "file":
+        rows = [[[i] for i in range(s, s + batch_size)] for s in range(0, len(dataset) - batch_size + 1, batch_size)]
+    else:
+        rows = batch_rows(dataset, batch_size, max_seq_length, loop=True, pack=order == "packed")
+    batches = [[sum(lengths[i] for i in members) for members in b] for b in rows]
+    real = sum(min(n, max_seq_length + 1) for b in batches for n in b)
+    padded = sum(len(b) * padded_width(max(b), max_seq_length) for b in batches)
+    return real / max(padded, 1)
+
+
+def batching_note(dataset: TokenizedChats, batch_size: int, max_seq_length: int, pack: bool) -> str:
+    """One line on how much of each training batch is padding, ours against file order (and packing)."""
+
+    def share(order: str) -> str:
+        return f"{real_token_share(dataset, batch_size, max_seq_length, order):.1%}"
+
+    note = (
+        f"training batches hold {share('packed' if pack else 'length')} real tokens "
+        f"({'packed' if pack else 'sorted by length'}; {share('file')} in file order, as mlx_lm batches chat data"
+    )
+    if not pack:
+        with contextlib.suppress(UserError):  # too few packed rows to fill one batch: nothing to offer
+            note += f"; pack: true would give {share('packed')}"
+    return note + ")"
+
+
+def iterate_batches(
+    dataset: TokenizedChats,
+    batch_size: int,
+    max_seq_length: int,
+    loop: bool = False,
+    seed: int | None = None,
+    comm_group: Any = None,
+    skip: int = 0,
+    on_batch: Callable[[list[int], int], None] | None = None,
+    pack: bool = False,
+) -> Iterator[tuple[mx.array, ...]]:
+    """Batches of similar token length (mlx_lm's iterate_batches signature, plus `skip` batches already trained on,
+    `on_batch`, told the real length of each example in this worker's rows and their count of learned tokens, and
+    `pack`). Each batch is (ids, loss mask, loss normaliser,
+    learned positions), plus segment numbers when packed: the arguments of `loss.masked_loss` after the model.
+    Training divides by the global batch's learned tokens over the workers (see masked_loss); evaluation by the
+    batch's own."""
+    rank, world = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
+    if batch_size % world:
+        raise UserError(f"batch_size {batch_size} must be divisible by the number of workers ({world})")
+    batches = batch_rows(dataset, batch_size, max_seq_length, loop, pack)
+    limit = max_seq_length + 1
+    for k, b in enumerate(_batch_order(len(batches), loop, seed)):
+        if k < skip:
+            continue
+        everyone = [_row(dataset, members, pack) for members in batches[b]]
+        rows = everyone[rank::world]
+        width = padded_width(max(len(ids) for ids, _, _ in rows), max_seq_length)
+        ids_arr = np.zeros((len(rows), width), np.int32)
+        mask_arr = np.zeros((len(rows), width), np.int8)
+        seg_arr = np.zeros((len(rows), width), np.int32)
+        for r, (ids, mask, segments) in enumerate(rows):
+            n = min(len(ids), width)
+            ids_arr[r, :n], mask_arr[r, :n], seg_arr[r, :n] = ids[:n], mask[:n], segments[:n]
+        if on_batch is not None:
+            lengths = [len(dataset[j][0]) for members in batches[b][rank::world] for j in members]
+            on_batch(lengths, int(mask_arr[:, 1:].sum()))
+        if loop:
+            learned = sum(sum(mask[1:limit]) for _, mask, _ in everyone) / world
+        else:
+            learned = max(int(mask_arr[:, 1:].sum()), 1)
+        arrays = [
+            mx.array(ids_arr),
+            mx.array(mask_arr),
+            mx.array(learned, mx.float32),
+            mx.array(learned_positions(mask_arr)),
+        ]
+        if pack:
+            arrays.append(mx.array(seg_arr))
+        yield tuple(arrays)

@@ -1,0 +1,427 @@
+"""The web UI in a real browser: a real `mlx_ft serve` process (tiny random Qwen2) driven by headless Chromium.
+
+Needs the `playwright` Python package and Debian's Chromium at /usr/bin/chromium (never Playwright's own browser
+download: the test machines reach no browser CDN). Skipped when either is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+if os.environ.get("CI"):
+    import playwright.sync_api  # noqa: F401  (in CI a missing browser stack is a failure, not a skip)
+
+    assert os.path.isfile(os.environ.get("MLX_FT_CHROMIUM", "/usr/bin/chromium")), "CI must install chromium"
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("MLX_FT_CHROMIUM", "/usr/bin/chromium")
+if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent.parent
+XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
+RUN_NAME = "fake-run-1"
+START_TIMEOUT_S = 180
+ANSWER_TIMEOUT_MS = 120_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read().decode("utf-8"))
+
+
+def _request(url: str, method: str, body: dict | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.headers.get("Content-Type", ""), r.read().decode("utf-8")
+
+
+def _write_fake_run(runs: Path) -> None:
+    run = runs / RUN_NAME
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: x\nfine_tune_type: lora\niters: 10\n", encoding="utf-8")
+    rows = [
+        {"step": 1, "loss": 3.2, "lr": 1e-4},
+        {"step": 2, "loss": 2.9},
+        {"step": 3, "loss": 2.5},
+        {"step": 4, "loss": 2.3, "val_loss": 2.6},
+        {"step": 6, "loss": 2.0},
+        {"step": 8, "loss": 1.8},
+        {"step": 8, "val_loss": 2.1},
+        {"step": 10, "loss": 1.6, "val_loss": 1.9},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def server(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("browser")
+    runs = tmp / "runs"
+    _write_fake_run(runs)
+    port = _free_port()
+    log = (tmp / "server.log").open("w+", encoding="utf-8")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlx_ft",
+            "serve",
+            str(qwen2_dir),
+            "--port",
+            str(port),
+            "--db",
+            str(tmp / "chat.db"),
+            "--runs",
+            str(runs),
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def server_log() -> str:
+        log.flush()
+        return (tmp / "server.log").read_text(encoding="utf-8", errors="replace")[-4000:]
+
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"`mlx_ft serve` exited with {proc.returncode}:\n{server_log()}")
+            try:
+                info = _get_json(base + "/api/info", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"`mlx_ft serve` did not answer /api/info within {START_TIMEOUT_S}s:\n{server_log()}")
+                time.sleep(0.3)
+        yield {"base": base, "info": info, "tmp": tmp, "log": server_log}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_sync.sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 850})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    # Offline by construction: any request that is not to our server fails the test.
+    outside: list[str] = []
+
+    def route(r):
+        if r.request.url.startswith(server["base"]):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    pg.route("**/*", route)
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not outside, f"the page requested outside resources: {outside}"
+
+
+def _open_chat(page, server) -> None:
+    page.goto(server["base"] + "/")
+    page.wait_for_selector('body[data-ready="1"]')
+
+
+def _wait_answer_done(page) -> None:
+    """The answer has finished streaming: Stop hidden again, Send enabled, no pending bubble."""
+    page.wait_for_function(
+        "() => !document.body.classList.contains('streaming') && document.getElementById('stop').hidden"
+        " && !document.querySelector('.message.pending')",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+
+
+def _current_id(page) -> str:
+    return page.evaluate("() => window.chatApp.state.current && window.chatApp.state.current.id")
+
+
+def _new_chat_with_short_answers(page, max_tokens: int = 24) -> str:
+    before = page.locator(".conversation-item").count()
+    page.click("#new-chat")
+    page.wait_for_function(f"() => document.querySelectorAll('.conversation-item').length === {before + 1}")
+    conv_id = _current_id(page)
+    assert conv_id
+    # Settings panel: short answers keep the test quick (and exercise PATCH).
+    page.click("#settings-toggle")
+    page.fill("#set-max-tokens", str(max_tokens))
+    page.fill("#set-system", "You are terse.")
+    page.click("#settings-save")
+    page.wait_for_function("() => document.getElementById('settings-status').textContent === 'Saved.'")
+    return conv_id
+
+
+def test_page_shows_model_and_uses_no_outside_assets(page, server):
+    _open_chat(page, server)
+    assert page.inner_text("#model-label") == server["info"]["model"]
+    adapter = server["info"]["adapter"]
+    assert page.inner_text("#adapter-label") == (adapter or "base model")
+    # Defaults from the server fill the (disabled) settings form before any chat is open.
+    assert float(page.input_value("#set-temperature")) == pytest.approx(server["info"]["defaults"]["temperature"])
+
+
+def test_stream_contract(server):
+    """What chat.js parses: `data: {"delta": …}` events, then one `done` with the message and the conversation."""
+    base = server["base"]
+    status, _, body = _request(base + "/api/conversations", "POST", {"max_tokens": 8})
+    conv = json.loads(body)
+    assert status == 201
+    status, ctype, body = _request(f"{base}/api/conversations/{conv['id']}/messages", "POST", {"content": "Hi"})
+    assert status == 200 and ctype.startswith("text/event-stream")
+    events = [json.loads(block[len("data: ") :]) for block in body.split("\n\n") if block.startswith("data: ")]
+    assert events and all("delta" in e for e in events[:-1]), events
+    done = events[-1]
+    assert done["done"] is True and done["finish_reason"] in ("stop", "length")
+    assert done["message"]["role"] == "assistant"
+    assert done["message"]["content"] == "".join(e["delta"] for e in events[:-1])
+    assert done["conversation"]["id"] == conv["id"]
+    _request(f"{base}/api/conversations/{conv['id']}", "DELETE")
+
+
+def test_chat_send_stream_and_reload(page, server):
+    _open_chat(page, server)
+    conv_id = _new_chat_with_short_answers(page)
+    page.evaluate("""() => {
+        window.__sawStreaming = false;
+        new MutationObserver(() => {
+            if (document.body.classList.contains('streaming') && !document.getElementById('stop').hidden)
+                window.__sawStreaming = true;
+        }).observe(document.body, {attributes: true, subtree: true, attributeFilter: ['class', 'hidden']});
+    }""")
+    question = "What is the capital of France?"
+    page.fill("#prompt", question)
+    page.press("#prompt", "Enter")  # Enter sends
+    page.wait_for_selector(".message.user")
+    _wait_answer_done(page)
+    assert page.evaluate("window.__sawStreaming") is True, "the Stop button never showed while answering"
+    assert page.locator(".message.user .bubble").all_inner_texts() == [question]
+    assert page.locator(".message.assistant").count() == 1
+    stored = _get_json(f"{server['base']}/api/conversations/{conv_id}")
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
+    answer = stored["messages"][1]["content"]
+    assert answer, "the model gave an empty answer"
+    shown = page.inner_text(".message.assistant .bubble")
+    if answer.strip():
+        assert shown.strip(), "the streamed answer is not on the page"
+    # Settings were saved on the server.
+    assert stored["max_tokens"] == 24 and stored["system"] == "You are terse."
+    # The list shows the conversation, titled from the first question by the server.
+    title = page.inner_text(f'.conversation-item[data-id="{conv_id}"] .conversation-title')
+    assert title == stored["title"]
+
+    # Shift+Enter is a newline, not a send.
+    page.fill("#prompt", "line one")
+    page.press("#prompt", "Shift+Enter")
+    assert page.locator(".message.user").count() == 1
+    assert "\n" in page.input_value("#prompt")
+    page.fill("#prompt", "")
+
+    page.reload()
+    page.wait_for_selector('body[data-ready="1"]')
+    assert _current_id(page) == conv_id
+    assert page.locator(".message.user .bubble").all_inner_texts() == [question]
+    assert page.locator(".message.assistant").count() == 1
+    assert page.locator(f'.conversation-item[data-id="{conv_id}"]').count() == 1
+    # Settings come back from the server too.
+    assert page.input_value("#set-max-tokens") == "24"
+    assert page.input_value("#set-system") == "You are terse."
+
+
+def test_user_text_is_never_html(page, server):
+    _open_chat(page, server)
+    _new_chat_with_short_answers(page, max_tokens=8)
+    page.fill("#prompt", XSS)
+    page.click("#send")
+    page.wait_for_selector(".message.user")
+    _wait_answer_done(page)
+    assert page.locator(".message.user .bubble").first.inner_text() == XSS
+    assert page.locator(".messages img, .messages script").count() == 0
+    # Reloaded from the history, the text is still text (and the title made from it too).
+    page.reload()
+    page.wait_for_selector('body[data-ready="1"]')
+    assert page.locator(".message.user .bubble").first.inner_text() == XSS
+    assert page.locator(".messages img, .messages script, .sidebar img, .sidebar script").count() == 0
+    page.wait_for_timeout(300)  # give an onerror handler every chance to fire
+    assert page.evaluate("typeof window.__xss") == "undefined"
+
+
+def test_rename_and_delete(page, server):
+    _open_chat(page, server)
+    conv_id = _new_chat_with_short_answers(page)
+    item = page.locator(f'.conversation-item[data-id="{conv_id}"]')
+    item.hover()
+    item.locator(".rename").click()
+    page.fill(".rename-input", "Renamed <b>chat</b>")
+    page.press(".rename-input", "Enter")
+    page.wait_for_function(
+        f"""() => {{ const t = document.querySelector('.conversation-item[data-id="{conv_id}"] .conversation-title');
+                     return t && t.textContent === 'Renamed <b>chat</b>'; }}"""
+    )
+    assert _get_json(f"{server['base']}/api/conversations/{conv_id}")["title"] == "Renamed <b>chat</b>"
+    page.once("dialog", lambda d: d.accept())
+    item.hover()
+    item.locator(".delete").click()
+    page.wait_for_function(f"""() => !document.querySelector('.conversation-item[data-id="{conv_id}"]')""")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _get_json(f"{server['base']}/api/conversations/{conv_id}")
+    assert e.value.code == 404
+
+
+def test_stop_keeps_partial_answer(page, server):
+    _open_chat(page, server)
+    conv_id = _new_chat_with_short_answers(page, max_tokens=4000)
+    page.fill("#prompt", "Tell me a very long story.")
+    page.press("#prompt", "Enter")
+    page.wait_for_function(
+        "() => { const b = document.querySelector('.message.assistant .bubble');"
+        " return b && b.textContent.length > 0; }",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+    if page.is_hidden("#stop"):
+        pytest.skip("the answer finished before Stop could be pressed")
+    page.click("#stop")
+    _wait_answer_done(page)
+    assert page.inner_text(".message.assistant .note") == "stopped"
+    # The server keeps the partial answer (it may take a moment to notice the closed connection).
+    deadline = time.monotonic() + 30
+    while True:
+        msgs = _get_json(f"{server['base']}/api/conversations/{conv_id}")["messages"]
+        if [m["role"] for m in msgs] == ["user", "assistant"]:
+            break
+        assert time.monotonic() < deadline, f"no partial answer kept: {msgs}"
+        time.sleep(0.3)
+    assert 0 < len(msgs[1]["content"])
+
+
+def test_render_markdown_in_page(page, server):
+    _open_chat(page, server)
+
+    def r(text: str) -> str:
+        return page.evaluate("t => window.renderMarkdown(t)", text)
+
+    assert "<strong>b</strong>" in r("**b**")
+    assert "<em>i</em>" in r("*i*")
+    assert "<code>x &lt; y</code>" in r("`x < y`")
+    assert r("<b>x</b>") == "<p>&lt;b&gt;x&lt;/b&gt;</p>"
+    bad = r("[click](javascript:alert(1))")
+    assert "<a" not in bad and "javascript:alert(1)" in bad
+    assert "<a" not in r("[x](data:text/html,<script>alert(1)</script>)")
+    good = r("[site](https://example.com/a?b=1&c=2)")
+    assert '<a href="https://example.com/a?b=1&amp;c=2" rel="noopener noreferrer" target="_blank">site</a>' in good
+    code = r("```python\nprint('<hi>')\n**not bold**\n```")
+    assert code == '<pre><code class="language-python">print(&#39;&lt;hi&gt;&#39;)\n**not bold**</code></pre>'
+    assert r("# One\n### Three") == "<h1>One</h1>\n<h3>Three</h3>"
+    assert r("- a\n- b") == "<ul><li>a</li><li>b</li></ul>"
+    assert r("1. a\n2. b") == "<ol><li>a</li><li>b</li></ol>"
+    assert r("a\nb\n\nc") == "<p>a<br>b</p>\n<p>c</p>"
+    # Whatever it makes, the markup parses into no script, handler or non-web link.
+    hostile = XSS + '\n[x](javascript:alert(1)) <a href="javascript:1">y</a> ![i](x) `<img src=x onerror=1>`'
+    found = page.evaluate(
+        """t => { const d = document.createElement('div'); d.innerHTML = window.renderMarkdown(t);
+        return {tags: [...d.querySelectorAll('script,img,iframe,a')].map(e => e.tagName),
+                handlers: [...d.querySelectorAll('*')].flatMap(e => [...e.attributes].map(a => a.name))
+                    .filter(n => n.startsWith('on'))}; }""",
+        hostile,
+    )
+    assert found == {"tags": [], "handlers": []}
+
+
+def test_runs_page_lists_run_and_draws_chart(page, server):
+    page.goto(server["base"] + "/runs#" + RUN_NAME)
+    page.wait_for_selector('body[data-ready="1"]')
+    row = page.locator(f'#runs-body tr[data-name="{RUN_NAME}"]')
+    assert row.count() == 1
+    cells = row.locator("td").all_inner_texts()
+    assert RUN_NAME in cells[1] and "x" == cells[2] and "lora" == cells[3] and "10 / 10" == cells[4]
+    assert cells[5] == "1.6000" and cells[6] == "1.9000"
+    page.wait_for_function("() => window.runsChart && window.runsChart.drawn > 0")
+    # Pixels of the first run colour (#2563eb) on the canvas: the curves were drawn, not just the axes.
+    coloured = page.evaluate("""() => {
+        const c = document.getElementById('chart');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0, any = 0;
+        for (let i = 0; i < d.length; i += 4) {
+            if (d[i + 3] > 0) any++;
+            if (d[i + 3] > 200 && Math.abs(d[i] - 0x25) < 40 && Math.abs(d[i + 1] - 0x63) < 40
+                && Math.abs(d[i + 2] - 0xeb) < 40) n++;
+        }
+        return {n, any};
+    }""")
+    assert coloured["any"] > 1000 and coloured["n"] > 100, coloured
+    series = page.evaluate("window.runsChart.series")
+    assert [s["name"] for s in series] == [RUN_NAME]
+    assert len(series[0]["train"]) == 7 and len(series[0]["val"]) == 3
+
+
+def test_runs_page_live_curve_and_overlay(page, server):
+    """A run still training (fresh metrics, step < iters) is redrawn as rows arrive; a ticked run is overlaid."""
+    live = server["tmp"] / "runs" / "live-run"
+    live.mkdir()
+    (live / "config.yaml").write_text("model: x\nfine_tune_type: dora\niters: 100\n", encoding="utf-8")
+    metrics = live / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "loss": 3 - s / 10}) + "\n" for s in (1, 2, 3)), encoding="utf-8")
+    try:
+        page.goto(server["base"] + "/runs#live-run")
+        page.wait_for_selector('body[data-ready="1"]')
+        assert page.inner_text('#runs-body tr[data-name="live-run"] .badge') == "running"
+        page.wait_for_function("() => window.runsChart && window.runsChart.series[0].train.length === 3")
+        with metrics.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": 4, "loss": 2.5}) + "\n" + json.dumps({"step": 4, "val_loss": 2.7}) + "\n")
+        page.wait_for_function(
+            "() => window.runsChart.series[0].train.length === 4 && window.runsChart.series[0].val.length === 1",
+            timeout=10_000,
+        )
+        assert page.inner_text('#runs-body tr[data-name="live-run"] td:nth-child(5)') == "4 / 100"
+        page.locator(f'#runs-body tr[data-name="{RUN_NAME}"] input.compare').check()
+        page.wait_for_function("() => window.runsChart.series.length === 2")
+        series = page.evaluate("window.runsChart.series")
+        assert [s["name"] for s in series] == ["live-run", RUN_NAME]
+        assert series[0]["color"] != series[1]["color"]
+    finally:
+        shutil.rmtree(live)
