@@ -6,13 +6,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlx_ft  # noqa: F401  (first: binds MLX to OpenBLAS before anything imports mlx.core)
 import pytest
 
+import mlx_ft  # noqa: F401  (first: binds MLX to OpenBLAS before anything imports mlx.core)
 from mlx_ft import models
 from tests.fixture_models import build_random_qwen, fixture_home
 
 REPO = Path(__file__).resolve().parent.parent
+
+# `slow`: a test that loads a model (any of these fixtures, directly or through another fixture) or whose module
+# starts processes (servers, the CLI, mlx.launch workers, a browser, llama.cpp). `python -m pytest -m "not slow"` is
+# the loop of a few minutes; CI runs everything.
+MODEL_FIXTURES = {"smollm2_dir", "qwen2_dir", "qwen3_dir"}
+PROCESS_MODULES = {"test_blas", "test_doctor", "test_browser", "test_llama_cpp", "test_packaging", "test_style"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or module in PROCESS_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +50,10 @@ def qwen3_dir() -> Path:
 def write_jsonl(tmp_path: Path):
     def write(name: str, rows: list) -> Path:
         path = tmp_path / name
-        path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                                for r in rows), encoding="utf-8")
+        path.write_text(
+            "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+            encoding="utf-8",
+        )
         return path
 
     return write
