@@ -77,7 +77,9 @@ class TrainConfig:
     early_stopping_patience: int | None = _f(
         None, "stop after this many evaluations without a better validation loss, keeping the best adapter"
     )
-    clear_cache_threshold: int = _f(0, "free MLX's allocator cache when it grows past this many bytes (0: never)")
+    clear_cache_threshold: int = _f(
+        0, "free MLX's allocator cache after a step once it holds more than this many bytes (0: every step, as mlx-lm)"
+    )
     resume_adapter_file: str | None = _f(None, "adapters.safetensors to start from (mlx-lm's warm start)")
     adapter_path: str | None = _f(None, "run folder to write (default: runs/<date-time>)")
 
