@@ -207,6 +207,11 @@ def iterate_batches(
             continue
         everyone = [_row(dataset, members, pack) for members in batches[b]]
         rows = everyone[rank::world]
+        if not rows:
+            # A validation batch with fewer rows than workers (its short last one): this worker gets one row that
+            # learns nothing, so its loss and token count add zero and every worker still counts the same batches
+            # (val_batches stops them at the same one). Training batches are full, so never get here.
+            rows = [([0, 0], [0, 0], [0, 0])]
         width = padded_width(max(len(ids) for ids, _, _ in rows), max_seq_length)
         ids_arr = np.zeros((len(rows), width), np.int32)
         mask_arr = np.zeros((len(rows), width), np.int8)

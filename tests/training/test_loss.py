@@ -201,3 +201,31 @@ def test_sliding_window_models_are_refused_packing(qwen3_dir):
     model.model.layers[1].use_sliding = True
     with pytest.raises(UserError, match="sliding-window"):
         loss.check_packable(model)
+
+
+class _Worker:
+    """What iterate_batches asks of an mlx.distributed group."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self._rank, self._size = rank, size
+
+    def rank(self) -> int:
+        return self._rank
+
+    def size(self) -> int:
+        return self._size
+
+
+def test_a_short_last_validation_batch_splits_over_more_workers_than_it_has_rows(qwen2_dir):
+    """5 validation examples, batch 4, 2 workers: the last batch has one row, so one worker gets none of it (this
+    crashed with max() of an empty sequence); between them the workers still see every example once."""
+    model, tok = load(str(qwen2_dir))
+    ds = TokenizedChats(_chats(5), tok, mask_prompt=True, max_seq_length=127, desc="valid")
+    shares = [list(iterate_batches(ds, 4, 127, comm_group=_Worker(r, 2))) for r in (0, 1)]
+    assert [len(s) for s in shares] == [2, 2], "every worker counts the same batches"
+    totals = [masked_loss(model, *b) for s in shares for b in s]  # (loss over its learned tokens, their count)
+    assert sum(float(n) for _, n in totals) == sum(sum(mask[1:]) for _, mask in ds.items)
+    assert (0.0, 0.0) in [(float(loss_), float(n)) for loss_, n in totals], "the empty share adds nothing"
+    whole = list(iterate_batches(ds, 4, 127))
+    one = sum(float(lo) * float(n) for lo, n in (masked_loss(model, *b) for b in whole))
+    assert sum(float(lo) * float(n) for lo, n in totals) == pytest.approx(one, rel=1e-5)
