@@ -212,28 +212,18 @@ class Text:
 class Format:
     keys: tuple[str, ...]  # fields whose presence identifies the format
     convert: Convert
-    about: str
 
 
-# Detection tries these in order: alpaca before io, since an alpaca record has `input` and `output` too.
+# Detection tries these in order: alpaca before io, since an alpaca record has `input` and `output` too. The README's
+# format table shows an example record of each.
 FORMATS: dict[str, Format] = {
-    "messages": Format(
-        ("messages",),
-        Chat("messages", "role", "content", {r: r for r in ROLES}),
-        'OpenAI chat: {"messages": [{"role", "content"}, …]} (roles system, user, assistant, tool)',
-    ),
+    "messages": Format(("messages",), Chat("messages", "role", "content", {r: r for r in ROLES})),
     # ShareGPT files in the wild also call tool results "function".
-    "sharegpt": Format(
-        ("conversations",),
-        ShareGPTTags().chat(extra_roles={"function": "tool"}),
-        'ShareGPT: {"conversations": [{"from": "human"|"gpt"|…, "value"}, …], "system"?}',
-    ),
-    "alpaca": Format(
-        ("instruction", "output"), Alpaca(), '{"instruction", "input"?, "output", "system"?, "history"?} (alpaca)'
-    ),
-    "qa": Format(("question", "answer"), _from_qa, '{"question": …, "answer": …}'),
-    "io": Format(("input", "output"), _from_io, '{"input": …, "output": …} (optionally --instruction before input)'),
-    "text": Format(("text",), Text(), '{"text": …} (raw text for continued pre-training)'),
+    "sharegpt": Format(("conversations",), ShareGPTTags().chat(extra_roles={"function": "tool"})),
+    "alpaca": Format(("instruction", "output"), Alpaca()),
+    "qa": Format(("question", "answer"), _from_qa),
+    "io": Format(("input", "output"), _from_io),
+    "text": Format(("text",), Text()),
 }
 
 
