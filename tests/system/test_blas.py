@@ -56,19 +56,9 @@ def _alone(paths: list[str], keep_real: bool) -> dict:
     return json.loads(_run(code, json.dumps(paths)).splitlines()[-1])
 
 
-def _system_openblas() -> str:
-    found = [c for c in blas.candidates() if c.source == "system OpenBLAS" and os.path.exists(c.path)]
-    if not found:
-        # CI installs it (.ci/run), so there this must fail; on a developer's machine say what is missing.
-        message = "OpenBLAS is not installed: `sudo apt-get install libopenblas0-pthread`"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    return found[0].path
-
-
-def test_importing_mlx_ft_binds_the_system_openblas_first():
-    lib = _system_openblas()
+def test_importing_mlx_ft_binds_the_system_openblas_first(openblas):
     code = "import mlx_ft.system.blas as p; s = p.use_fast_blas(); print(s.state, s.library)"
-    assert _run(code) == f"fast {lib}"
+    assert _run(code) == f"fast {openblas}"
     assert _run(MAPS) == "True"
 
 

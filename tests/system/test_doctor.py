@@ -37,16 +37,6 @@ def _gflops(out: str) -> float:
     return float(re.search(r"^matmul: +([\d.]+) GFLOP/s", out, re.MULTILINE).group(1))
 
 
-@pytest.fixture
-def openblas() -> str:
-    found = blas.find_fast_blas()
-    lib = found.path if found is not None and found.source == "system OpenBLAS" else None
-    if lib is None:
-        message = "OpenBLAS is not installed: `sudo apt-get install libopenblas0-pthread`"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    return lib
-
-
 @linux_cpu
 def test_doctor_on_this_machine_finds_cpu_openblas_and_no_problem(openblas):
     r = _doctor()
