@@ -145,14 +145,39 @@ def _cmd_export_hf(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_gguf(args: argparse.Namespace) -> None:
+    from mlx_ft.export import gguf_adapter
     from mlx_ft.export.gguf import export_gguf
 
-    out = Path(args.out) if args.out else Path(f"{Path(args.run).resolve().name}-{args.type}.gguf")
-    export_gguf(args.run, args.type, out)
-    print(
-        f"GGUF written to {out}, with {out.parent / 'Modelfile'}; then: cd {out.parent} && "
-        f"ollama create NAME -f Modelfile"
-    )
+    if args.verify is not None:
+        from mlx_ft.inference import verify
+
+        verify.llama_cpp()  # before minutes of export: say how to install it
+    if not args.adapter_only and (args.base or args.base_type):
+        raise UserError("--base and --base-type go with --adapter-only (the base an adapter applies to)")
+    name = Path(args.run).resolve().name
+    if args.adapter_only:
+        file_type = args.type or "f16"
+        out = Path(args.out) if args.out else Path(f"{name}-lora-{file_type}.gguf")
+        done = gguf_adapter.export_adapter(
+            args.run, out, file_type, args.base_type or "q4_k_m", Path(args.base) if args.base else None
+        )
+        print(
+            f"LoRA adapter written to {out} (rank {done.rank}, alpha {done.alpha:g}, {done.pairs} layers), for base "
+            f"{done.base}, with {done.modelfile}; then: cd {out.parent} && ollama create NAME -f Modelfile "
+            f"(or: llama-server -m {done.base} --lora {out})"
+        )
+        if done.note:
+            print(f"note: {done.note}")
+    else:
+        file_type = args.type or "q4_k_m"
+        out = Path(args.out) if args.out else Path(f"{name}-{file_type}.gguf")
+        export_gguf(args.run, file_type, out)
+        print(
+            f"GGUF written to {out}, with {out.parent / 'Modelfile'}; then: cd {out.parent} && "
+            f"ollama create NAME -f Modelfile"
+        )
+    if args.verify is not None:
+        verify.verify(args.run, out.parent / "Modelfile", args.verify, args.verify_tokens)
 
 
 def _cmd_export_modelfile(args: argparse.Namespace) -> None:
@@ -442,17 +467,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = formats.add_parser(
         "gguf",
-        help="one GGUF file for llama.cpp / Ollama, plus a Modelfile",
+        help="one GGUF file for llama.cpp / Ollama (or a LoRA adapter GGUF and its base), plus a Modelfile",
         description="Fuse RUN's adapter and write a GGUF file (llama, qwen2, qwen3) of --type, "
         "with the tokenizer and chat template as llama.cpp's converter writes them, quantized in "
         "Python as llama-quantize would (its per-tensor type choice and fallbacks), and an Ollama "
-        "Modelfile beside it.",
+        "Modelfile beside it. With --adapter-only, write the LoRA adapter alone as llama.cpp's "
+        "convert_lora_to_gguf.py writes one (a few MB), a base GGUF beside it (or use --base FILE) and a "
+        "Modelfile with FROM the base and ADAPTER the adapter. DoRA and full fine-tunes have no LoRA form: "
+        "export them fused.",
     )
     q.add_argument("run", metavar="RUN", help=run_help)
     q.add_argument(
-        "--type", default="q4_k_m", choices=_GGUFTypes(), metavar="TYPE", help="file type: %(choices)s (default q4_k_m)"
+        "--type",
+        choices=_GGUFTypes(),
+        metavar="TYPE",
+        help="file type: %(choices)s (default q4_k_m); with --adapter-only, the adapter's: f16 (default), bf16, "
+        "q8_0 or f32",
     )
-    q.add_argument("--out", metavar="FILE", help="GGUF file to write (default ./<run name>-<type>.gguf)")
+    q.add_argument(
+        "--out",
+        metavar="FILE",
+        help="GGUF file to write (default ./<run name>-<type>.gguf; with --adapter-only ./<run name>-lora-<type>.gguf)",
+    )
+    q.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="write the LoRA adapter as a llama.cpp adapter GGUF (llama-server --lora, Ollama's ADAPTER) "
+        "instead of the fused model; LoRA and QLoRA runs only (a QLoRA adapter applies to its base dequantized)",
+    )
+    q.add_argument(
+        "--base-type",
+        choices=_GGUFTypes(),
+        metavar="TYPE",
+        help="with --adapter-only: the type of the base GGUF written beside the adapter (default q4_k_m)",
+    )
+    q.add_argument(
+        "--base",
+        metavar="FILE",
+        help="with --adapter-only: an existing GGUF of the run's base model for the Modelfile's FROM, "
+        "instead of writing one (it must have the tokenizer and chat template of the run's base)",
+    )
+    q.add_argument(
+        "--verify",
+        nargs="?",
+        type=int,
+        const=8,
+        metavar="N",
+        help="after writing, answer N (default 8) prompts of the run's test split greedily with MLX and with "
+        "llama.cpp on the exported file(s) as Ollama runs them (the Modelfile's template, system prompt and stop "
+        "tokens), and print per prompt whether the first --verify-tokens tokens agree; needs llama-cpp-python",
+    )
+    q.add_argument(
+        "--verify-tokens",
+        type=int,
+        default=16,
+        metavar="K",
+        help="how many answer tokens --verify compares (default 16)",
+    )
     q.set_defaults(func=_cmd_export_gguf, needs_mlx=True)
 
     q = formats.add_parser(

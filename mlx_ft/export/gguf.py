@@ -117,38 +117,57 @@ def _tensors(f: Fused, arch: arch_table.Arch, file_type: str) -> list[tuple[str,
 def export_gguf(source: str, file_type: str, out: Path, with_modelfile: bool = True) -> Path:
     """Write `source` (run folder, adapter folder or model) as a GGUF file of `file_type` at `out`, and an Ollama
     `Modelfile` beside it."""
+    check_type(file_type)
+    f = fuse(source)
+    write_model(f, file_type, out)
+    if with_modelfile:
+        write_text(Path(out).parent / "Modelfile", modelfile.modelfile(Path(out).name, f.tokenizer, f.system))
+    return Path(out)
+
+
+def check_type(file_type: str) -> None:
     if file_type not in tensor_types.FILE_TYPES:
         raise UserError(f"GGUF type {file_type!r} is not supported; choose one of {', '.join(tensor_types.FILE_TYPES)}")
-    out = Path(out)
-    f = fuse(source)
-    arch = arch_table.BY_MODEL_TYPE.get(f.config.get("model_type"))
+
+
+def architecture(config: dict[str, Any]) -> arch_table.Arch:
+    """The GGUF architecture of a model config, or a UserError naming the supported ones."""
+    arch = arch_table.BY_MODEL_TYPE.get(config.get("model_type"))
     if arch is None:
         raise UserError(
-            f"architecture {f.config.get('model_type')!r} cannot be exported to GGUF; supported: "
+            f"architecture {config.get('model_type')!r} cannot be exported to GGUF; supported: "
             f"{', '.join(a.model_type for a in arch_table.ARCHS.values())}"
         )
+    return arch
+
+
+def write_model(f: Fused, file_type: str, out: Path) -> Path:
+    """Write the plain float model `f` as a GGUF model file of `file_type` at `out` (atomically, read back)."""
+    out = Path(out)
+    arch = architecture(f.config)
     tensors = _tensors(f, arch, file_type)
     n_vocab = next(w.shape[0] for name, w, _ in tensors if name == "token_embd.weight")
     print(f"mlx_ft: writing {f.label} as {file_type} GGUF to {out}", file=sys.stderr)
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch.gguf)
         _write_metadata(w, f, arch, file_type, n_vocab)
-        for name, data, qtype in tqdm(
-            tensors, desc=f"quantizing to {file_type}", unit="tensor", leave=False, disable=None
-        ):
-            raw = quants.quantize(data, qtype)
-            w.add_tensor(name, raw, raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=False)
-        w.close()
-        _check(tmp, [name for name, _, _ in tensors])
-    if with_modelfile:
-        write_text(out.parent / "Modelfile", modelfile.modelfile(out.name, f.tokenizer, f.system))
+        write_tensors(w, [(name, data, qtype) for name, data, qtype in tensors], file_type)
+        check(tmp, [name for name, _, _ in tensors])
     return out
 
 
-def _check(path: Path, names: list[str]) -> None:
+def write_tensors(w: gguf.GGUFWriter, tensors: list[tuple[str, np.ndarray, Any]], file_type: str) -> None:
+    """Quantize and write `tensors` after the metadata already added to `w`, then close it."""
+    for name, data, qtype in tqdm(tensors, desc=f"quantizing to {file_type}", unit="tensor", leave=False, disable=None):
+        raw = quants.quantize(data, qtype)
+        w.add_tensor(name, raw, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=False)
+    w.close()
+
+
+def check(path: Path, names: list[str]) -> None:
     """Read the file back before calling it done: every tensor there, under its name."""
     reader = gguf.GGUFReader(path)
     found = [t.name for t in reader.tensors]

@@ -39,17 +39,32 @@ class Fused:
 
 def fuse(source: str) -> Fused:
     """Load `source` (run folder, adapter folder or model), fold its adapter into the weights, dequantize."""
-    loaded = loader.load(source, fuse=False)
+    return to_fused(loader.load(source, fuse=False))
+
+
+def to_fused(loaded: loader.Loaded, adapter: bool = True) -> Fused:
+    """`loaded` (adapter attached, unfused) as one plain float model: the adapter folded in, or with adapter=False
+    taken off again, leaving the base exactly as the adapter was trained on it (a QLoRA base quantized, then
+    dequantized)."""
     model = loaded.model
-    fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules() if hasattr(m, "fuse")]
-    if fused:
-        model.update_modules(tree_unflatten(fused))
+    if adapter:
+        layers = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules() if hasattr(m, "fuse")]
+    else:
+        layers = [(name, m.linear) for name, m in model.named_modules() if hasattr(m, "fuse")]
+    if layers:
+        model.update_modules(tree_unflatten(layers))
     model = dequantize_model(model)
     base_dir = Path(models.resolve(loaded.base))
+    label = loaded.label if adapter else loaded.base
+    return Fused(model, loaded.tokenizer, read_config(base_dir), base_dir, label, loaded.system)
+
+
+def read_config(base_dir: Path) -> dict[str, Any]:
+    """A base model's config.json, without MLX quantization keys."""
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     for key in QUANTIZATION_KEYS:
         config.pop(key, None)
-    return Fused(model, loaded.tokenizer, config, base_dir, loaded.label, loaded.system)
+    return config
 
 
 def export_hf(source: str, out: Path) -> Path:

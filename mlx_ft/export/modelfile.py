@@ -10,6 +10,7 @@ covers templates that write each turn as prefix + content + suffix (ChatML, Llam
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,16 +89,71 @@ def stop_tokens(tokenizer: Any) -> list[str]:
     return list(dict.fromkeys(hf.convert_ids_to_tokens(i) for i in ids if i is not None))
 
 
+def _path(name: str) -> str:
+    """Ollama resolves `./name` against the Modelfile's folder; an absolute path stays as it is."""
+    return name if name.startswith("/") else f"./{name}"
+
+
 def _quoted(text: str) -> str:
     if '"""' in text:
         raise ValueError('a Modelfile cannot hold text with """ in it')
     return f'"""{text}"""'
 
 
-def modelfile(gguf_name: str, tokenizer: Any, system: str | None, parameters: dict[str, float] | None = None) -> str:
-    lines = [f"FROM ./{gguf_name}", f"TEMPLATE {_quoted(go_template(turns(tokenizer)))}"]
+def modelfile(
+    gguf_name: str,
+    tokenizer: Any,
+    system: str | None,
+    parameters: dict[str, float] | None = None,
+    adapter: str | None = None,
+) -> str:
+    """The Modelfile text: `gguf_name` (and `adapter`, a LoRA GGUF applied on it) are paths relative to the
+    Modelfile's folder, or absolute."""
+    lines = [f"FROM {_path(gguf_name)}"]
+    if adapter:
+        lines.append(f"ADAPTER {_path(adapter)}")
+    lines.append(f"TEMPLATE {_quoted(go_template(turns(tokenizer)))}")
     if system:
         lines.append(f"SYSTEM {_quoted(system)}")
     lines += [f'PARAMETER stop "{s}"' for s in stop_tokens(tokenizer)]
     lines += [f"PARAMETER {k} {v}" for k, v in (parameters or DEFAULT_PARAMETERS).items()]
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Parsed:
+    """What Ollama reads from a Modelfile, for the commands we write."""
+
+    source: str  # FROM
+    adapters: list[str]
+    template: str | None
+    system: str | None
+    stop: list[str]
+    parameters: dict[str, str]
+
+
+_COMMAND = re.compile(r'^(FROM|ADAPTER|TEMPLATE|SYSTEM|PARAMETER)\s+(?:"""(.*?)"""|(.*?))\s*$', re.S | re.M)
+
+
+def parse(text: str) -> Parsed:
+    """Read back the commands `modelfile` writes: FROM, ADAPTER, TEMPLATE/SYSTEM (triple-quoted), PARAMETER."""
+    found = Parsed("", [], None, None, [], {})
+    for m in _COMMAND.finditer(text):
+        command, value = m.group(1), m.group(2) if m.group(2) is not None else m.group(3)
+        if command == "FROM":
+            found.source = value
+        elif command == "ADAPTER":
+            found.adapters.append(value)
+        elif command == "TEMPLATE":
+            found.template = value
+        elif command == "SYSTEM":
+            found.system = value
+        else:
+            key, _, arg = value.partition(" ")
+            if key == "stop":
+                found.stop.append(arg.strip().strip('"'))
+            else:
+                found.parameters[key] = arg.strip()
+    if not found.source:
+        raise ValueError("a Modelfile needs a FROM line")
+    return found
