@@ -150,7 +150,8 @@ def check_base(path: Path, config: dict[str, Any]) -> None:
     arch = gguf_export.architecture(config)
     if field("general.type") == "adapter":
         raise UserError(f"{path}: is an adapter, not a base model; give the base model's GGUF to --base")
-    found = (field("general.architecture"), field(f"{arch.gguf}.block_count"), field(f"{arch.gguf}.embedding_length"))
+    theirs = field("general.architecture")
+    found = (theirs, field(f"{theirs}.block_count"), field(f"{theirs}.embedding_length"))
     wanted = (arch.gguf, config["num_hidden_layers"], config["hidden_size"])
     if found != wanted:
         raise UserError(
