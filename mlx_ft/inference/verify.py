@@ -47,6 +47,7 @@ class Check:
     """One prompt: the first answer tokens of each side (ids, up to the end of the answer), and whether the prompts
     were the same ids."""
 
+    question: str  # the last user message
     mlx: list[int]
     cpp: list[int]
     same_prompt: bool
@@ -76,11 +77,14 @@ class Report:
         out = []
         for i, c in enumerate(self.checks, 1):
             prompt = "" if c.same_prompt else " (llama.cpp's prompt tokens differ from MLX's: template or tokenizer)"
+            question = c.question if len(c.question) <= 24 else c.question[:23] + "…"
             if c.agree:
-                out.append(f"  {i:>3}  agree        {text(c.mlx)}{prompt}")
+                out.append(f"  {i:>3}  agree        {question!r}: {text(c.mlx)}{prompt}")
             else:
                 at = c.first_difference()
-                out.append(f"  {i:>3}  differ at {at:<3} MLX {text(c.mlx)} | llama.cpp {text(c.cpp)}{prompt}")
+                out.append(
+                    f"  {i:>3}  differ at {at:<3} {question!r}: MLX {text(c.mlx)} | llama.cpp {text(c.cpp)}{prompt}"
+                )
         agree = sum(c.agree for c in self.checks)
         n = len(self.checks)
         out.append(f"agreement: {agree}/{n} prompts ({self.share:.0%}) on the first {self.tokens} tokens")
@@ -168,6 +172,7 @@ def verify(source: str, modelfile_path: Path, n: int = DEFAULT_PROMPTS, k: int =
         theirs = llm.tokenize(_ollama_prompt(mf, conv).encode("utf-8"), add_bos=True, special=True)
         checks.append(
             Check(
+                conv[-1]["content"],
                 mlx_answer(loaded.model, loaded.tokenizer, prompt, k),
                 cpp_answer(lib, llm, theirs, k, mf.stop),
                 theirs == prompt,

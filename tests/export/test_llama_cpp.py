@@ -28,10 +28,11 @@ CHATS = [
 ]
 
 
-def _llama(path: Path):
+def _llama(path: Path, lora: Path | None = None):
     # An f32 KV cache: llama.cpp's default f16 cache adds its own rounding to what the file holds.
     return llama_cpp.Llama(
         model_path=str(path),
+        lora_path=str(lora) if lora else None,
         n_ctx=256,
         logits_all=True,
         verbose=False,
