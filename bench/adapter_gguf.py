@@ -2,7 +2,7 @@
 `export gguf --adapter-only` against the full q4_k_m export a user would otherwise ship, and llama.cpp's speed on the
 base with the adapter applied against the base alone and the fused q4_k_m file (what a user pays at run time).
 
-    python bench/adapter_gguf.py [RUN] [--tokens 64] [--repeats 3]
+    python bench/adapter_gguf.py [RUN] [--tokens 64] [--repeats 5]
 
 Without RUN, a short LoRA run of the default config (SmolLM2, fish_care, --fine-tune-type lora, 4 steps) is trained
 into a temporary folder first. Needs llama-cpp-python. Figures are printed, never asserted.
@@ -33,29 +33,34 @@ def _timed(argv: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def _speed(llama_cpp, model: Path, lora: Path | None, ids: list[int], tokens: int, repeats: int) -> tuple[float, float]:
-    """Best (prompt tokens/s, generated tokens/s) over `repeats`, greedy, `tokens` generated whatever they are."""
-    llm = llama_cpp.Llama(
-        model_path=str(model), lora_path=str(lora) if lora else None, n_ctx=512, n_threads=2, verbose=False
-    )
-    best_prompt = best_gen = 0.0
+def _speeds(llama_cpp, files: dict[str, tuple[Path, Path | None]], ids: list[int], tokens: int, repeats: int):
+    """Best (prompt tokens/s, generated tokens/s) per file over `repeats` rounds, greedy, `tokens` generated whatever
+    they are. The files take turns within each round, so load from other processes falls on all of them alike."""
+    llms = {
+        name: llama_cpp.Llama(
+            model_path=str(model), lora_path=str(lora) if lora else None, n_ctx=512, n_threads=2, verbose=False
+        )
+        for name, (model, lora) in files.items()
+    }
+    best = {name: (0.0, 0.0) for name in files}
     for _ in range(repeats):
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(ids)
-        t1 = time.perf_counter()
-        for _ in range(tokens):
-            llm.eval([llm.sample(temp=0.0)])
-        t2 = time.perf_counter()
-        best_prompt, best_gen = max(best_prompt, len(ids) / (t1 - t0)), max(best_gen, tokens / (t2 - t1))
-    return best_prompt, best_gen
+        for name, llm in llms.items():
+            llm.reset()
+            t0 = time.perf_counter()
+            llm.eval(ids)
+            t1 = time.perf_counter()
+            for _ in range(tokens):
+                llm.eval([llm.sample(temp=0.0)])
+            t2 = time.perf_counter()
+            best[name] = (max(best[name][0], len(ids) / (t1 - t0)), max(best[name][1], tokens / (t2 - t1)))
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", help="a LoRA run folder (default: train a short one)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per measurement (default 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements per file, best kept (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of measurements, best kept (default 5)")
     args = parser.parse_args()
     import llama_cpp
 
@@ -91,18 +96,17 @@ def main() -> None:
     )
 
     ids = chat_template.prompt_ids(loader.load(run, adapter=False).tokenizer, PROMPT)
-    rows = [
-        ("q4_k_m base alone", base, None),
-        ("q4_k_m base + f16 adapter", base, alone),
-        ("fused q4_k_m (full export)", full, None),
-    ]
+    files = {
+        "q4_k_m base alone": (base, None),
+        "q4_k_m base + f16 adapter": (base, alone),
+        "fused q4_k_m (full export)": (full, None),
+    }
     print(f"\nllama.cpp ({len(ids)}-token prompt, {args.tokens} tokens generated, 2 threads, best of {args.repeats})")
     print("| model | prompt tok/s | generation tok/s |")
     print("| --- | --- | --- |")
-    speeds = {}
-    for name, model, lora in rows:
-        speeds[name] = _speed(llama_cpp, model, lora, ids, args.tokens, args.repeats)
-        print(f"| {name} | {speeds[name][0]:.0f} | {speeds[name][1]:.1f} |")
+    speeds = _speeds(llama_cpp, files, ids, args.tokens, args.repeats)
+    for name, (prompt, gen) in speeds.items():
+        print(f"| {name} | {prompt:.0f} | {gen:.1f} |")
     with_adapter, fused = speeds["q4_k_m base + f16 adapter"], speeds["fused q4_k_m (full export)"]
     print(
         f"base + adapter / fused: {with_adapter[0] / fused[0]:.2f}x prompt speed, "
