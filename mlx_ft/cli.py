@@ -151,7 +151,10 @@ def _cmd_export_gguf(args: argparse.Namespace) -> None:
     if args.verify is not None:
         from mlx_ft.inference import verify
 
-        verify.llama_cpp()  # before minutes of export: say how to install it
+        if args.verify < 1 or args.verify_tokens < 1:
+            raise UserError("--verify N and --verify-tokens K count prompts and tokens: give 1 or more")
+        verify.llama_cpp()  # before minutes of export: say how to install it, or that there is nothing to verify with
+        verify.test_split(args.run)
     if not args.adapter_only and (args.base or args.base_type):
         raise UserError("--base and --base-type go with --adapter-only (the base an adapter applies to)")
     name = Path(args.run).resolve().name

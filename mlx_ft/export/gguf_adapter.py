@@ -27,6 +27,7 @@ from mlx_lm.tuner.lora import LoRALinear
 
 from mlx_ft import models
 from mlx_ft.atomic import atomic_path, write_text
+from mlx_ft.config import TrainConfig
 from mlx_ft.errors import UserError
 from mlx_ft.export import gguf as gguf_export
 from mlx_ft.export import modelfile
@@ -64,14 +65,14 @@ class AdapterExport:
     note: str | None  # what the user must know about the pair (a QLoRA base)
 
 
-def _refuse_unless_lora(loaded: loader.Loaded) -> None:
-    full = f"export the fused model instead: python -m mlx_ft export gguf {loaded.source} --type TYPE"
-    if loaded.cfg is None:
-        raise UserError(f"{loaded.source} is not a training run; --adapter-only needs a LoRA run folder ({full})")
-    kind = loaded.cfg.fine_tune_type
-    if kind == "dora":
+def refuse_unless_lora(source: str, cfg: TrainConfig | None) -> None:
+    """A UserError, naming the fused export, unless `source` is a LoRA (or QLoRA) run."""
+    full = f"export the fused model instead: python -m mlx_ft export gguf {source} --type TYPE"
+    if cfg is None:
+        raise UserError(f"{source} is not a training run; --adapter-only needs a LoRA run folder ({full})")
+    if cfg.fine_tune_type == "dora":
         raise UserError(f"a DoRA adapter (its magnitude vector) has no llama.cpp LoRA form; {full}")
-    if kind == "full":
+    if cfg.fine_tune_type == "full":
         raise UserError(f"a full fine-tune changed whole layers, which no LoRA adapter holds; {full}")
 
 
@@ -126,7 +127,7 @@ def write_adapter(loaded: loader.Loaded, file_type: str, out: Path) -> tuple[flo
         w.add_type(gguf.GGUFType.ADAPTER)
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
         w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        w.add_name(f"{loaded.source} (LoRA adapter for {loaded.base})")
+        w.add_name(f"{Path(loaded.source).resolve().name} (LoRA adapter for {Path(loaded.base).name})")
         w.add_file_type(ftype)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         gguf_export.write_tensors(w, [(n, d, _tensor_type(d, qtype)) for n, d in tensors], file_type)
@@ -178,14 +179,14 @@ def export_adapter(
         raise UserError(f"adapter type {file_type!r} is not supported; choose one of {', '.join(ADAPTER_TYPES)}")
     if base is None:
         gguf_export.check_type(base_type)
+    refuse_unless_lora(source, loader.run_config(source))  # before minutes of loading a model
     loaded = loader.load(source, fuse=False)
-    _refuse_unless_lora(loaded)
+    assert loaded.cfg is not None
     config = read_config(Path(models.resolve(loaded.base)))
     if base is not None:
         check_base(Path(base), config)
     alpha, rank, n = write_adapter(loaded, file_type, out)
     note = None
-    assert loaded.cfg is not None
     if loaded.cfg.quantize:
         note = (
             f"this QLoRA adapter was trained on the {loaded.cfg.quantize}-bit base: it applies to that base "

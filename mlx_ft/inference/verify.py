@@ -135,21 +135,26 @@ def _file(folder: Path, name: str) -> str:
     return str(path)
 
 
+def test_split(source: str) -> Path:
+    """The test split `--verify` answers from, checked before anything is exported."""
+    cfg = loader.run_config(source)
+    if cfg is None:
+        raise UserError(f"--verify answers prompts from a run's test split, and {source} is not a run folder")
+    split = local_or_shipped(cfg.data) / "test.jsonl"
+    if not split.is_file():
+        raise UserError(f"{split}: no test split to verify with (prepare the data with --test 0.1)")
+    return split
+
+
 def verify(source: str, modelfile_path: Path, n: int = DEFAULT_PROMPTS, k: int = DEFAULT_TOKENS) -> Report:
     """Answer the first `n` prompts of `source`'s test split with MLX and with llama.cpp on the files
     `modelfile_path` names; compare the first `k` tokens of each answer."""
     lib = llama_cpp()
     mf = modelfile.parse(Path(modelfile_path).read_text(encoding="utf-8"))
     folder = Path(modelfile_path).parent
+    split = test_split(source)
     loaded = loader.load(source)
-    if loaded.cfg is None:
-        raise UserError(f"--verify answers prompts from a run's test split, and {source} is not a run folder")
-    split = local_or_shipped(loaded.cfg.data) / "test.jsonl"
-    try:
-        examples = data.load_split(split.parent, "test")
-    except FileNotFoundError:
-        raise UserError(f"{split}: no test split to verify with (prepare the data with --test 0.1)") from None
-    todo = evaluate.targets(examples)[:n]
+    todo = evaluate.targets(data.load_split(split.parent, "test"))[:n]
     if not todo:
         raise UserError(f"{split}: no conversations to verify with")
     conversations = [with_system(t.prompt, loaded.system) for t in todo]

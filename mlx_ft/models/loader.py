@@ -97,6 +97,13 @@ def find_run(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def run_config(source: str) -> config_mod.TrainConfig | None:
+    """The training config of the run `source` is (or is inside), without loading any model; None for a model."""
+    path = Path(source).expanduser()
+    found = find_run(path) if path.is_dir() else None
+    return config_mod.load(found[0] / "config.yaml") if found else None
+
+
 def _training_system(run: Path) -> str | None:
     try:
         return json.loads((run / "adapter_config.json").read_text(encoding="utf-8")).get("system_prompt")

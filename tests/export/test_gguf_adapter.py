@@ -102,6 +102,20 @@ def test_verify_without_llama_cpp_says_how_to_install_it(qwen2_dir, tmp_path, mo
     assert not out.exists(), "checked before the export, not after minutes of it"
 
 
+def test_verify_needs_a_run_with_a_test_split(qwen2_dir, lora_run, tmp_path, monkeypatch, capsys):
+    from mlx_ft.inference import verify
+
+    monkeypatch.setattr(verify, "llama_cpp", lambda: None)  # as if installed: the other checks come next
+    out = tmp_path / "m.gguf"
+    assert cli.main(["export", "gguf", str(qwen2_dir), "--type", "f16", "--out", str(out), "--verify"]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert cli.main(["export", "gguf", str(lora_run), "--adapter-only", "--out", str(out), "--verify"]) == 2
+    assert "test.jsonl: no test split to verify with" in capsys.readouterr().err
+    assert cli.main(["export", "gguf", str(lora_run), "--out", str(out), "--verify", "0"]) == 2
+    assert "give 1 or more" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "all refused before anything was written"
+
+
 def test_base_flags_need_adapter_only(qwen2_dir, capsys):
     assert cli.main(["export", "gguf", str(qwen2_dir), "--base-type", "f16"]) == 2
     assert "--adapter-only" in capsys.readouterr().err
