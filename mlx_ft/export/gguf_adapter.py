@@ -179,24 +179,28 @@ def export_adapter(
         raise UserError(f"adapter type {file_type!r} is not supported; choose one of {', '.join(ADAPTER_TYPES)}")
     if base is None:
         gguf_export.check_type(base_type)
-    refuse_unless_lora(source, loader.run_config(source))  # before minutes of loading a model
-    loaded = loader.load(source, fuse=False)
-    assert loaded.cfg is not None
-    config = read_config(Path(models.resolve(loaded.base)))
+    cfg = loader.run_config(source)
+    refuse_unless_lora(source, cfg)  # before minutes of loading a model
+    assert cfg is not None
+    config = read_config(Path(models.resolve(cfg.model)))
     if base is not None:
         check_base(Path(base), config)
+    loaded = loader.load(source, fuse=False)
     alpha, rank, n = write_adapter(loaded, file_type, out)
     note = None
-    if loaded.cfg.quantize:
-        note = (
-            f"this QLoRA adapter was trained on the {loaded.cfg.quantize}-bit base: it applies to that base "
-            "dequantized" + (", which the base file written beside it is" if base is None else "; --base is another")
+    if cfg.quantize:
+        note = f"this QLoRA adapter was trained on the {cfg.quantize}-bit base: it applies to that base dequantized" + (
+            ", which the base file written beside it is"
+            if base is None
+            else "; the --base file is not that, so answers can differ a little from the run's"
         )
     if base is None:
-        base = out.parent / f"{Path(loaded.base).name}-{base_type}.gguf"
+        # a QLoRA base is named for its bits: it is not the float base a user may already have
+        bits = f"-{cfg.quantize}bit" if cfg.quantize else ""
+        base = out.parent / f"{Path(loaded.base).name}{bits}-{base_type}.gguf"
         f = to_fused(loaded, adapter=False)  # the same load: the adapter's layers give back their base layers
-        if loaded.cfg.quantize:
-            f.label = f"{f.label} ({loaded.cfg.quantize}-bit QLoRA base, dequantized)"
+        if cfg.quantize:
+            f.label = f"{f.label} ({cfg.quantize}-bit QLoRA base, dequantized)"
         gguf_export.write_model(f, base_type, base)
     text = modelfile.modelfile(
         _relative(Path(base), out.parent), loaded.tokenizer, loaded.system, adapter=_relative(out, out.parent)

@@ -23,7 +23,9 @@ def _adapter_and_fused(model: Path, tmp: Path, **kw) -> tuple[Path, Path, Path, 
     run = _run(model, tmp, learning_rate=2e-3, **kw)
     out = tmp / "adapter" / "lora.gguf"
     assert cli.main(["export", "gguf", str(run), "--adapter-only", "--base-type", "f16", "--out", str(out)]) == 0
-    base = out.parent / f"{model.name}-f16.gguf"
+    bits = f"-{kw['quantize']}bit" if kw.get("quantize") else ""
+    base = out.parent / f"{model.name}{bits}-f16.gguf"
+    assert base.is_file()
     return run, base, out, export_gguf(str(run), "f16", tmp / "fused" / "fused-f16.gguf")
 
 
