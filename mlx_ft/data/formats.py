@@ -7,6 +7,8 @@ ShareGPT are parameterised by column and tag names, so LLaMA-Factory's `dataset_
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,7 +18,17 @@ from mlx_ft.chat_template import ROLES, Message
 if TYPE_CHECKING:
     from mlx_ft.data.recipes import Recipe
 
-Content = list[Message] | str  # a conversation, or raw text
+
+@dataclass(frozen=True)
+class Pair:
+    """A preference pair: `messages` is the conversation ending with the chosen answer, `rejected` the assistant
+    message that should lose to it as that last turn."""
+
+    messages: list[Message]
+    rejected: Message
+
+
+Content = list[Message] | str | Pair  # a conversation, raw text, or a preference pair
 Convert = Callable[[dict[str, Any], "Options"], Content]
 
 # Which role may follow which, after the optional leading system message. Tool results answer an assistant's call,
@@ -31,10 +43,14 @@ class Example:
     text: str | None = None  # raw text for continued pre-training; then `messages` is empty
     # Scalar fields carried along for evaluation (`task`, for a per-task breakdown); never shown to the model.
     meta: dict[str, Any] = field(default_factory=dict)
+    # A preference pair: the assistant message that should lose to the conversation's last (chosen) turn.
+    rejected: Message | None = None
 
     def row(self) -> dict[str, Any]:
         """The example's line in a prepared split."""
-        body = {"text": self.text} if self.text is not None else {"messages": self.messages}
+        body: dict[str, Any] = {"text": self.text} if self.text is not None else {"messages": self.messages}
+        if self.rejected is not None:
+            body["rejected"] = self.rejected
         return {**body, **self.meta}
 
 
@@ -178,6 +194,10 @@ class Alpaca:
     history: str | None = "history"
 
     def __call__(self, rec: dict[str, Any], opts: Options) -> Content:
+        return [*self.prompt_messages(rec, opts), {"role": "assistant", "content": text_field(rec, self.response)}]
+
+    def prompt_messages(self, rec: dict[str, Any], opts: Options) -> list[Message]:
+        """The conversation up to the answer: system, history, and the prompt as the last user message."""
         prompt = text_field(rec, self.prompt)
         if query := _optional_text(rec, self.query):
             prompt = f"{prompt}\n{query}"
@@ -186,8 +206,7 @@ class Alpaca:
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) and s.strip() for s in pair)):
                 raise ValueError(f"{self.history}[{i}] must be a [prompt, answer] pair of non-empty strings")
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-        answer = text_field(rec, self.response)
-        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": prompt})
         return with_system(messages, _optional_text(rec, self.system) or opts.system)
 
     def _history(self, rec: dict[str, Any]) -> list[Any]:
@@ -208,18 +227,88 @@ class Text:
         return text_field(rec, self.column)
 
 
+PromptOf = Callable[[dict[str, Any], Options], list[Message]]
+
+OPENAI_CHAT = Chat("messages", "role", "content", {r: r for r in ROLES})
+SHAREGPT_CHAT = ShareGPTTags().chat(extra_roles={"function": "tool"})  # files in the wild call tool results "function"
+
+
+def _preference_prompt(rec: dict[str, Any], opts: Options) -> list[Message]:
+    """The conversation a preference pair answers: `messages` (OpenAI), `conversations` (ShareGPT), `prompt` (a
+    text, or a list of OpenAI messages) or alpaca's `instruction` + `input`."""
+    if "messages" in rec:
+        return typing.cast(list[Message], OPENAI_CHAT(rec, opts))
+    if "conversations" in rec:
+        return typing.cast(list[Message], SHAREGPT_CHAT(rec, opts))
+    if isinstance(rec.get("prompt"), list):
+        return typing.cast(list[Message], dataclasses.replace(OPENAI_CHAT, column="prompt")(rec, opts))
+    if "prompt" in rec:
+        return with_system([{"role": "user", "content": text_field(rec, "prompt")}], opts.system)
+    if "instruction" in rec:
+        return Alpaca().prompt_messages(rec, opts)
+    raise ValueError(
+        "a preference pair needs its prompt: a 'prompt', 'messages', 'conversations' or 'instruction' field"
+    )
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A preference pair: a prompt (`prompt_of`), and two answers to it, `chosen` and `rejected`, each a text or one
+    assistant message (a message object, or a list holding one). Message objects are read with `chat`'s tags, or,
+    without it, in OpenAI's (role/content) or ShareGPT's (from/value) spelling. A line of a prepared split carries
+    the chosen answer as the conversation's last turn instead of a `chosen` field."""
+
+    prompt_of: PromptOf = _preference_prompt
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    chat: Chat | None = None
+
+    def __call__(self, rec: dict[str, Any], opts: Options) -> Content:
+        prompt = self.prompt_of(rec, opts)
+        if self.chosen in rec:
+            chosen = self._answer(rec, self.chosen)
+        elif prompt and prompt[-1]["role"] == "assistant":
+            chosen, prompt = prompt[-1], prompt[:-1]
+        else:
+            raise ValueError(f"missing field {self.chosen!r}")
+        rejected = self._answer(rec, self.rejected)
+        if rejected["content"].strip() == chosen["content"].strip():
+            raise ValueError(f"{self.chosen!r} and {self.rejected!r} are the same answer: nothing to prefer")
+        return Pair([*prompt, chosen], rejected)
+
+    def _answer(self, rec: dict[str, Any], key: str) -> Message:
+        value = rec.get(key)
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if value is None or isinstance(value, str):
+            return {"role": "assistant", "content": text_field(rec, key)}
+        if not isinstance(value, dict):
+            raise ValueError(f"field {key!r} must be an answer: a string, or one assistant message")
+        chat = self.chat or (SHAREGPT_CHAT if "from" in value else OPENAI_CHAT)
+        try:
+            (message,) = dataclasses.replace(chat, column=key, system=None)({key: [value]}, Options())
+        except ValueError as e:
+            raise ValueError(f"field {key!r}: {str(e).removeprefix(f'{key}[0]: ')}") from None
+        if message["role"] != "assistant":
+            raise ValueError(f"field {key!r} must be an assistant message, not a {message['role']} one")
+        return message
+
+
 @dataclass(frozen=True)
 class Format:
     keys: tuple[str, ...]  # fields whose presence identifies the format
     convert: Convert
+    detect: tuple[str, ...] | None = None  # fields that identify it, when fewer than `keys` (default: `keys`)
 
 
 # Detection tries these in order: alpaca before io, since an alpaca record has `input` and `output` too. The README's
 # format table shows an example record of each.
 FORMATS: dict[str, Format] = {
-    "messages": Format(("messages",), Chat("messages", "role", "content", {r: r for r in ROLES})),
-    # ShareGPT files in the wild also call tool results "function".
-    "sharegpt": Format(("conversations",), ShareGPTTags().chat(extra_roles={"function": "tool"})),
+    # First: a pair's prompt is spelled like a messages, sharegpt or alpaca record. A prepared split's pair line has
+    # no `chosen` (it is the conversation's last turn), so `rejected` alone identifies a pair.
+    "preference": Format(("chosen", "rejected"), Preference(), detect=("rejected",)),
+    "messages": Format(("messages",), OPENAI_CHAT),
+    "sharegpt": Format(("conversations",), SHAREGPT_CHAT),
     "alpaca": Format(("instruction", "output"), Alpaca()),
     "qa": Format(("question", "answer"), _from_qa),
     "io": Format(("input", "output"), _from_io),
@@ -235,7 +324,7 @@ def format_needs() -> str:
 def detect_format(rec: Any) -> str | None:
     if isinstance(rec, dict):
         for name, fmt in FORMATS.items():
-            if all(k in rec for k in fmt.keys):
+            if all(k in rec for k in fmt.detect or fmt.keys):
                 return name
     return None
 
@@ -256,7 +345,7 @@ def check_conversation(messages: list[Message]) -> None:
         raise ValueError("the conversation must start with a user message (after an optional system message)")
 
 
-CONTENT_KEYS = ("messages", "text")  # what a prepared line holds besides its metadata
+CONTENT_KEYS = ("messages", "text", "rejected")  # what a prepared line holds besides its metadata
 
 
 def meta_fields(rec: Mapping[str, Any], keep: Iterable[str]) -> dict[str, Any]:
@@ -268,5 +357,8 @@ def to_example(where: str, content: Content, meta: dict[str, Any] | None = None)
     """Wrap converted content, checking a conversation's shape (raises ValueError)."""
     if isinstance(content, str):
         return Example(where, [], content, meta or {})
+    if isinstance(content, Pair):
+        check_conversation(content.messages)
+        return Example(where, content.messages, meta=meta or {}, rejected=content.rejected)
     check_conversation(content)
     return Example(where, content, meta=meta or {})

@@ -1,5 +1,6 @@
 """Raw datasets → the one internal format: OpenAI-style chat JSONL, `{"messages": [{"role", "content"}, …]}`, or
-`{"text": …}` lines for continued pre-training.
+`{"text": …}` lines for continued pre-training, or preference pairs: a chat line whose last assistant turn is the
+chosen answer, plus `"rejected": {"role": "assistant", "content": …}`, the answer that should lose to it.
 
 Reading files is `readers`, converting formats is `formats`, token-length statistics are `stats`; this module ties
 them together. Every problem is reported as `file:line: what is wrong` before anything is written. The
@@ -35,7 +36,9 @@ def split_of(example: Example, seed: int, valid: float, test: float, group: str 
     elif example.text is not None:
         content = json.dumps(example.text, ensure_ascii=False)
     else:
-        turns = [m for m in example.messages if m["role"] != "system"]
+        # A pair by its prompt alone: every pair answering one prompt lands in one split.
+        kept = example.messages[:-1] if example.rejected is not None else example.messages
+        turns = [m for m in kept if m["role"] != "system"]
         content = json.dumps(turns, ensure_ascii=False, sort_keys=True)
     digest = hashlib.sha256(f"{seed}\0{content}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
@@ -221,8 +224,9 @@ def prepare(
 
 
 def _prepared_line(rec: dict[str, Any], opts: Options) -> Content:
-    """A line of a prepared split: `{"text": …}` or `{"messages": […]}`."""
-    return FORMATS["text" if "text" in rec else "messages"].convert(rec, opts)
+    """A line of a prepared split: `{"text": …}`, `{"messages": […]}` or a pair, `{"messages": […], "rejected": …}`."""
+    name = "text" if "text" in rec else "preference" if "rejected" in rec else "messages"
+    return FORMATS[name].convert(rec, opts)
 
 
 def common_system(examples: list[Example]) -> str | None:

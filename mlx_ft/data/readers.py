@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlx_ft.data.formats import Alpaca, Convert, ShareGPTTags, Text
+from mlx_ft.data.formats import Alpaca, Convert, Preference, ShareGPTTags, Text
 from mlx_ft.errors import UserError
 
 MAX_REPORTED = 20
@@ -184,19 +184,13 @@ COLUMNS = {
     "alpaca": ("prompt", "query", "response", "history", "system", "tools"),
     "sharegpt": ("messages", "system", "tools"),
 }  # tools: accepted, not carried over (see README)
-UNSUPPORTED_COLUMNS = {
-    "images": "multimodal",
-    "videos": "multimodal",
-    "audios": "multimodal",
-    "chosen": "preference",
-    "rejected": "preference",
-    "kto_tag": "KTO",
-}
+RANKING_COLUMNS = ("chosen", "rejected")  # the two answers of a `"ranking": true` entry's pairs
+UNSUPPORTED_COLUMNS = {"images": "multimodal", "videos": "multimodal", "audios": "multimodal", "kto_tag": "KTO"}
 TAGS = tuple(f.name for f in dataclasses.fields(ShareGPTTags))
 
 
 class Unsupported(ValueError):
-    """A dataset_info.json entry of a kind mlx_ft does not read: hub or script, preference, KTO, multimodal. Taking a
+    """A dataset_info.json entry of a kind mlx_ft does not read: hub or script, KTO, multimodal. Taking a
     whole dataset_info.json skips these (saying why); naming one with --dataset is an error."""
 
     def __init__(self, message: str, hub: bool = False) -> None:
@@ -225,8 +219,9 @@ def _entry_source(info: Path, name: str, entry: Any) -> Source:
         raise ValueError("must be an object")
     if hub := [k for k in HUB_KEYS if k in entry]:
         raise Unsupported(f"{hub[0]}: only local files (file_name) are supported; download the data first", hub=True)
-    if entry.get("ranking"):
-        raise Unsupported("preference (ranking) datasets are not supported")
+    ranking = entry.get("ranking", False)
+    if not isinstance(ranking, bool):
+        raise ValueError("'ranking' must be true or false")
     if extra := sorted(set(entry) - {"file_name", "formatting", "columns", "tags", "ranking", *IGNORED_KEYS}):
         raise ValueError(f"key {extra[0]!r} is not supported")
     file_name = entry.get("file_name")
@@ -235,22 +230,34 @@ def _entry_source(info: Path, name: str, entry: Any) -> Source:
     formatting = entry.get("formatting", "alpaca")
     if formatting not in COLUMNS:
         raise ValueError(f"formatting {formatting!r} is not one of {', '.join(COLUMNS)}")
-    columns = _names(entry, "columns", COLUMNS[formatting])
+    columns = _names(entry, "columns", COLUMNS[formatting] + RANKING_COLUMNS)
+    if not ranking and (pair := [c for c in RANKING_COLUMNS if c in columns]):
+        raise ValueError(f'columns.{pair[0]} belongs to preference pairs: the entry needs "ranking": true')
     tags = _names(entry, "tags", TAGS if formatting == "sharegpt" else ())
     path = info.parent / file_name
+    if ranking:
+        answers = {c: columns.get(c, c) for c in RANKING_COLUMNS}
+        if formatting == "sharegpt":
+            chat = ShareGPTTags(**tags).chat(columns.get("messages", "conversations"), columns.get("system"))
+            return Source(path, "preference", Preference(chat, **answers, chat=chat), name)
+        return Source(path, "preference", Preference(_alpaca(columns).prompt_messages, **answers), name)
     if formatting == "sharegpt":
         chat = ShareGPTTags(**tags).chat(columns.get("messages", "conversations"), columns.get("system"))
         return Source(path, "sharegpt", chat, name)
     if set(columns) == {"prompt"}:  # LLaMA-Factory's pre-training entries name only the text column
         return Source(path, "text", Text(columns["prompt"]), name)
-    alpaca = Alpaca(
+    return Source(path, "alpaca", _alpaca(columns), name)
+
+
+def _alpaca(columns: dict[str, str]) -> Alpaca:
+    """An alpaca entry's columns, LLaMA-Factory's defaults for those it does not name."""
+    return Alpaca(
         prompt=columns.get("prompt", "instruction"),
         query=columns.get("query", "input"),
         response=columns.get("response", "output"),
         system=columns.get("system"),
         history=columns.get("history"),
     )
-    return Source(path, "alpaca", alpaca, name)
 
 
 def _local(info: Path, entry: Any) -> bool:

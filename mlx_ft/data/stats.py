@@ -79,9 +79,32 @@ def is_truncated(n_tokens: int, max_seq_length: int) -> bool:
 
 
 def token_length(tokenizer: Any, example: Example) -> int:
+    """Tokens of the example as training sees it; of a pair, its longer side (both go through the model)."""
     if example.text is not None:
         return len(chat_template.text_tokens(tokenizer, example.text)[0])  # as training sees it: EOS appended
+    if example.rejected is not None:
+        return max(len(chat_template.encode(tokenizer, side)) for side in pair_sides(example))
     return len(chat_template.encode(tokenizer, example.messages))
+
+
+def pair_sides(example: Example) -> tuple[list[Any], list[Any]]:
+    """A preference pair's two conversations: the prompt with the chosen answer, and with the rejected one."""
+    assert example.rejected is not None
+    return example.messages, [*example.messages[:-1], example.rejected]
+
+
+def prompt_problem(tokenizer: Any, example: Example, max_seq_length: int) -> str | None:
+    """Why a pair cannot train at max_seq_length: its prompt leaves no room for an answer (SFT examples are cut
+    and counted instead; a pair cut to its prompt compares nothing)."""
+    if example.rejected is None:
+        return None
+    n = len(chat_template.prompt_ids(tokenizer, example.messages[:-1]))
+    if n < max_seq_length:
+        return None
+    return (
+        f"the prompt of this pair takes {n} tokens, and max_seq_length {max_seq_length} leaves no room for its "
+        "answers; shorten the prompt or raise --max-seq-length"
+    )
 
 
 def _nearest_rank(ordered: list[int], q: float) -> int:
@@ -121,6 +144,8 @@ def compute(splits: Mapping[str, Sequence[Example]], how: StatsSettings, tokeniz
             for ex in examples:
                 try:
                     lengths.append(token_length(tokenizer, ex))
+                    if problem := prompt_problem(tokenizer, ex, how.max_seq_length):
+                        problems.append(f"{ex.where}: {problem}")
                 except (ValueError, TemplateError) as e:
                     problems.append(f"{ex.where}: the chat template of {how.model} refuses this conversation: {e}")
                 bar.update()

@@ -552,7 +552,7 @@ def test_dataset_info_problems_are_one_line_each(write_jsonl, tmp_path):
         {
             "good": {"file_name": "d.jsonl"},
             "remote": {"hf_hub_url": "someone/data"},
-            "prefs": {"file_name": "d.jsonl", "ranking": True},
+            "prefs": {"file_name": "d.jsonl", "ranking": "yes"},
             "odd": {"file_name": "d.jsonl", "formatting": "sharegpt", "tags": {"speaker_tag": "x"}},
             "pics": {"file_name": "d.jsonl", "columns": {"prompt": "instruction", "images": "images"}},
         },
@@ -561,7 +561,7 @@ def test_dataset_info_problems_are_one_line_each(write_jsonl, tmp_path):
         data.prepare([info], tmp_path / "out", datasets=["good", "remote", "prefs", "odd", "pics"])
     assert err.value.problems == [
         f"{info}:5: dataset 'remote': hf_hub_url: only local files (file_name) are supported; download the data first",
-        f"{info}:8: dataset 'prefs': preference (ranking) datasets are not supported",
+        f"{info}:8: dataset 'prefs': 'ranking' must be true or false",
         f"{info}:12: dataset 'odd': tags.speaker_tag is unknown (known: role_tag, content_tag, user_tag, "
         "assistant_tag, observation_tag, function_tag, system_tag)",
         f"{info}:19: dataset 'pics': columns.images: multimodal datasets are not supported",
@@ -592,7 +592,8 @@ def test_dataset_info_problems_are_one_line_each(write_jsonl, tmp_path):
 
 def test_a_whole_dataset_info_takes_what_it_can_and_says_what_it_skipped(write_jsonl, tmp_path, capsys):
     """LLaMA-Factory's own data/ folder as a whole: its alpaca, sharegpt tool-call and text sets are read; the
-    multimodal, preference, KTO and hub entries are skipped with the reason, one line each."""
+    multimodal, KTO and hub entries are skipped with the reason, one line each; its preference (ranking) sets are
+    read as pairs."""
     from mlx_ft import cli
 
     (tmp_path / "alpaca_demo.json").write_text(
@@ -614,8 +615,10 @@ def test_a_whole_dataset_info_takes_what_it_can_and_says_what_it_skipped(write_j
         )
     )
     (tmp_path / "wiki_demo.txt").write_text("One document.\nAnother document.\n")
-    for name in ("mllm_demo.json", "dpo_demo.json", "kto_demo.json"):
+    for name in ("mllm_demo.json", "kto_demo.json"):
         (tmp_path / name).write_text("[]")
+    pair = {"conversations": [{"from": "human", "value": "Hi?"}], "chosen": {"from": "gpt", "value": "Hello!"}}
+    (tmp_path / "dpo_demo.json").write_text(json.dumps([{**pair, "rejected": {"from": "gpt", "value": "Go away."}}]))
     info = _dataset_info(
         tmp_path,
         {
@@ -660,22 +663,21 @@ def test_a_whole_dataset_info_takes_what_it_can_and_says_what_it_skipped(write_j
     printed = capsys.readouterr().out.splitlines()
     lines = info.read_text().splitlines()
     starts = {json.loads(line.split(":")[0]): n for n, line in enumerate(lines, start=1) if line.startswith('  "')}
-    at = {name: f"{info}:{starts[name]}" for name in ("mllm_demo", "dpo_demo", "kto_demo")}
-    assert printed[:4] == [
+    at = {name: f"{info}:{starts[name]}" for name in ("mllm_demo", "kto_demo")}
+    assert printed[:3] == [
         f"skipped {at['mllm_demo']}: dataset 'mllm_demo': columns.images: multimodal datasets are not supported",
-        f"skipped {at['dpo_demo']}: dataset 'dpo_demo': preference (ranking) datasets are not supported",
         f"skipped {at['kto_demo']}: dataset 'kto_demo': columns.kto_tag: KTO datasets are not supported",
         f"skipped {info}: 2 hub or script entries (alpaca_gpt4_en, belle_multiturn): only local files are read; "
         "download one and name it with file_name",
     ]
-    assert printed[4].startswith(f"{out}: train 9, valid 0, test 0 (alpaca+sharegpt+text)")
+    assert printed[3].startswith(f"{out}: train 10, valid 0, test 0 (alpaca+preference+sharegpt+text)")
     recipe = json.loads((out / "prepare.json").read_text())
-    assert recipe["datasets"] == ["alpaca_demo", "glaive_toolcall_demo", "wiki_demo"]
-    assert len(recipe["datasets_skipped"]) == 4
+    assert recipe["datasets"] == ["alpaca_demo", "dpo_demo", "glaive_toolcall_demo", "wiki_demo"]
+    assert len(recipe["datasets_skipped"]) == 3
     # Naming an unsupported entry is still an error, with the reason.
-    assert cli.main(["prepare", str(info), "--dataset", "dpo_demo", "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["prepare", str(info), "--dataset", "kto_demo", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"mlx_ft: error: {at['dpo_demo']}: dataset 'dpo_demo': preference (ranking) datasets are not supported"
+        f"mlx_ft: error: {at['kto_demo']}: dataset 'kto_demo': columns.kto_tag: KTO datasets are not supported"
     )
 
 
