@@ -128,14 +128,16 @@ def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, l
 
 
 def training_tokens(
-    tokenizer: Any, messages: Sequence[Message], mask_prompt: bool = True
+    tokenizer: Any, messages: Sequence[Message], mask_prompt: bool = True, last_only: bool = False
 ) -> tuple[list[int], list[int]]:
-    """Ids of the whole conversation and a 0/1 weight per id: 1 where the loss applies.
+    """Ids of the whole conversation and a 0/1 weight per id: 1 where the loss applies (with `last_only`, on the
+    final assistant turn alone: a preference pair compares its two answers, not the turns they share).
 
     The mask is taken from character offsets of one tokenization of the full text, so tokens that BPE merges across
     a turn boundary are handled the way the model will actually see them.
     """
     text, spans = assistant_spans(tokenizer, messages)
+    spans = spans[-1:] if last_only else spans
     enc = hf_tokenizer(tokenizer)(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     if not mask_prompt:

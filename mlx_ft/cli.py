@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="score a run on a data split: loss, exact match, BLEU, ROUGE-L …",
-        description="Loss and perplexity over the learned tokens of a prepared split, and generation "
+        description="Loss and perplexity over the learned tokens of a prepared split (on preference pairs, "
+        "of the chosen answers, with preference accuracy and the log-probability margin), and generation "
         "metrics on each example's final answer (greedy): exact match, label accuracy with a "
         "confusion table when the answers are a small set of labels, BLEU-4 and ROUGE-L (characters "
         "for Chinese, words otherwise), and the length ratio. Per task when examples carry a `task` "

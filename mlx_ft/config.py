@@ -17,6 +17,7 @@ from mlx_ft.errors import UserError
 from mlx_ft.resources import local_or_shipped
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
+TRAIN_MODES = ("sft", "dpo", "orpo")  # mlx-lm-lora's key and names
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
 LORA_KEYS = {"rank": int, "scale": float, "dropout": float, "keys": list}
 # mlx-lm keys that mean nothing here (our `train` command always trains and writes its own config); accepted so
@@ -49,6 +50,16 @@ class TrainConfig:
     model: str = _f("smollm2-135m-instruct", "model folder, .gguf file, built-in alias or Hugging Face repo id")
     data: str = _f("data/fish_care", "folder with train.jsonl and valid.jsonl (made by `mlx_ft prepare`)")
     fine_tune_type: str = _f("lora", "lora, dora or full", FINE_TUNE_TYPES)
+    train_mode: str = _f(
+        "sft",
+        "sft (learn the answers), or preference tuning on chosen/rejected pairs: dpo (against a reference: the "
+        "base with the adapter off, or reference_adapter_file) or orpo (no reference)",
+        TRAIN_MODES,
+    )
+    beta: float = _f(0.1, "dpo: strength of the pull towards the reference; orpo: weight of the odds-ratio term")
+    reference_adapter_file: str | None = _f(
+        None, "dpo: adapters.safetensors whose model is the reference (default: the base with the adapter off)"
+    )
     num_layers: int = _f(16, "how many of the last layers get adapters (-1: all)")
     quantize: int | None = _f(None, "quantize the base model to 4 or 8 bits before training (QLoRA)", (None, 4, 8))
     lora_parameters: dict = _f({"rank": 8, "scale": 20.0, "dropout": 0.0}, "rank, scale, dropout, keys")
@@ -158,6 +169,14 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(
             "config key 'quantize' needs fine_tune_type lora or dora: a full fine-tune cannot train quantized weights"
         )
+    if cfg.train_mode != "sft" and cfg.pack:
+        raise UserError(
+            f"train_mode {cfg.train_mode} compares whole answers row by row and cannot pack; set pack: false"
+        )
+    if cfg.beta <= 0:
+        raise UserError("config key 'beta' must be positive")
+    if cfg.reference_adapter_file and cfg.train_mode != "dpo":
+        raise UserError("config key 'reference_adapter_file' is for train_mode dpo (only DPO has a reference model)")
     if cfg.learning_rate <= 0:
         raise UserError("config key 'learning_rate' must be positive")
     if cfg.val_batches == 0 or cfg.val_batches < -1:

@@ -1,9 +1,11 @@
 """`eval`: how well a run (or any model) does on a prepared split, and what training bought over the base model.
 
 Loss and perplexity cover every learned token, exactly as validation in training does (same batches, same masked
-loss). Generation metrics score each example's final assistant turn, answered greedily in batches from the prompt
-training put before it. With `compare_base`, the base model is scored first and the adapter is then put on the same
-loaded model, so one load serves both columns.
+loss); on a split of preference pairs they cover the chosen answers, and preference accuracy (the chosen answer's
+summed log-probability above the rejected one's) and the mean log-probability margin come beside them. Generation
+metrics score each example's final assistant turn (a pair's chosen answer), answered greedily in batches from the
+prompt training put before it. With `compare_base`, the base model is scored first and the adapter is then put on
+the same loaded model, so one load serves both columns.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
 from mlx_ft.resources import local_or_shipped
 from mlx_ft.training import loop as training_loop
-from mlx_ft.training.batches import TokenizedChats
+from mlx_ft.training.batches import TokenizedChats, TokenizedPairs
+from mlx_ft.training.preference import pair_scores
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
 GROUP_FIELD = "task"  # examples carrying this field are scored per value as well
@@ -76,6 +79,20 @@ def split_loss(loaded: loader.Loaded, examples: list[data.Example], batch_size: 
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
 
+def split_preferences(loaded: loader.Loaded, examples: list[data.Example], batch_size: int) -> dict[str, Any]:
+    """For a split of preference pairs: how often the model gives the chosen answer the higher log-probability, and
+    the mean difference (empty for other data)."""
+    pairs = [ex for ex in examples if ex.rejected is not None]
+    if not pairs:
+        return {}
+    max_len = loaded.cfg.max_seq_length if loaded.cfg else DEFAULT_MAX_SEQ_LENGTH
+    tokenized = TokenizedPairs(pairs, loaded.tokenizer, max_len, "pairs")
+    if not len(tokenized):
+        return {}
+    loaded.model.eval()
+    return pair_scores(loaded.model, tokenized, min(batch_size, len(tokenized)), max_len)
+
+
 def _score_column(
     loaded: loader.Loaded,
     examples: list[data.Example],
@@ -86,6 +103,7 @@ def _score_column(
 ) -> tuple[dict[str, Any], list[str]]:
     print(f"mlx_ft: scoring {name}: {loaded.label}", file=sys.stderr)
     column: dict[str, Any] = split_loss(loaded, examples, batch_size)  # unfused: exactly the model training scored
+    column.update(split_preferences(loaded, examples, batch_size))
     loaded.fuse()
     outputs = generation.answer_many(
         loaded.model, loaded.tokenizer, [t.prompt for t in todo], sampling, desc=f"answering ({name})"
@@ -177,6 +195,8 @@ def _write(report: EvalReport, todo: list[Target], outputs: dict[str, list[str]]
 _ROWS = [
     ("loss", "loss", "{:.3f}"),
     ("perplexity", "perplexity", "{:.2f}"),
+    ("preference_accuracy", "preference accuracy", "{:.1%}"),
+    ("logp_margin", "log-prob margin", "{:.3f}"),
     ("exact_match", "exact match", "{:.1%}"),
     ("label_accuracy", "label accuracy", "{:.1%}"),
     ("bleu4", "BLEU-4", "{:.3f}"),

@@ -1,6 +1,7 @@
 """Training data as token ids, cut into batches.
 
 - `TokenizedChats`: conversations tokenized once through `chat_template`, with the loss mask on every assistant turn;
+  `TokenizedPairs`: preference pairs as two such rows, the mask on the final answer only (`pair_batches`);
 - batches of similar *token* length (mlx_lm sorts chat records by `len()` of the JSON object, i.e. not at all), or
   packed rows (`pack: true`) of several examples each, with segment numbers so attention stays inside each example;
 - the k-th training batch depends only on (seed, k), so a resumed run continues the same data order;
@@ -75,6 +76,90 @@ class TokenizedChats:
         )
 
 
+class TokenizedPairs:
+    """Preference pairs as two (ids, mask) rows each, the prompt with the chosen answer and with the rejected one,
+    tokenized once up front. Only the final answer is learned (`last_only`): the turns both sides share cancel out
+    of a preference loss. Each side is cut to max_seq_length + 1 ids; a pair whose cut leaves either answer without
+    a token is left out and counted."""
+
+    def __init__(self, examples: Sequence[data.Example], tokenizer: Any, max_seq_length: int, desc: str) -> None:
+        self.items: list[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]] = []
+        self.truncated = 0
+        self.dropped = 0
+        problems = []
+        for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="pair", leave=False, disable=None):
+            if ex.rejected is None:
+                problems.append(
+                    f"{ex.where}: not a preference pair (no 'rejected' answer); preference training needs data "
+                    "prepared from chosen/rejected pairs"
+                )
+                continue
+            try:
+                sides = [chat_template.training_tokens(tokenizer, m, last_only=True) for m in data_stats.pair_sides(ex)]
+            except ValueError as e:
+                problems.append(f"{ex.where}: {e}")
+                continue
+            if any(data_stats.is_truncated(len(ids), max_seq_length) for ids, _ in sides):
+                self.truncated += 1
+                sides = [(ids[: max_seq_length + 1], mask[: max_seq_length + 1]) for ids, mask in sides]
+            if not all(any(mask[1:]) for _, mask in sides):
+                self.dropped += 1
+                continue
+            self.items.append((sides[0], sides[1]))
+        if problems:
+            raise data.DataError(problems)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def report(self, name: str, max_seq_length: int) -> str | None:
+        if not (self.truncated or self.dropped):
+            return None
+        return (
+            f"{name}: {self.truncated} pairs longer than max_seq_length {max_seq_length} are truncated; "
+            f"{self.dropped} of them keep no token of an answer and are left out"
+        )
+
+
+def pair_batches(
+    pairs: TokenizedPairs,
+    batch_size: int,
+    max_seq_length: int,
+    loop: bool = False,
+    seed: int | None = None,
+    comm_group: Any = None,
+    skip: int = 0,
+    on_batch: Callable[[list[int], int], None] | None = None,
+) -> Iterator[tuple[mx.array, mx.array, mx.array, mx.array]]:
+    """Batches of `batch_size` pairs of similar length, in `iterate_batches`' order (the k-th training batch depends
+    only on (seed, k); `skip`, `on_batch` and the split over workers as there). Each batch is (ids, loss mask,
+    learned positions) of 2 x this worker's pairs rows, the chosen sides first, then the rejected ones in the same
+    order, and a weight per pair (1; 0 for a pair a worker only borrowed to have one)."""
+    rank, world = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
+    if batch_size % world:
+        raise UserError(f"batch_size {batch_size} must be divisible by the number of workers ({world})")
+    lengths = [max(len(c[0]), len(r[0])) for c, r in pairs.items]
+    by_length = sorted(range(len(pairs)), key=lambda i: lengths[i])
+    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+    if loop:
+        batches = [b for b in batches if len(b) == batch_size]
+    if not batches:
+        raise UserError(f"the dataset holds {len(pairs)} usable pairs, fewer than batch_size={batch_size}")
+    for k, b in enumerate(_batch_order(len(batches), loop, seed)):
+        if k < skip:
+            continue
+        mine = batches[b][rank::world]
+        # A validation batch with fewer pairs than workers: this worker scores its first pair with weight 0, so
+        # every worker still counts the same batches and no pair counts twice.
+        weight = np.ones(len(mine) or 1, np.float32) * bool(mine)
+        mine = mine or batches[b][:1]
+        rows = [pairs.items[i][0] for i in mine] + [pairs.items[i][1] for i in mine]
+        ids_arr, mask_arr = _padded(rows, max_seq_length, (np.int32, np.int8))
+        if on_batch is not None:
+            on_batch([len(ids) for ids, _ in rows], int(mask_arr[:, 1:].sum()))
+        yield mx.array(ids_arr), mx.array(mask_arr), mx.array(learned_positions(mask_arr)), mx.array(weight)
+
+
 def _batch_order(n_batches: int, loop: bool, seed: int | None) -> Iterator[int]:
     """Training (loop): a fresh seeded permutation every epoch, so the k-th batch depends only on (seed, k) and a
     resumed run can skip straight to it. Evaluation: one fixed shuffled pass, so a limited number of validation
@@ -142,6 +227,17 @@ def batch_rows(
         unit = "packed rows" if pack else "examples"
         raise UserError(f"the dataset makes {len(rows)} {unit}, fewer than batch_size={batch_size}")
     return batches
+
+
+def _padded(rows: Sequence[Sequence[list[int]]], max_seq_length: int, dtypes: Sequence[Any]) -> list[np.ndarray]:
+    """Each field of `rows` (ids, mask, ...) as one zero-padded (rows, width) array, width from `padded_width`."""
+    width = padded_width(max(len(row[0]) for row in rows), max_seq_length)
+    out = [np.zeros((len(rows), width), dtype) for dtype in dtypes]
+    for r, row in enumerate(rows):
+        n = min(len(row[0]), width)
+        for arr, values in zip(out, row):
+            arr[r, :n] = values[:n]
+    return out
 
 
 def padded_width(longest: int, max_seq_length: int) -> int:
@@ -212,13 +308,7 @@ def iterate_batches(
             # learns nothing, so its loss and token count add zero and every worker still counts the same batches
             # (val_batches stops them at the same one). Training batches are full, so never get here.
             rows = [([0, 0], [0, 0], [0, 0])]
-        width = padded_width(max(len(ids) for ids, _, _ in rows), max_seq_length)
-        ids_arr = np.zeros((len(rows), width), np.int32)
-        mask_arr = np.zeros((len(rows), width), np.int8)
-        seg_arr = np.zeros((len(rows), width), np.int32)
-        for r, (ids, mask, segments) in enumerate(rows):
-            n = min(len(ids), width)
-            ids_arr[r, :n], mask_arr[r, :n], seg_arr[r, :n] = ids[:n], mask[:n], segments[:n]
+        ids_arr, mask_arr, seg_arr = _padded(rows, max_seq_length, (np.int32, np.int8, np.int32))
         if on_batch is not None:
             lengths = [len(dataset[j][0]) for members in batches[b][rank::world] for j in members]
             on_batch(lengths, int(mask_arr[:, 1:].sum()))

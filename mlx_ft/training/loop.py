@@ -40,9 +40,10 @@ from mlx_ft.config import TrainConfig
 from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.system import devices
 from mlx_ft.training import checkpoints, flops, loss_plot
-from mlx_ft.training.batches import TokenizedChats, iterate_batches
+from mlx_ft.training.batches import TokenizedChats, TokenizedPairs, iterate_batches, pair_batches
 from mlx_ft.training.checkpoints import TrainerState
 from mlx_ft.training.loss import masked_loss
+from mlx_ft.training.preference import METRICS, Objective
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -60,11 +61,14 @@ def loop(
     model: nn.Module,
     optimizer: optim.Optimizer,
     state: TrainerState,
-    train_set: TokenizedChats,
-    valid_set: TokenizedChats,
+    train_set: TokenizedChats | TokenizedPairs,
+    valid_set: TokenizedChats | TokenizedPairs,
+    objective: Objective | None = None,
 ) -> str:
     """Train from step `state.step` to `cfg.iters`, writing into the run folder `run`; return why training ended:
-    "finished", or the early stop's explanation. Ctrl-C raises `TrainingInterrupted` after saving a checkpoint."""
+    "finished", or the early stop's explanation. Ctrl-C raises `TrainingInterrupted` after saving a checkpoint.
+    With a preference `objective` (DPO, ORPO) the sets are pairs, each batch gets its reference log-probabilities
+    before the step, and the reports carry the rewards, margin and accuracy too."""
     world = mx.distributed.init()
     main = world.rank() == 0  # the one worker that writes files
     accumulate = cfg.grad_accumulation_steps
@@ -72,26 +76,29 @@ def loop(
     maybe_set_recommended_wired_limit()
     if cfg.grad_checkpoint:
         grad_checkpoint(model.layers[0])  # every layer of that class recomputes its activations in the backward pass
-    step_fn, step_state = compiled_step(model, optimizer, accumulate)
+    step_fn, step_state = compiled_step(model, optimizer, accumulate, objective.loss if objective else masked_loss)
     log = RunLog(run, model, state, cfg.iters, world)
-    batches = iterate_batches(
-        train_set,
-        cfg.batch_size,
-        cfg.max_seq_length,
-        loop=True,
-        seed=cfg.seed,
-        comm_group=world,
-        skip=state.step,
-        on_batch=log.count_batch,
-        pack=cfg.pack,
-    )
+    order = dict(loop=True, seed=cfg.seed, comm_group=world, skip=state.step, on_batch=log.count_batch)
+    if objective is not None:
+        assert isinstance(train_set, TokenizedPairs)
+        batches: Iterator[tuple[mx.array, ...]] = pair_batches(train_set, cfg.batch_size, cfg.max_seq_length, **order)
+    else:
+        assert isinstance(train_set, TokenizedChats)
+        batches = iterate_batches(train_set, cfg.batch_size, cfg.max_seq_length, pack=cfg.pack, **order)
 
     def validate(step: int) -> None:
         """Score the validation split, keep the best adapter in best/, count evaluations without improvement."""
         if not len(valid_set):
             return
         tic = time.perf_counter()
-        val = evaluate(model, valid_set, cfg.batch_size, cfg.max_seq_length, cfg.val_batches, cfg.clear_cache_threshold)
+        sizes = (cfg.batch_size, cfg.max_seq_length, cfg.val_batches, cfg.clear_cache_threshold)
+        if objective is not None:
+            assert isinstance(valid_set, TokenizedPairs)
+            extra = evaluate_pairs(objective, model, valid_set, *sizes)
+            val = extra.pop("loss")
+        else:
+            assert isinstance(valid_set, TokenizedChats)
+            val, extra = evaluate(model, valid_set, *sizes), {}
         model.train()
         improved = state.best_val_loss is None or val < state.best_val_loss
         if improved:
@@ -100,7 +107,7 @@ def loop(
                 save_adapter_folder(run, model, run / "best")
         else:
             state.evals_without_improvement += 1
-        log.validation(step, val, time.perf_counter() - tic, improved)
+        log.validation(step, val, time.perf_counter() - tic, improved, extra)
 
     with deferred_interrupt() as interrupt_requested, log:
         model.train()
@@ -111,12 +118,14 @@ def loop(
             batch = next(batches)
             mx.random.seed(seed_for_step(cfg.seed, step))  # dropout's draws: a function of (seed, step)
             tic = time.perf_counter()
+            if objective is not None:
+                batch = objective.with_reference(batch)  # the reference's forward pass, part of the step's cost
             update = step % accumulate == 0
-            loss, grad = step_fn(batch, grad, update)
-            mx.eval(step_state, loss, grad)
+            loss, aux, grad = step_fn(batch, grad, update)
+            mx.eval(step_state, loss, aux, grad)
             clear_cache(cfg.clear_cache_threshold)
             state.step = step
-            log.step(loss.item(), time.perf_counter() - tic)
+            log.step(loss.item(), time.perf_counter() - tic, aux.tolist() if objective is not None else None)
 
             last = step == cfg.iters
             if step % cfg.steps_per_report == 0 or last:
@@ -152,27 +161,31 @@ def loop(
 
 
 def compiled_step(
-    model: nn.Module, optimizer: optim.Optimizer, accumulate: int
-) -> tuple[Callable[..., tuple[mx.array, Any]], list]:
-    """`step(batch, grad, update) -> (loss, grad)`: the loss and gradient of one micro-batch, added to `grad` (the
-    sum so far, or None); with `update`, the sum is averaged over the micro-batches and the workers and applied, and
-    the returned gradient is None. Compiled once per batch shape, with the model's and the optimizer's state and the
-    random key as implicit inputs and outputs (the returned list: evaluate it after each step)."""
-    loss_and_grad = nn.value_and_grad(model, masked_loss)
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    accumulate: int,
+    loss_fn: Callable[..., tuple[mx.array, mx.array]] = masked_loss,
+) -> tuple[Callable[..., tuple[mx.array, mx.array, Any]], list]:
+    """`step(batch, grad, update) -> (loss, aux, grad)`: the loss (and `loss_fn`'s second output: the learned tokens,
+    or a preference batch's metrics) and gradient of one micro-batch, added to `grad` (the sum so far, or None);
+    with `update`, the sum is averaged over the micro-batches and the workers and applied, and the returned gradient
+    is None. Compiled once per batch shape, with the model's and the optimizer's state and the random key as implicit
+    inputs and outputs (the returned list: evaluate it after each step)."""
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(batch: tuple[mx.array, ...], grad: Any, update: bool) -> tuple[mx.array, Any]:
-        (loss, _), g = loss_and_grad(model, *batch)
+    def step(batch: tuple[mx.array, ...], grad: Any, update: bool) -> tuple[mx.array, mx.array, Any]:
+        (loss, aux), g = loss_and_grad(model, *batch)
         if grad is not None:
             g = tree_map(mx.add, g, grad)
         if not update:
-            return loss, g
+            return loss, aux, g
         g = nn.average_gradients(g)  # mean over the mlx.launch workers; nothing to do for one
         if accumulate > 1:
             g = tree_map(lambda x: x / accumulate, g)
         optimizer.update(model, g)
-        return loss, None
+        return loss, aux, None
 
     return step, state
 
@@ -198,6 +211,31 @@ def evaluate(
         clear_cache(clear_cache_threshold)
     total, count = (mx.distributed.all_sum(x, stream=mx.cpu) for x in (total, count))
     return (total / count).item()
+
+
+def evaluate_pairs(
+    objective: Objective,
+    model: nn.Module,
+    pairs: TokenizedPairs,
+    batch_size: int,
+    max_seq_length: int,
+    num_batches: int,
+    clear_cache_threshold: int = 0,
+) -> dict[str, float]:
+    """The preference loss and METRICS, means over the pairs of `num_batches` batches (-1: all), over all workers.
+    Leaves the model in eval mode."""
+    model.eval()
+    world = mx.distributed.init()
+    totals, count = mx.zeros((1 + len(METRICS),)), mx.array(0.0)
+    limit = range(num_batches) if num_batches > 0 else itertools.count()
+    for _, batch in zip(limit, pair_batches(pairs, batch_size, max_seq_length, comm_group=world)):
+        loss, metrics = objective.loss(model, *objective.with_reference(batch))
+        pairs_here = batch[3].sum()
+        totals, count = totals + mx.concatenate([loss[None], metrics]) * pairs_here, count + pairs_here
+        mx.eval(totals, count)
+        clear_cache(clear_cache_threshold)
+    totals, count = (mx.distributed.all_sum(x, stream=mx.cpu) for x in (totals, count))
+    return dict(zip(("loss", *METRICS), (totals / mx.maximum(count, 1)).tolist()))
 
 
 def clear_cache(threshold: int) -> None:
@@ -280,6 +318,7 @@ class RunLog:
         self.tokens = self.learned = 0  # this worker's real and learned tokens since the start of this call
         self.at_report = (state.tokens, state.trained_tokens)
         self.losses: list[float] = []  # this worker's loss of each step since the last report
+        self.metrics: list[list[float]] = []  # and a preference run's METRICS of each step
         self.seconds = 0.0  # time in the steps since the last report
         self.flops = 0.0  # FLOPs this worker's batches needed since the last report (flops.py)
         self.train_seconds = 0.0  # time in the steps since the start of this call (for the ETA)
@@ -308,8 +347,10 @@ class RunLog:
         if self.work is not None:
             self.flops += self.work.batch(lengths, learned)
 
-    def step(self, loss: float, seconds: float) -> None:
+    def step(self, loss: float, seconds: float, metrics: list[float] | None = None) -> None:
         self.losses.append(loss)
+        if metrics is not None:
+            self.metrics.append(metrics)
         self.seconds += seconds
         self.train_seconds += seconds
         self.bar.update(1)
@@ -327,11 +368,18 @@ class RunLog:
         loss = sum(self.losses)
         if self.world.size() > 1:  # each worker's loss is its share of the global batch's mean
             loss = mx.distributed.all_sum(mx.array(loss), stream=mx.cpu).item() / self.world.size()
+        means: dict[str, float] = {}
+        if self.metrics:  # each worker's are means over its own pairs, and every worker has as many
+            summed = mx.array(self.metrics).sum(axis=0) / (len(self.metrics) * self.world.size())
+            if self.world.size() > 1:
+                summed = mx.distributed.all_sum(summed, stream=mx.cpu)
+            means = dict(zip(METRICS, summed.tolist()))
         self.count_tokens()
         st, secs = self.state, self.seconds
         row = {
             "step": step,
             "loss": loss / len(self.losses),
+            **means,
             "lr": lr,
             "tokens_per_s": (st.tokens - self.at_report[0]) / secs,
             "trained_tokens_per_s": (st.trained_tokens - self.at_report[1]) / secs,
@@ -344,6 +392,7 @@ class RunLog:
             if self.peak_flops:
                 row["mfu"] = self.flops / secs / self.peak_flops
         self.at_report, self.losses, self.seconds, self.flops = (st.tokens, st.trained_tokens), [], 0.0, 0.0
+        self.metrics = []
         self._write(row)
         speed = (
             f"  MFU {row['mfu']:.1%}"
@@ -354,7 +403,7 @@ class RunLog:
         )
         eta = self.train_seconds / max(step - self.start_step, 1) * (self.iters - step)
         self._say(
-            f"step {step}/{self.iters}  loss {row['loss']:.3f}  lr {lr:.2e}  "
+            f"step {step}/{self.iters}  loss {row['loss']:.3f}{_preference_text(row)}  lr {lr:.2e}  "
             f"{row['tokens_per_s']:,.0f} tok/s{speed}  peak {row['peak_memory_gb']:.2f} GB  "
             f"eta {_duration(eta)}"
         )
@@ -363,11 +412,16 @@ class RunLog:
             refresh=False,
         )
 
-    def validation(self, step: int, val: float, seconds: float, improved: bool) -> None:
+    def validation(
+        self, step: int, val: float, seconds: float, improved: bool, extra: dict[str, float] | None = None
+    ) -> None:
         st = self.state
-        self._write({"step": step, "val_loss": val, "val_time": round(seconds, 3)})
+        extra = extra or {}
+        self._write(
+            {"step": step, "val_loss": val, **{f"val_{k}": v for k, v in extra.items()}, "val_time": round(seconds, 3)}
+        )
         self._say(
-            f"step {step}/{self.iters}  val_loss {val:.3f}"
+            f"step {step}/{self.iters}  val_loss {val:.3f}{_preference_text(extra, 'val_')}"
             + ("  (best)" if improved else f"  (best {st.best_val_loss:.3f} at step {st.best_step})")
         )
         if self.main:
@@ -382,6 +436,16 @@ class RunLog:
     def _say(self, text: str) -> None:
         if self.main:
             self.bar.write(text, file=sys.stderr)
+
+
+def _preference_text(row: dict[str, Any], prefix: str = "") -> str:
+    """A preference run's metrics for the progress line ("" for SFT)."""
+    if "accuracy" not in row:
+        return ""
+    return (
+        f"  {prefix}acc {row['accuracy']:.0%}  {prefix}margin {row['reward_margin']:.3f}  "
+        f"chosen {row['rewards_chosen']:.3f}  rejected {row['rewards_rejected']:.3f}"
+    )
 
 
 def _duration(seconds: float) -> str:

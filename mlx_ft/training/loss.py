@@ -104,39 +104,54 @@ def _attention_mask(model: nn.Module, mask: mx.array) -> Iterator[None]:
         module.create_attention_mask = original
 
 
-def _head_loss(
-    head: Callable[[mx.array], mx.array], hidden: mx.array, targets: mx.array, weights: mx.array
-) -> mx.array:
-    """Sum of weighted cross-entropy of `head(hidden)` (positions x vocabulary) against `targets`."""
-    logits = head(hidden)
-    return (nn.losses.cross_entropy(logits, targets) * weights).astype(mx.float32).sum()
+def _head_ce(head: Callable[[mx.array], mx.array], hidden: mx.array, targets: mx.array) -> mx.array:
+    """Cross-entropy of `head(hidden)` (positions x vocabulary) against `targets`, one fp32 value per position."""
+    return nn.losses.cross_entropy(head(hidden), targets).astype(mx.float32)
 
 
-def _chunked_head_loss(
-    head: Callable[[mx.array], mx.array],
-    head_module: nn.Module,
-    hidden: mx.array,
-    targets: mx.array,
-    weights: mx.array,
-    vocab: int,
+def _chunked_head_ce(
+    head: Callable[[mx.array], mx.array], head_module: nn.Module, hidden: mx.array, targets: mx.array, vocab: int
 ) -> mx.array:
+    """`_head_ce`, run in chunks recomputed in the backward pass once the logits would pass CHUNK_ELEMENTS."""
     rows = max(64, CHUNK_ELEMENTS // vocab)
     if hidden.shape[0] <= rows:
-        return _head_loss(head, hidden, targets, weights)
+        return _head_ce(head, hidden, targets)
     # The head's trainable weights (a full fine-tune, an adapted lm_head) must be explicit inputs of the
     # checkpointed function, or the recomputation would treat them as constants and their gradient would be lost.
 
-    def chunk_loss(params: dict, h: mx.array, t: mx.array, w: mx.array) -> mx.array:
+    def chunk_ce(params: dict, h: mx.array, t: mx.array) -> mx.array:
         head_module.update(params)
-        return _head_loss(head, h, mx.stop_gradient(t), mx.stop_gradient(w))  # no gradient into targets
+        return _head_ce(head, h, mx.stop_gradient(t))  # no gradient into targets
 
-    checkpointed = mx.checkpoint(chunk_loss)
+    checkpointed = mx.checkpoint(chunk_ce)
     params = head_module.trainable_parameters()
-    total = mx.array(0.0, mx.float32)
-    for start in range(0, hidden.shape[0], rows):
-        end = start + rows
-        total = total + checkpointed(params, hidden[start:end], targets[start:end], weights[start:end])
-    return total
+    starts = range(0, hidden.shape[0], rows)
+    return mx.concatenate([checkpointed(params, hidden[i : i + rows], targets[i : i + rows]) for i in starts])
+
+
+def _hidden(model: nn.Module, inputs: mx.array, segments: mx.array | None) -> mx.array:
+    """The model body's final hidden states (packed rows kept apart by `segments`)."""
+    if segments is None:
+        return model.model(inputs)
+    with _attention_mask(model, segment_mask(segments[:, :-1])):
+        return model.model(inputs)
+
+
+def _learned_ce(
+    model: nn.Module, batch: mx.array, w: mx.array, positions: mx.array, segments: mx.array | None
+) -> tuple[mx.array, mx.array]:
+    """Cross-entropy at the flat `positions` only (the output layer runs there alone), and each one's weight (0 for
+    the padding index)."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    hidden = _hidden(model, inputs, segments)
+    n = targets.size
+    index = mx.minimum(positions, n - 1)  # the padding index n reads a real row and gets weight 0 below
+    picked_w = mx.concatenate([w.reshape(-1), mx.zeros((1,), mx.float32)])[positions]
+    h = hidden.reshape(n, hidden.shape[-1])[index]
+    t = targets.reshape(-1)[index]
+    head = _head(model)
+    assert head is not None
+    return _chunked_head_ce(*head, h, t, model.args.vocab_size), picked_w
 
 
 def masked_loss(
@@ -159,25 +174,35 @@ def masked_loss(
     w = weights[:, 1:].astype(mx.float32)
     ntoks = w.sum()
     denominator = norm if norm is not None else mx.maximum(ntoks, 1)
-    split = _head(model) if positions is not None else None
-    if split is None:
-        if segments is None:
-            logits = model(inputs)
-        else:
-            check_packable(model)  # raises: packed rows never go through a model that would let them mix
-            with _attention_mask(model, segment_mask(segments[:, :-1])):
-                logits = model(inputs)
+    if positions is None or _head(model) is None:
+        logits = _full_logits(model, inputs, segments)
         ce = nn.losses.cross_entropy(logits, targets) * w
         return ce.astype(mx.float32).sum() / denominator, ntoks
-    if segments is not None:
-        with _attention_mask(model, segment_mask(segments[:, :-1])):
-            hidden = model.model(inputs)
-    else:
-        hidden = model.model(inputs)
-    n = targets.size
-    index = mx.minimum(positions, n - 1)  # the padding index n reads a real row and gets weight 0 below
-    picked_w = mx.concatenate([w.reshape(-1), mx.zeros((1,), mx.float32)])[positions]
-    h = hidden.reshape(n, hidden.shape[-1])[index]
-    t = targets.reshape(-1)[index]
-    total = _chunked_head_loss(*split, h, t, picked_w, model.args.vocab_size)
-    return total / denominator, ntoks
+    ce, picked_w = _learned_ce(model, batch, w, positions, segments)
+    return (ce * picked_w).sum() / denominator, ntoks
+
+
+def _full_logits(model: nn.Module, inputs: mx.array, segments: mx.array | None) -> mx.array:
+    """Logits at every position, through the model's own forward (the plain path)."""
+    if segments is None:
+        return model(inputs)
+    check_packable(model)  # raises: packed rows never go through a model that would let them mix
+    with _attention_mask(model, segment_mask(segments[:, :-1])):
+        return model(inputs)
+
+
+def sequence_logps(
+    model: nn.Module, batch: mx.array, weights: mx.array, positions: mx.array | None = None
+) -> tuple[mx.array, mx.array]:
+    """Per row: the summed log-probability of its learned tokens, and how many there are (preference losses compare
+    whole answers). With `positions` (from `learned_positions`) the output layer runs on learned positions only."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    w = weights[:, 1:].astype(mx.float32)
+    counts = w.sum(axis=1)
+    if positions is None or _head(model) is None:
+        ce = nn.losses.cross_entropy(model(inputs), targets).astype(mx.float32)
+        return -(ce * w).sum(axis=1), counts
+    ce, picked_w = _learned_ce(model, batch, w, positions, None)
+    # Each picked position's row, as a (rows, positions) weight matrix: the padding index falls in no row.
+    rows = mx.arange(batch.shape[0])[:, None] == (positions // targets.shape[1])[None, :]
+    return -(rows.astype(mx.float32) * picked_w[None, :]) @ ce, counts

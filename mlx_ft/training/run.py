@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import build_schedule, print_trainable_parameters
 
 from mlx_ft import chat_template, data, models
@@ -34,10 +36,11 @@ from mlx_ft.models.loader import load_model
 from mlx_ft.resources import local_or_shipped
 from mlx_ft.training import checkpoints
 from mlx_ft.training import loop as training_loop
-from mlx_ft.training.batches import TokenizedChats, batch_rows, batching_note
+from mlx_ft.training.batches import TokenizedChats, TokenizedPairs, batch_rows, batching_note
 from mlx_ft.training.checkpoints import TrainerState
 from mlx_ft.training.loss import check_packable
 from mlx_ft.training.loss_plot import read_metrics
+from mlx_ft.training.preference import Objective, Reference
 
 
 def _data_dir(spec: str) -> Path:
@@ -96,6 +99,40 @@ def _keep_metrics_until(run: Path, step: int) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _reference(cfg: config_mod.TrainConfig, model: nn.Module) -> Reference | None:
+    """DPO's reference, built right after the adapter is attached (before any warm start or checkpoint loads): the
+    base with the adapter switched off; a given reference adapter; or, for a full fine-tune, a frozen copy of the
+    layers it trains. None for ORPO, which needs none."""
+    if cfg.train_mode != "dpo":
+        return None
+    trainable = dict(tree_flatten(model.trainable_parameters()))
+    if cfg.reference_adapter_file:
+        path = Path(cfg.reference_adapter_file)
+        try:
+            weights = mx.load(str(path))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise UserError(f"{path}: unreadable reference adapter ({e})") from None
+        misfits = sorted(set(weights) ^ set(trainable)) or [
+            k for k in weights if weights[k].shape != trainable[k].shape
+        ]
+        if misfits:
+            raise UserError(
+                f"{path}: the reference adapter does not fit this run's {cfg.fine_tune_type} layers (first misfit: "
+                f"{misfits[0]}); give one trained with the same fine_tune_type, num_layers and lora_parameters"
+            )
+        print(f"mlx_ft: DPO reference: the base with the adapter {path}", file=sys.stderr)
+        return Reference(model, weights)
+    if cfg.fine_tune_type == "full":
+        size = sum(v.nbytes for v in trainable.values())
+        print(
+            f"mlx_ft: DPO reference: a frozen copy of the trained layers ({size / 1e6:,.0f} MB more memory)",
+            file=sys.stderr,
+        )
+        return Reference(model, trainable)  # arrays are immutable: the optimizer's updates make new ones
+    print("mlx_ft: DPO reference: the base model with the adapter switched off (no extra memory)", file=sys.stderr)
+    return Reference(model)
+
+
 def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
     """Train as `cfg` says and return the run folder (adapter, config, checkpoints, metrics, loss.png).
 
@@ -118,8 +155,20 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
             f"model {cfg.model!r} has no chat template: fine-tune an instruct/chat model on chat data "
             "(or give it plain text examples)"
         )
-    train_set = TokenizedChats(train_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "train")
-    valid_set = TokenizedChats(valid_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "valid")
+    preference = cfg.train_mode != "sft"
+    train_set: TokenizedChats | TokenizedPairs
+    valid_set: TokenizedChats | TokenizedPairs
+    if preference:
+        train_set = TokenizedPairs(train_chats, tokenizer, cfg.max_seq_length, "train")
+        valid_set = TokenizedPairs(valid_chats, tokenizer, cfg.max_seq_length, "valid")
+    else:
+        train_set = TokenizedChats(train_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "train")
+        valid_set = TokenizedChats(valid_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "valid")
+        if any(ex.rejected is not None for ex in train_chats):
+            print(
+                f"mlx_ft: {data_dir} holds preference pairs; train_mode sft learns their chosen answers",
+                file=sys.stderr,
+            )
     for name, ds in (("train", train_set), ("valid", valid_set)):
         if note := ds.report(f"{data_dir}/{name}.jsonl", cfg.max_seq_length):
             print(f"mlx_ft: {note}", file=sys.stderr)
@@ -131,10 +180,13 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         raise UserError(f"early_stopping_patience needs validation data, and {data_dir} has no usable valid.jsonl")
     if cfg.pack:
         check_packable(model)
-    epoch = batch_rows(train_set, cfg.batch_size, cfg.max_seq_length, loop=True, pack=cfg.pack)
-    print(f"mlx_ft: {batching_note(train_set, cfg.batch_size, cfg.max_seq_length, cfg.pack)}", file=sys.stderr)
+    if isinstance(train_set, TokenizedChats):
+        steps_per_epoch = len(batch_rows(train_set, cfg.batch_size, cfg.max_seq_length, loop=True, pack=cfg.pack))
+        print(f"mlx_ft: {batching_note(train_set, cfg.batch_size, cfg.max_seq_length, cfg.pack)}", file=sys.stderr)
+    else:
+        steps_per_epoch = len(train_set) // cfg.batch_size
     if cfg.epochs is not None:
-        cfg.iters = max(1, math.ceil(cfg.epochs * len(epoch)))
+        cfg.iters = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     n_layers = len(model.layers)
     if cfg.num_layers > n_layers:
@@ -144,6 +196,7 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         print(f"mlx_ft: quantized {n} layers of the base model to {cfg.quantize} bits (QLoRA)", file=sys.stderr)
     mx.random.seed(cfg.seed)
     adapters.attach(model, cfg)
+    objective = Objective(cfg.train_mode, cfg.beta, _reference(cfg, model)) if preference else None
     if cfg.resume_adapter_file and not resume:
         if not Path(cfg.resume_adapter_file).is_file():
             raise UserError(f"{cfg.resume_adapter_file}: no such adapter file (resume_adapter_file)")
@@ -180,7 +233,7 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         )
 
     try:
-        reason = training_loop.loop(cfg, run, model, optimizer, state, train_set, valid_set)
+        reason = training_loop.loop(cfg, run, model, optimizer, state, train_set, valid_set, objective)
     except training_loop.TrainingInterrupted as e:
         print(
             f"\nmlx_ft: interrupted after step {e.step}; checkpoint saved in {e.checkpoint}; continue with "
