@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,6 +22,7 @@ from mlx_ft.training.batches import TokenizedPairs, pair_batches
 from mlx_ft.training.loss import sequence_logps
 from mlx_ft.training.preference import Objective, Reference, dpo_losses, orpo_losses, pair_scores
 from mlx_ft.training.run import train
+from tests.conftest import REPO
 from tests.data.test_preference import lf_data  # noqa: F401  (the fixture)
 from tests.training.test_run import _cfg as run_cfg
 
@@ -251,3 +255,54 @@ def test_llama_factory_dpo_demo_trains_a_few_steps(lf_data, qwen2_dir, tmp_path)
     assert [r["step"] for r in rows if "loss" in r] == [2] and all(np.isfinite(r.get("loss", 0)) for r in rows)
     pairs = TokenizedPairs(data.load_split(tmp_path / "data", "test")[:4], load(str(qwen2_dir))[1], 64, "x")
     assert pair_scores(load(str(qwen2_dir))[0], pairs, 2, 64)["pairs"] == len(pairs)
+
+
+def test_cli_trains_dpo_with_its_flags_and_eval_prints_preference_accuracy(qwen2_dir, pair_data, tmp_path):
+    run = tmp_path / "run"
+    common = ["--model", str(qwen2_dir), "--data", str(pair_data), "--adapter-path", str(run)]
+    sizes = ["--num-layers", "2", "--batch-size", "4", "--iters", "2", "--steps-per-report", "1"]
+    r = subprocess.run(
+        [sys.executable, "-m", "mlx_ft", "train", *common, *sizes, "--train-mode", "dpo", "--beta", "0.2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("step 2/2  loss")]
+    assert lines and all(w in lines[0] for w in ("acc", "margin", "chosen", "rejected", "tok/s"))
+    assert config.load(run / "config.yaml").beta == 0.2
+    r = subprocess.run(
+        [sys.executable, "-m", "mlx_ft", "eval", str(run), "--compare-base", "--max-tokens", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "preference accuracy" in r.stdout and "log-prob margin" in r.stdout
+
+
+def test_two_workers_over_mlx_launch_match_one_worker(qwen2_dir, pair_data, tmp_path):
+    """DPO data-parallel: each of 2 workers takes 2 of every 4 pairs; the averaged gradient is the 4-pair mean."""
+    cfg = tmp_path / "cfg.yaml"
+    one_cfg = _cfg(qwen2_dir, pair_data, tmp_path / "unused", num_layers=2, iters=3, steps_per_eval=3)
+    cfg.write_text(config.dump(one_cfg).replace(f"adapter_path: {tmp_path / 'unused'}\n", ""))
+    launch = Path(sys.executable).parent / "mlx.launch"
+    r = subprocess.run(
+        [str(launch), "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", sys.executable, "-m", "mlx_ft"]
+        + ["train", "-c", str(cfg), "--adapter-path", str(tmp_path / "two")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    one = train(config.load(cfg, {"adapter_path": str(tmp_path / "one")}))
+    a, b = mx.load(str(one / "adapters.safetensors")), mx.load(str(tmp_path / "two" / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float(mx.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < 5e-4, f"2 workers differ from 1 by {worst}"
+    assert any(float(mx.abs(b[k]).max()) > 1e-3 for k in b if "lora_b" in k), "the adapter must have trained"
+    rows_one, rows_two = _rows(one), _rows(tmp_path / "two")
+    last = [r for r in rows_two if "val_accuracy" in r][-1]
+    assert last["val_accuracy"] == pytest.approx([r for r in rows_one if "val_accuracy" in r][-1]["val_accuracy"])
