@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from mlx_ft.training.run import train
 from tests.conftest import REPO
 from tests.data.test_preference import lf_data  # noqa: F401  (the fixture)
 from tests.training.test_run import _cfg as run_cfg
+from tests.training.test_run import one_and_two_workers
 
 # Half the pairs prefer "yes", half "no": a model that merely likes one word ranks exactly half of them right.
 PAIRS = [
@@ -283,26 +283,14 @@ def test_cli_trains_dpo_with_its_flags_and_eval_prints_preference_accuracy(qwen2
 
 def test_two_workers_over_mlx_launch_match_one_worker(qwen2_dir, pair_data, tmp_path):
     """DPO data-parallel: each of 2 workers takes 2 of every 4 pairs; the averaged gradient is the 4-pair mean."""
-    cfg = tmp_path / "cfg.yaml"
-    one_cfg = _cfg(qwen2_dir, pair_data, tmp_path / "unused", num_layers=2, iters=3, steps_per_eval=3)
-    cfg.write_text(config.dump(one_cfg).replace(f"adapter_path: {tmp_path / 'unused'}\n", ""))
-    launch = Path(sys.executable).parent / "mlx.launch"
-    r = subprocess.run(
-        [str(launch), "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", sys.executable, "-m", "mlx_ft"]
-        + ["train", "-c", str(cfg), "--adapter-path", str(tmp_path / "two")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    one, two = one_and_two_workers(
+        _cfg(qwen2_dir, pair_data, tmp_path / "unused", num_layers=2, iters=3, steps_per_eval=3), tmp_path
     )
-    assert r.returncode == 0, r.stdout + r.stderr
-    one = train(config.load(cfg, {"adapter_path": str(tmp_path / "one")}))
-    a, b = mx.load(str(one / "adapters.safetensors")), mx.load(str(tmp_path / "two" / "adapters.safetensors"))
+    a, b = mx.load(str(one / "adapters.safetensors")), mx.load(str(two / "adapters.safetensors"))
     assert a.keys() == b.keys()
     worst = max(float(mx.abs(a[k] - b[k]).max()) for k in a)
     assert worst < 5e-4, f"2 workers differ from 1 by {worst}"
     assert any(float(mx.abs(b[k]).max()) > 1e-3 for k in b if "lora_b" in k), "the adapter must have trained"
-    rows_one, rows_two = _rows(one), _rows(tmp_path / "two")
+    rows_one, rows_two = _rows(one), _rows(two)
     last = [r for r in rows_two if "val_accuracy" in r][-1]
     assert last["val_accuracy"] == pytest.approx([r for r in rows_one if "val_accuracy" in r][-1]["val_accuracy"])

@@ -452,31 +452,24 @@ def test_two_workers_over_mlx_launch_match_one_worker_with_the_whole_batch(qwen2
         )
     )
     data.prepare([src], tmp_path / "data", valid=0.25, test=0.0)
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        config.dump(
-            _cfg(qwen2_dir, tmp_path / "data", tmp_path / "unused", batch_size=4, iters=3, steps_per_eval=3)
-        ).replace(f"adapter_path: {tmp_path / 'unused'}\n", "")
+    one, two = one_and_two_workers(
+        _cfg(qwen2_dir, tmp_path / "data", tmp_path / "unused", batch_size=4, iters=3, steps_per_eval=3), tmp_path
     )
+    a, b = mx.load(str(one / "adapters.safetensors")), mx.load(str(two / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float(mx.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < 5e-4, f"2 workers differ from 1 by {worst}"
+    assert any(float(mx.abs(b[k]).max()) > 1e-2 for k in b if "lora_b" in k), "the adapter must have trained"
+
+
+def one_and_two_workers(cfg: config.TrainConfig, tmp_path: Path) -> tuple[Path, Path]:
+    """The run folders of `cfg` trained by one worker and by two over MLX's ring backend on 127.0.0.1."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(config.dump(cfg).replace(f"adapter_path: {cfg.adapter_path}\n", ""))
     launch = Path(sys.executable).parent / "mlx.launch"
     r = subprocess.run(
-        [
-            str(launch),
-            "--backend",
-            "ring",
-            "--hosts",
-            "127.0.0.1",
-            "-n",
-            "2",
-            sys.executable,
-            "-m",
-            "mlx_ft",
-            "train",
-            "-c",
-            str(cfg),
-            "--adapter-path",
-            str(tmp_path / "two"),
-        ],
+        [str(launch), "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", sys.executable, "-m", "mlx_ft"]
+        + ["train", "-c", str(path), "--adapter-path", str(tmp_path / "two")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -484,12 +477,7 @@ def test_two_workers_over_mlx_launch_match_one_worker_with_the_whole_batch(qwen2
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    one = train(config.load(cfg, {"adapter_path": str(tmp_path / "one")}))
-    a, b = mx.load(str(one / "adapters.safetensors")), mx.load(str(tmp_path / "two" / "adapters.safetensors"))
-    assert a.keys() == b.keys()
-    worst = max(float(mx.abs(a[k] - b[k]).max()) for k in a)
-    assert worst < 5e-4, f"2 workers differ from 1 by {worst}"
-    assert any(float(mx.abs(b[k]).max()) > 1e-2 for k in b if "lora_b" in k), "the adapter must have trained"
+    return train(config.load(path, {"adapter_path": str(tmp_path / "one")})), tmp_path / "two"
 
 
 def test_text_examples_train_every_token_even_without_a_chat_template(qwen2_dir, tmp_path, write_jsonl):
