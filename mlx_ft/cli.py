@@ -14,6 +14,7 @@ from mlx_ft.data import recipes
 from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.inference.sampling import CHAT_TEMPERATURE, MAX_TOKENS
+from mlx_ft.server import MAX_UPLOAD_MB
 from mlx_ft.system.blas import blas_warning
 
 if TYPE_CHECKING:
@@ -134,8 +135,20 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     from mlx_ft.server.app import serve
+    from mlx_ft.server.state import ServeConfig
 
-    serve(args.run, args.host, args.port, Path(args.db), Path(args.runs), args.task, args.allow_host)
+    config = ServeConfig(
+        args.run,
+        Path(args.db),
+        Path(args.runs),
+        data_dir=Path(args.data_dir),
+        exports_dir=Path(args.exports_dir),
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        tasks=args.task or [],
+        host=args.host,
+        allowed_hosts=args.allow_host or [],
+    )
+    serve(config, args.port)
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
@@ -395,16 +408,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         help="web chat with history, OpenAI-compatible API and a runs dashboard",
-        description="Serve RUN in a browser chat at http://HOST:PORT (conversations kept in a SQLite "
+        description="Serve RUN (default: the built-in model) in a browser chat at http://HOST:PORT, with the "
+        "studio at /studio (data sets, new runs, jobs, compare; conversations kept in a SQLite "
         "file across restarts, answers streamed), with a runs page (loss curves, live while "
         "training) and JSON APIs: /api/chat + /api/clear (server-side history), /api/conversations, "
         "and OpenAI's /v1/chat/completions (stream: true too) and /v1/models.",
     )
-    p.add_argument("run", metavar="RUN", help=run_help)
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        nargs="?",
+        default=config_mod.TrainConfig.model,
+        help=f"{run_help} (default: the built-in {config_mod.TrainConfig.model}, the model `train` starts from)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     p.add_argument("--db", default="chat_history.db", metavar="PATH", help="history file (default ./chat_history.db)")
     p.add_argument("--runs", default="runs", metavar="DIR", help="runs folder shown on /runs (default ./runs)")
+    p.add_argument(
+        "--data-dir", default="data", metavar="DIR", help="where the studio stores uploaded data sets (default ./data)"
+    )
+    p.add_argument(
+        "--exports-dir", default="exports", metavar="DIR", help="where studio export jobs write (default ./exports)"
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=MAX_UPLOAD_MB,
+        metavar="MB",
+        help="largest data upload the studio accepts, in MiB (default %(default)g); chat requests keep a 1 MiB limit",
+    )
     p.add_argument(
         "--task",
         action="append",

@@ -10,7 +10,6 @@ import errno
 import os
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
@@ -20,7 +19,7 @@ from werkzeug.serving import make_server
 from mlx_ft.errors import UserError
 from mlx_ft.models import loader
 from mlx_ft.resources import resource
-from mlx_ft.server import api, guard, openai_api, runs, tasks
+from mlx_ft.server import api, guard, openai_api, runs, studio_data, studio_jobs, studio_models, tasks
 from mlx_ft.server.engine import Engine
 from mlx_ft.server.history import DEFAULT_SETTINGS, History
 from mlx_ft.server.http import ApiError
@@ -62,6 +61,10 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     def runs_page() -> str:
         return render_template("runs.html", model_label=engine.loaded.label, adapter=adapter_name(engine))
 
+    @app.get("/studio")
+    def studio_page() -> str:
+        return render_template("studio.html", model_label=engine.loaded.label, adapter=adapter_name(engine))
+
     @app.get("/api/info")
     def info() -> Response:
         return jsonify(
@@ -72,6 +75,9 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(studio_data.bp)
+    app.register_blueprint(studio_models.bp)
+    app.register_blueprint(studio_jobs.bp)
     tasks.add_get_routes(app, task_service)
     return app
 
@@ -97,25 +103,19 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def serve(
-    source: str,
-    host: str,
-    port: int,
-    db: Path,
-    runs_dir: Path,
-    tasks: list[str] | None = None,
-    allowed_hosts: list[str] | None = None,
-) -> None:
+def serve(config: ServeConfig, port: int) -> None:
     """Serve until Ctrl-C, then end the process (exit status 0) without Python's interpreter shutdown."""
+    host = config.host
     check_port(host, port)
-    app = create_app(ServeConfig(source, db, runs_dir, tasks=tasks or [], host=host, allowed_hosts=allowed_hosts or []))
+    app = create_app(config)
     served = of(app)
     label = served.engine.loaded.label
-    print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {db})", file=sys.stderr)
+    print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {config.db})", file=sys.stderr)
+    print(f"mlx_ft: studio at http://{host}:{port}/studio", file=sys.stderr)
     for t in served.tasks.describe():
         route = f" and GET {t['get_route']['path']}" if t["get_route"] else ""
         print(f"mlx_ft: task {t['name']} at POST /api/tasks/{t['name']}{route}", file=sys.stderr)
-    if "*" in (allowed_hosts or []):
+    if "*" in config.allowed_hosts:
         print("mlx_ft: --allow-host '*': any Host header is accepted (the DNS-rebinding check is off)", file=sys.stderr)
     # make_server, not run_simple: the same threaded server (answers still stream token by token) without
     # run_simple's red "development server" banner; serve_forever ends quietly on Ctrl-C.
