@@ -423,5 +423,11 @@ def test_runs_page_live_curve_and_overlay(page, server):
         series = page.evaluate("window.runsChart.series")
         assert [s["name"] for s in series] == ["live-run", RUN_NAME]
         assert series[0]["color"] != series[1]["color"]
+        # The overlaid runs' configs: only the keys that differ, one column per run.
+        page.wait_for_selector("#diff-card:not([hidden])")
+        rows = page.locator("#config-diff tr").evaluate_all("rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+        assert rows == [["key", "live-run", RUN_NAME], ["fine_tune_type", "dora", "lora"], ["iters", "100", "10"]]
+        page.locator(f'#runs-body tr[data-name="{RUN_NAME}"] input.compare').uncheck()
+        page.wait_for_selector("#diff-card", state="hidden")
     finally:
         shutil.rmtree(live)
