@@ -1,18 +1,10 @@
-"""The web UI in a real browser: a real `mlx_ft serve` process (tiny random Qwen2) driven by headless Chromium.
-
-Needs the `playwright` Python package and Debian's Chromium at /usr/bin/chromium (never Playwright's own browser
-download: the test machines reach no browser CDN). Skipped when either is missing.
-"""
+"""The web UI in a real browser: a real `mlx_ft serve` process (tiny random Qwen2) driven by headless Chromium
+(the set-up in tests/server/browser.py; skipped without playwright or Debian's Chromium)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,32 +12,14 @@ from pathlib import Path
 
 import pytest
 
-if os.environ.get("CI"):
-    import playwright.sync_api  # noqa: F401  (in CI a missing browser stack is a failure, not a skip)
+from tests.server import browser as bt
 
-    assert os.path.isfile(os.environ.get("MLX_FT_CHROMIUM", "/usr/bin/chromium")), "CI must install chromium"
-playwright_sync = pytest.importorskip("playwright.sync_api")
+sync_api = bt.require()
 
-CHROMIUM = os.environ.get("MLX_FT_CHROMIUM", "/usr/bin/chromium")
-if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-
-REPO = Path(__file__).resolve().parent.parent.parent
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 RUN_NAME = "fake-run-1"
-START_TIMEOUT_S = 180
 ANSWER_TIMEOUT_MS = 120_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str, timeout: float = 5) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read().decode("utf-8"))
+_get_json = bt.get_json
 
 
 def _request(url: str, method: str, body: dict | None = None, timeout: float = 60) -> tuple[int, str, str]:
@@ -77,91 +51,20 @@ def server(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("browser")
     runs = tmp / "runs"
     _write_fake_run(runs)
-    port = _free_port()
-    log = (tmp / "server.log").open("w+", encoding="utf-8")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlx_ft",
-            "serve",
-            str(qwen2_dir),
-            "--port",
-            str(port),
-            "--db",
-            str(tmp / "chat.db"),
-            "--runs",
-            str(runs),
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def server_log() -> str:
-        log.flush()
-        return (tmp / "server.log").read_text(encoding="utf-8", errors="replace")[-4000:]
-
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`mlx_ft serve` exited with {proc.returncode}:\n{server_log()}")
-            try:
-                info = _get_json(base + "/api/info", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"`mlx_ft serve` did not answer /api/info within {START_TIMEOUT_S}s:\n{server_log()}")
-                time.sleep(0.3)
-        yield {"base": base, "info": info, "tmp": tmp, "log": server_log}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        log.close()
+    with bt.serving(tmp, str(qwen2_dir), "--db", str(tmp / "chat.db"), "--runs", str(runs)) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_sync.sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield b
-        finally:
-            b.close()
+    with bt.chromium(sync_api) as b:
+        yield b
 
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1200, "height": 850})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    # Offline by construction: any request that is not to our server fails the test.
-    outside: list[str] = []
-
-    def route(r):
-        if r.request.url.startswith(server["base"]):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    pg.route("**/*", route)
-    pg.set_default_timeout(30_000)
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
-    assert not outside, f"the page requested outside resources: {outside}"
+    with bt.offline_page(browser, server["base"]) as pg:
+        yield pg
 
 
 def _open_chat(page, server) -> None:
