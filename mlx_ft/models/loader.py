@@ -97,7 +97,8 @@ def find_run(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _training_system(run: Path) -> str | None:
+def training_system(run: Path) -> str | None:
+    """The system prompt every training example of `run` had, if one (inference defaults to it)."""
     try:
         return json.loads((run / "adapter_config.json").read_text(encoding="utf-8")).get("system_prompt")
     except (OSError, ValueError):
@@ -124,7 +125,7 @@ def load(source: str, adapter: bool = True, fuse: bool = True) -> Loaded:
         model, tokenizer = load_model(sources.resolve(cfg.model), cfg.model)
         if cfg.quantize:
             adapters.quantize_base(model, cfg.quantize)
-        loaded = Loaded(model, tokenizer, source, cfg.model, run, adapter_file, cfg, _training_system(run))
+        loaded = Loaded(model, tokenizer, source, cfg.model, run, adapter_file, cfg, training_system(run))
     if chat_template.has_template(loaded.tokenizer):
         if (eot := chat_template.end_of_turn_id(loaded.tokenizer)) is not None:
             loaded.tokenizer.add_eos_token(eot)

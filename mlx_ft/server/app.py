@@ -31,7 +31,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     """The app around `engine`, loaded from `config.source` when not given."""
     task_service = TaskService(engine, config.tasks)  # a bad recipe fails before the model loads
     if engine is None:
-        engine = task_service.engine = Engine(loader.load(config.source))
+        # Bare, with the adapter worn as a swappable variant: the base and the other runs on it can answer too.
+        engine = task_service.engine = Engine(loader.load(config.source, adapter=False))
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.extensions[EXTENSION] = ServerState(config, engine, History(config.db), task_service)
