@@ -464,6 +464,8 @@
       return opt;
     }));
     els.picker.hidden = state.models.length === 0;
+    // The menu says which model answers; the served adapter's badge beside the label would contradict it.
+    $("adapter-label").hidden = !els.picker.hidden;
     showModel(state.current);
   }
 
