@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -23,6 +24,8 @@ from mlx_ft.server import api, guard, openai_api, runs, studio_data, studio_jobs
 from mlx_ft.server.engine import Engine
 from mlx_ft.server.history import DEFAULT_SETTINGS, History
 from mlx_ft.server.http import ApiError
+from mlx_ft.server.job_runner import JobRunner
+from mlx_ft.server.jobs import JobStore
 from mlx_ft.server.state import EXTENSION, ServeConfig, ServerState, of
 from mlx_ft.server.task_service import TaskService
 
@@ -35,7 +38,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
         engine = task_service.engine = Engine(loader.load(config.source, adapter=False))
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.extensions[EXTENSION] = ServerState(config, engine, History(config.db), task_service)
+    jobs = JobRunner(JobStore(config.db), config.runs_dir)
+    app.extensions[EXTENSION] = ServerState(config, engine, History(config.db), task_service, jobs)
     guard.install(app, guard.host_names(config.host, config.allowed_hosts))  # first: before any route runs
 
     @app.errorhandler(ApiError)
@@ -104,6 +108,10 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(config: ServeConfig, port: int) -> None:
     """Serve until Ctrl-C, then end the process (exit status 0) without Python's interpreter shutdown."""
     host = config.host
@@ -120,7 +128,11 @@ def serve(config: ServeConfig, port: int) -> None:
         print("mlx_ft: --allow-host '*': any Host header is accepted (the DNS-rebinding check is off)", file=sys.stderr)
     # make_server, not run_simple: the same threaded server (answers still stream token by token) without
     # run_simple's red "development server" banner; serve_forever ends quietly on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops as Ctrl-C does: a running job saves its checkpoint
     make_server(host, port, app, threaded=True).serve_forever()
+    if served.jobs.running():
+        print("mlx_ft: stopping the running job (it saves a checkpoint; resume it later)", file=sys.stderr)
+    served.jobs.shutdown()
     # A request thread that generated holds MLX's per-thread compile cache; when it is still answering (or just
     # ending) while Python shuts down, that cache's destructor aborts the process ("terminate called without an
     # active exception", SIGABRT). History is committed per request, so leave as SIGTERM would, after closing it.

@@ -12,6 +12,7 @@ from flask import Flask, current_app
 from mlx_ft.server import MAX_UPLOAD_MB
 from mlx_ft.server.engine import Engine
 from mlx_ft.server.history import History
+from mlx_ft.server.job_runner import JobRunner
 from mlx_ft.server.task_service import TaskService
 
 MAX_BODY_BYTES = 1 << 20  # a chat message, not an upload
@@ -40,7 +41,7 @@ class ServerState:
     engine: Engine
     history: History
     tasks: TaskService
-    jobs: Any = None  # the studio's JobRunner (server/job_runner.py), built by create_app
+    jobs: JobRunner  # the studio's train/eval/export jobs
 
 
 def of(app: Flask) -> ServerState:
