@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.server import browser as bt
 sync_api = bt.require()
 
 RUN = "studio-run"
-ITERS = 20
+ITERS = 30  # enough steps to press Stop before the run ends on a fast machine
 JOB_TIMEOUT_MS = 300_000
 ANSWER_TIMEOUT_MS = 120_000
 HOSTILE = '<img src=x onerror="window.__xss=1">'
@@ -78,6 +79,13 @@ def shots(tmp_path: Path, page):
         page.screenshot(path=str(folder / f"studio-{name}.png"), full_page=True)
 
     return shot
+
+
+def _post(studio, path: str, body: dict) -> dict:
+    headers = {"Content-Type": "application/json"}
+    req = urllib.request.Request(studio["base"] + path, data=json.dumps(body).encode(), method="POST", headers=headers)
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read().decode("utf-8"))
 
 
 def _job(studio, job_id: str) -> dict:
@@ -179,6 +187,15 @@ def _whole_loop(page, studio, qwen2_dir: Path, tmp_path: Path, shots) -> None:
             .observe(document.getElementById('job-step'), {childList: true, characterData: true, subtree: true});
     }""")
     job_id = page.evaluate("window.studioApp.state.selected")
+    # A second run while one trains waits in the queue; Cancel drops it.
+    values = {"model": str(qwen2_dir), "data": "fish", "method": "lora", "name": "queued-run", "iters": 2}
+    queued = _post(studio, "/api/studio/jobs", {"kind": "train", "values": values})["job"]
+    assert queued["state"] == "queued", queued
+    page.click(f'#jobs-body tr[data-id="{queued["id"]}"]', timeout=10_000)
+    assert _wait_state(page, "queued") == "queued"
+    page.click("#job-cancel")
+    assert _wait_state(page, "cancelled") == "cancelled"
+    page.click(f'#jobs-body tr[data-id="{job_id}"]')
     page.wait_for_function(
         "() => /^([2-9]|1[0-9]) \\//.test(document.getElementById('job-step').textContent)", timeout=JOB_TIMEOUT_MS
     )
@@ -263,4 +280,12 @@ def _whole_loop(page, studio, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     dl.value.save_as(str(saved))
     assert saved.read_bytes()[:4] == b"GGUF" and "q8_0" in dl.value.suggested_filename
     shots("ship")
+
+    # ---- A job that fails shows why ---------------------------------------------------------------------------------
+    failing = _post(studio, "/api/studio/jobs", {"kind": "eval", "run": RUN, "split": "nosuch"})["job"]
+    page.click('.tabs [data-tab="jobs"]')
+    page.click(f'#jobs-body tr[data-id="{failing["id"]}"]', timeout=10_000)
+    assert _wait_state(page, "failed", "done") == "failed"
+    assert "nosuch" in page.inner_text("#job-error-text"), page.inner_text("#job-error-text")
+    shots("job-failed")
     assert page.evaluate("typeof window.__xss") == "undefined"
