@@ -14,6 +14,7 @@ kept besides the served one.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,7 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_mtime_ns, st.st_size
 
 
+@functools.lru_cache(maxsize=64)  # a source resolves to the same model for the life of the process
 def _base_key(source: str, quantize: int | None) -> tuple[str, int | None]:
     resolved = sources.resolve(source)
     return (str(Path(resolved).resolve()) if Path(resolved).exists() else resolved), quantize
@@ -148,6 +150,7 @@ class Engine:
         self._main = _Base(loaded.model, loaded.tokenizer, _base_key(loaded.base, quantize))
         self._fixed = loaded.adapted  # the model already wears its adapter for good
         self._other: _Base | None = None  # the one base kept besides the served one
+        self._configs: dict[Path, tuple[tuple[int, int], config_mod.TrainConfig]] = {}
         self.served = ModelRef("served", loaded.adapter_file.parent) if loaded.adapter_file is not None else BASE
         if loaded.adapter_file is not None and not loaded.adapted:
             self._main.wear(loaded.adapter_file.parent, loaded.cfg)
@@ -169,12 +172,18 @@ class Engine:
         return loader.training_system(found[0]) if found else None
 
     def _cfg(self, ref: ModelRef) -> config_mod.TrainConfig | None:
+        """The run's config, read again only when its config.yaml changed (a switch should not parse YAML)."""
         if ref.adapter_dir is None:
             return None
         found = loader.find_run(ref.adapter_dir)
         if found is None:
             raise ValueError(f"{ref.adapter_dir} is not a run or an adapter folder of one")
-        return config_mod.load(found[0] / "config.yaml")
+        path = found[0] / "config.yaml"
+        stamp = _stamp(path)
+        cached = self._configs.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = self._configs[path] = (stamp, config_mod.load(path))
+        return cached[1]
 
     def _base_for(self, ref: ModelRef | None) -> tuple[_Base, config_mod.TrainConfig | None]:
         """The base that answers for `ref` (loaded now when it is another model), and the run's config. Called with
