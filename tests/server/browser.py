@@ -29,6 +29,7 @@ from tests.serving import free_port
 REPO = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = os.environ.get("MLX_FT_CHROMIUM", "/usr/bin/chromium")
 START_TIMEOUT_S = 180
+ANSWER_TIMEOUT_MS = 120_000
 
 
 def require() -> ModuleType:
@@ -126,3 +127,12 @@ def offline_page(browser: Any, base: str, **context_args: Any) -> Iterator[Any]:
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
     assert not outside, f"the page requested outside resources: {outside}"
+
+
+def wait_answer_done(page: Any) -> None:
+    """The chat page's answer has finished streaming: Stop hidden again, no pending bubble."""
+    page.wait_for_function(
+        "() => !document.body.classList.contains('streaming') && document.getElementById('stop').hidden"
+        " && !document.querySelector('.message.pending')",
+        timeout=ANSWER_TIMEOUT_MS,
+    )

@@ -14,11 +14,10 @@ import pytest
 
 from tests.server import browser as bt
 
-sync_api = bt.require()
+bt.require()
 
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 RUN_NAME = "fake-run-1"
-ANSWER_TIMEOUT_MS = 120_000
 _get_json = bt.get_json
 
 
@@ -55,30 +54,9 @@ def server(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield served
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with bt.chromium(sync_api) as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser, server):
-    with bt.offline_page(browser, server["base"]) as pg:
-        yield pg
-
-
 def _open_chat(page, server) -> None:
     page.goto(server["base"] + "/")
     page.wait_for_selector('body[data-ready="1"]')
-
-
-def _wait_answer_done(page) -> None:
-    """The answer has finished streaming: Stop hidden again, Send enabled, no pending bubble."""
-    page.wait_for_function(
-        "() => !document.body.classList.contains('streaming') && document.getElementById('stop').hidden"
-        " && !document.querySelector('.message.pending')",
-        timeout=ANSWER_TIMEOUT_MS,
-    )
 
 
 def _current_id(page) -> str:
@@ -141,7 +119,7 @@ def test_chat_send_stream_and_reload(page, server):
     page.fill("#prompt", question)
     page.press("#prompt", "Enter")  # Enter sends
     page.wait_for_selector(".message.user")
-    _wait_answer_done(page)
+    bt.wait_answer_done(page)
     assert page.evaluate("window.__sawStreaming") is True, "the Stop button never showed while answering"
     assert page.locator(".message.user .bubble").all_inner_texts() == [question]
     assert page.locator(".message.assistant").count() == 1
@@ -182,7 +160,7 @@ def test_user_text_is_never_html(page, server):
     page.fill("#prompt", XSS)
     page.click("#send")
     page.wait_for_selector(".message.user")
-    _wait_answer_done(page)
+    bt.wait_answer_done(page)
     assert page.locator(".message.user .bubble").first.inner_text() == XSS
     assert page.locator(".messages img, .messages script").count() == 0
     # Reloaded from the history, the text is still text (and the title made from it too).
@@ -224,12 +202,12 @@ def test_stop_keeps_partial_answer(page, server):
     page.wait_for_function(
         "() => { const b = document.querySelector('.message.assistant .bubble');"
         " return b && b.textContent.length > 0; }",
-        timeout=ANSWER_TIMEOUT_MS,
+        timeout=bt.ANSWER_TIMEOUT_MS,
     )
     if page.is_hidden("#stop"):
         pytest.skip("the answer finished before Stop could be pressed")
     page.click("#stop")
-    _wait_answer_done(page)
+    bt.wait_answer_done(page)
     assert page.inner_text(".message.assistant .note") == "stopped"
     # The server keeps the partial answer (it may take a moment to notice the closed connection).
     deadline = time.monotonic() + 30

@@ -19,12 +19,11 @@ import pytest
 
 from tests.server import browser as bt
 
-sync_api = bt.require()
+bt.require()
 
 RUN = "studio-run"
 ITERS = 30  # enough steps to press Stop before the run ends on a fast machine
 JOB_TIMEOUT_MS = 300_000
-ANSWER_TIMEOUT_MS = 120_000
 HOSTILE = '<img src=x onerror="window.__xss=1">'
 
 # Short Chinese fish-care answers (the shipped sample's language, so the screenshots show the CJK font).
@@ -48,24 +47,12 @@ def _rows() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def studio(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("studio")
     args = [str(qwen2_dir), "--db", str(tmp / "studio.db"), "--runs", str(tmp / "runs")]
     args += ["--data-dir", str(tmp / "data"), "--exports-dir", str(tmp / "exports")]
     with bt.serving(tmp, *args) as served:
         yield served
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with bt.chromium(sync_api) as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser, studio):
-    with bt.offline_page(browser, studio["base"], accept_downloads=True) as pg:
-        yield pg
 
 
 @pytest.fixture
@@ -81,15 +68,15 @@ def shots(tmp_path: Path, page):
     return shot
 
 
-def _post(studio, path: str, body: dict) -> dict:
+def _post(server, path: str, body: dict) -> dict:
     headers = {"Content-Type": "application/json"}
-    req = urllib.request.Request(studio["base"] + path, data=json.dumps(body).encode(), method="POST", headers=headers)
+    req = urllib.request.Request(server["base"] + path, data=json.dumps(body).encode(), method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read().decode("utf-8"))
 
 
-def _job(studio, job_id: str) -> dict:
-    return bt.get_json(f"{studio['base']}/api/studio/jobs/{job_id}")["job"]
+def _job(server, job_id: str) -> dict:
+    return bt.get_json(f"{server['base']}/api/studio/jobs/{job_id}")["job"]
 
 
 def _step(page) -> int:
@@ -105,16 +92,16 @@ def _wait_state(page, *states: str, timeout: int = JOB_TIMEOUT_MS) -> str:
     return page.inner_text("#job-state")
 
 
-def test_studio_whole_loop(page, studio, qwen2_dir, tmp_path, shots):
+def test_studio_whole_loop(page, server, qwen2_dir, tmp_path, shots):
     try:
-        _whole_loop(page, studio, qwen2_dir, tmp_path, shots)
+        _whole_loop(page, server, qwen2_dir, tmp_path, shots)
     except BaseException:
         shots("failure")  # the page as it was when the step failed
         raise
 
 
-def _whole_loop(page, studio, qwen2_dir: Path, tmp_path: Path, shots) -> None:
-    base = studio["base"]
+def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
+    base = server["base"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(_rows()[0], ensure_ascii=False) + '\n{"messages": [\n', encoding="utf-8")
     good = tmp_path / "fish.jsonl"
@@ -189,7 +176,7 @@ def _whole_loop(page, studio, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     job_id = page.evaluate("window.studioApp.state.selected")
     # A second run while one trains waits in the queue; Cancel drops it.
     values = {"model": str(qwen2_dir), "data": "fish", "method": "lora", "name": "queued-run", "iters": 2}
-    queued = _post(studio, "/api/studio/jobs", {"kind": "train", "values": values})["job"]
+    queued = _post(server, "/api/studio/jobs", {"kind": "train", "values": values})["job"]
     assert queued["state"] == "queued", queued
     page.click(f'#jobs-body tr[data-id="{queued["id"]}"]', timeout=10_000)
     assert _wait_state(page, "queued") == "queued"
@@ -200,14 +187,14 @@ def _whole_loop(page, studio, qwen2_dir: Path, tmp_path: Path, shots) -> None:
         "() => /^([2-9]|1[0-9]) \\//.test(document.getElementById('job-step').textContent)", timeout=JOB_TIMEOUT_MS
     )
     page.click("#job-stop")
-    assert _wait_state(page, "stopped", "done") == "stopped", _job(studio, job_id)
+    assert _wait_state(page, "stopped", "done") == "stopped", _job(server, job_id)
     stopped_at = _step(page)
     assert 2 <= stopped_at < ITERS
     seen = [int(s.split(" /")[0]) for s in page.evaluate("window.__steps") if re.match(r"\d+ /", s)]
     assert len(set(seen)) >= 2 and seen == sorted(seen), seen
     shots("job-stopped")
     page.click("#job-resume")
-    assert _wait_state(page, "done", "failed") == "done", _job(studio, job_id)
+    assert _wait_state(page, "done", "failed") == "done", _job(server, job_id)
     assert page.inner_text("#job-step") == f"{ITERS} / {ITERS}"
     assert page.inner_text("#job-tps") != "–" and page.inner_text("#job-mem").endswith("GB")
     page.wait_for_function("() => window.studioChart && window.studioChart.drawn >= " + str(ITERS))
@@ -226,10 +213,7 @@ def _whole_loop(page, studio, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     page.fill("#prompt", "金鱼一天喂几次？")
     page.press("#prompt", "Enter")
     page.wait_for_selector(".message.assistant")
-    page.wait_for_function(
-        "() => !document.body.classList.contains('streaming') && !document.querySelector('.message.pending')",
-        timeout=ANSWER_TIMEOUT_MS,
-    )
+    bt.wait_answer_done(page)
     assert [m["role"] for m in bt.get_json(f"{base}/api/conversations/{conv_id}")["messages"]] == ["user", "assistant"]
     page.reload()
     page.wait_for_selector('body[data-ready="1"]')
@@ -246,7 +230,7 @@ def _whole_loop(page, studio, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     page.click("#compare-send")
     page.wait_for_function(
         "() => document.querySelectorAll('#compare-answers .answer:not(.pending) .answer-meta').length === 2",
-        timeout=ANSWER_TIMEOUT_MS,
+        timeout=bt.ANSWER_TIMEOUT_MS,
     )
     cols = page.locator("#compare-answers .answer")
     assert [cols.nth(i).get_attribute("data-model") for i in range(2)] == ["base", f"run:{RUN}"]
@@ -282,7 +266,7 @@ def _whole_loop(page, studio, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     shots("ship")
 
     # ---- A job that fails shows why ---------------------------------------------------------------------------------
-    failing = _post(studio, "/api/studio/jobs", {"kind": "eval", "run": RUN, "split": "nosuch"})["job"]
+    failing = _post(server, "/api/studio/jobs", {"kind": "eval", "run": RUN, "split": "nosuch"})["job"]
     page.click('.tabs [data-tab="jobs"]')
     page.click(f'#jobs-body tr[data-id="{failing["id"]}"]', timeout=10_000)
     assert _wait_state(page, "failed", "done") == "failed"
