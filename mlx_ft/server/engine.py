@@ -33,6 +33,7 @@ from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader, sources
 
 FALLBACK_CONTEXT = 4096  # when the model config names no context length
+MAX_VARIANTS = 8  # runs kept ready per base; an older one is rebuilt (a first switch) when asked for again
 
 
 class TooLong(ValueError):
@@ -96,6 +97,9 @@ class _Base:
         if variant.weights:
             self.model.update(tree_unflatten(list(variant.weights.items())))
         self.current = adapter_dir
+        self.variants[adapter_dir] = self.variants.pop(adapter_dir)  # most recently worn last
+        while len(self.variants) > MAX_VARIANTS:  # each holds its fused layers' weights: bound the memory
+            del self.variants[next(iter(self.variants))]
 
     def _fresh(self, adapter_dir: Path) -> bool:
         variant = self.variants.get(adapter_dir)

@@ -209,3 +209,11 @@ def test_a_run_served_as_it_is_shares_its_base_with_the_others(runs, truth, tmp_
     assert client.get("/api/studio/models").get_json()["loaded"] == "run:A"
     answers = _compare(client, "run:A", "base", "run:B")
     assert [a["text"] for a in answers] == [truth["run:A"], truth["base"], truth["run:B"]]
+
+
+def test_a_variant_dropped_from_the_cache_is_rebuilt_the_same(client, truth, monkeypatch):
+    from mlx_ft.server import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "MAX_VARIANTS", 1)
+    answers = _compare(client, "run:A", "run:B", "run:A", "base")
+    assert [a["text"] for a in answers] == [truth["run:A"], truth["run:B"], truth["run:A"], truth["base"]]
