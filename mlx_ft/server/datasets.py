@@ -9,6 +9,7 @@ looked up, never joined onto a path as they come.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -172,12 +173,16 @@ def _scratch(data_dir: Path) -> Iterable[Path]:
     """A fresh hidden folder inside the data folder (so the final rename stays on one file system), removed after
     unless it was renamed away."""
     data_dir = Path(data_dir)
+    created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX, dir=data_dir))
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # a data folder made only for an upload that stored nothing goes too
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()
 
 
 def _relative_problems(problems: Iterable[str], raw: Path) -> list[str]:

@@ -101,7 +101,7 @@ def test_a_bad_upload_reports_every_problem_as_file_line_and_stores_nothing(clie
     assert resp.status_code == 400 and body["error"] == body["problems"][0]
     assert [p.split(":")[:2] for p in body["problems"]] == [["bad.jsonl", "2"], ["bad.jsonl", "3"], ["bad.jsonl", "5"]]
     assert "answer" in body["problems"][0] and str(tmp_path) not in json.dumps(body)
-    assert _stored(tmp_path) == []
+    assert not (tmp_path / "data").exists()  # not even the folder made for the upload
 
 
 def test_a_dataset_info_folder_is_read_with_its_files(client, tmp_path):
