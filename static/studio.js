@@ -314,14 +314,14 @@
   function applyPreset() {
     const preset = (state.form.presets || []).find((p) => p.name === $("run-preset").value);
     if (!preset) return;
-    for (const [key, value] of flatDefaults(preset.values, "", [])) {
-      if (key === "model") $("run-model").value = value;
-      else if (key === "data") $("run-data").value = value;
-      else if (key === "method" || key === "fine_tune_type") $("run-method").value = value;
-      else {
-        const input = $("run-keys").querySelector(`input[data-key="${CSS.escape(key)}"]`);
-        if (input) setInput(input, value);
-      }
+    const v = preset.values || {};
+    if (v.model !== undefined) $("run-model").value = v.model;
+    if (v.data !== undefined) $("run-data").value = v.data ?? "";
+    if (v.method !== undefined) $("run-method").value = v.method;
+    // Each key the grid shows, looked up along its dotted path: an object-valued key (lr_schedule) stays whole.
+    for (const input of $("run-keys").querySelectorAll("input[data-key]")) {
+      const value = input.dataset.key.split(".").reduce((at, k) => (at && typeof at === "object" ? at[k] : undefined), v);
+      if (value !== undefined) setInput(input, value);
     }
     refreshForm();
   }

@@ -143,6 +143,15 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     # ---- New run: the form, its YAML and command --------------------------------------------------------------------
     row.locator("button.use").click()
     page.wait_for_selector("#tab-run:not([hidden])")
+    assert page.input_value("#run-data") == "fish"
+    # A recipe's preset fills its keys (an object-valued one too); its data is not prepared yet, which the form says.
+    page.select_option("#run-preset", "router")
+    page.wait_for_function("() => document.getElementById('run-status').textContent.includes('not prepared')")
+    assert page.input_value("#run-data") == "router" and page.is_disabled("#run-start")
+    assert json.loads(page.input_value('#run-keys input[data-key="lr_schedule"]'))["name"] == "cosine_decay"
+    page.click("#run-reset")
+    assert page.input_value('#run-keys input[data-key="lr_schedule"]') == ""
+    page.fill("#run-data", "fish")
     page.fill("#run-model", str(qwen2_dir))
     page.select_option("#run-method", "lora")
     page.fill("#run-name", RUN)
