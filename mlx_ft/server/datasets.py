@@ -164,7 +164,9 @@ def upload_path(filename: str | None) -> Path:
         raise Refused(f"file name {filename!r}: give a plain or relative name (no absolute paths)")
     parts = name.split("/")
     for part in parts:
-        check_name(part, f"file name {filename!r}: part")
+        # Any language's letters and spaces are fine in a file name; what could climb out or hide is not.
+        if part in ("", ".", "..") or part.startswith(".") or len(part) > 255 or not part.isprintable():
+            raise Refused(f"file name {filename!r}: part {part!r} is not allowed (no '..', hidden or empty parts)")
     return Path(*parts)
 
 

@@ -104,6 +104,12 @@ def test_a_bad_upload_reports_every_problem_as_file_line_and_stores_nothing(clie
     assert not (tmp_path / "data").exists()  # not even the folder made for the upload
 
 
+def test_file_names_in_any_language_are_kept(client, tmp_path):
+    resp = _upload(client, [("鱼 数据.jsonl", _jsonl(QA))], name="fish")
+    assert resp.status_code == 200, resp.get_json()
+    assert (tmp_path / "data" / "fish" / "raw" / "鱼 数据.jsonl").is_file()
+
+
 def test_a_dataset_info_folder_is_read_with_its_files(client, tmp_path):
     info = {"shop": {"file_name": "shop.json", "formatting": "alpaca"}}
     rows = [{"instruction": f"Price of item {i}?", "input": "", "output": f"{i} yuan"} for i in range(6)]
@@ -116,7 +122,16 @@ def test_a_dataset_info_folder_is_read_with_its_files(client, tmp_path):
 
 @pytest.mark.parametrize(
     "filename",
-    ["../evil.jsonl", "/etc/evil.jsonl", "a/../../evil.jsonl", "C:/evil.jsonl", "..\\evil.jsonl", ".hidden.jsonl"],
+    [
+        "../evil.jsonl",
+        "/etc/evil.jsonl",
+        "a/../../evil.jsonl",
+        "C:/evil.jsonl",
+        "..\\evil.jsonl",
+        ".hidden.jsonl",
+        "a//b.jsonl",
+        "x\x00.jsonl",
+    ],
 )
 def test_upload_names_cannot_escape_the_data_folder(client, tmp_path, filename):
     resp = _upload(client, [(filename, _jsonl(QA))])
