@@ -52,7 +52,8 @@ def test_a_schema_1_history_gains_the_model_setting(tmp_path):
 @pytest.fixture(scope="module")
 def runs(qwen2_dir, tmp_path_factory) -> Path:
     """Two runs on the tiny model, trained hard enough that greedy answers differ: A (LoRA, with a checkpoint) and
-    B (a full fine-tune of the last layer, whose weights are swapped in rather than modules)."""
+    B (a full fine-tune of the last layer, whose weights are swapped in rather than modules), and C (QLoRA: its base
+    is the model quantized, so it gets a base of its own)."""
     tmp = tmp_path_factory.mktemp("studio_models")
     src = tmp / "facts.json"
     src.write_text(
@@ -84,6 +85,8 @@ def runs(qwen2_dir, tmp_path_factory) -> Path:
             }
         )
     )
+    qlora = {**common, "adapter_path": str(tmp / "runs" / "C"), "learning_rate": 5e-2, "quantize": 4}
+    train(config.build({**qlora, "lora_parameters": lora, "num_layers": 2}))
     (tmp / "runs" / "not-a-run").mkdir()
     return tmp / "runs"
 
@@ -217,3 +220,9 @@ def test_a_variant_dropped_from_the_cache_is_rebuilt_the_same(client, truth, mon
     monkeypatch.setattr(engine_mod, "MAX_VARIANTS", 1)
     answers = _compare(client, "run:A", "run:B", "run:A", "base")
     assert [a["text"] for a in answers] == [truth["run:A"], truth["run:B"], truth["run:A"], truth["base"]]
+
+
+def test_a_qlora_run_answers_from_its_own_quantized_base(client, runs, truth):
+    fresh = _fresh_answer(str(runs / "C"))
+    answers = _compare(client, "run:C", "base", "run:C", "run:A")
+    assert [a["text"] for a in answers] == [fresh, truth["base"], fresh, truth["run:A"]]
