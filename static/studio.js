@@ -182,10 +182,12 @@
   async function upload(e) {
     e.preventDefault();
     const dryRun = !(e.submitter && e.submitter.id === "upload-store");
-    const files = $("upload-files").files;
-    if (!files.length) return;
+    // A folder's files keep their paths inside it, so a dataset_info.json finds the files it names.
+    const files = [...$("upload-files").files].map((f) => [f, f.name])
+      .concat([...$("upload-folder").files].map((f) => [f, f.webkitRelativePath || f.name]));
+    if (!files.length) { $("upload-status").textContent = "Choose files or a folder first."; return; }
     const body = new FormData();
-    for (const f of files) body.append("files", f, f.name);
+    for (const [f, path] of files) body.append("files", f, path);
     for (const [field, id] of [["name", "upload-name"], ["format", "upload-format"], ["model", "upload-model"],
       ["max_seq_length", "upload-max-seq"]]) {
       const v = $(id).value.trim();

@@ -121,6 +121,20 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     assert not any(d["name"] == "bad" for d in bt.get_json(base + "/api/studio/datasets")["datasets"])
     shots("data-error")
 
+    # ---- Data: a LLaMA-Factory folder (dataset_info.json naming its file) is read with its layout -------------------
+    folder = tmp_path / "lf"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text(json.dumps({"fishqa": {"file_name": "qa.json"}}), encoding="utf-8")
+    qa = [{"instruction": q, "output": a} for q, a in QA]
+    (folder / "qa.json").write_text(json.dumps(qa, ensure_ascii=False), encoding="utf-8")
+    page.set_input_files("#upload-files", [])
+    page.set_input_files("#upload-folder", str(folder))
+    page.fill("#upload-name", "lf")
+    page.click("#upload-check")
+    page.wait_for_function("() => document.getElementById('upload-status').textContent.startsWith('Checked')")
+    assert page.inner_text('#upload-facts [data-fact="format"] dd') == "alpaca"
+    page.eval_on_selector("#upload-folder", "el => { el.value = ''; }")  # playwright cannot empty a folder input
+
     # ---- Data: check, then store, then preview with the learned spans marked --------------------------------------
     page.set_input_files("#upload-files", str(good))
     page.fill("#upload-name", "fish")
