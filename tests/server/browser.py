@@ -136,3 +136,23 @@ def wait_answer_done(page: Any) -> None:
         " && !document.querySelector('.message.pending')",
         timeout=ANSWER_TIMEOUT_MS,
     )
+
+
+def current_conversation(page: Any) -> str | None:
+    """The id of the conversation the chat page has open."""
+    return page.evaluate("() => window.chatApp.state.current && window.chatApp.state.current.id")
+
+
+def new_chat(page: Any, max_tokens: int = 24) -> str:
+    """A new conversation on the chat page, its settings saved with short answers (quick, and exercises PATCH)."""
+    before = page.locator(".conversation-item").count()
+    page.click("#new-chat")
+    page.wait_for_function(f"() => document.querySelectorAll('.conversation-item').length === {before + 1}")
+    conv_id = current_conversation(page)
+    assert conv_id
+    page.click("#settings-toggle")
+    page.fill("#set-max-tokens", str(max_tokens))
+    page.fill("#set-system", "You are terse.")
+    page.click("#settings-save")
+    page.wait_for_function("() => document.getElementById('settings-status').textContent === 'Saved.'")
+    return conv_id

@@ -59,25 +59,6 @@ def _open_chat(page, server) -> None:
     page.wait_for_selector('body[data-ready="1"]')
 
 
-def _current_id(page) -> str:
-    return page.evaluate("() => window.chatApp.state.current && window.chatApp.state.current.id")
-
-
-def _new_chat_with_short_answers(page, max_tokens: int = 24) -> str:
-    before = page.locator(".conversation-item").count()
-    page.click("#new-chat")
-    page.wait_for_function(f"() => document.querySelectorAll('.conversation-item').length === {before + 1}")
-    conv_id = _current_id(page)
-    assert conv_id
-    # Settings panel: short answers keep the test quick (and exercise PATCH).
-    page.click("#settings-toggle")
-    page.fill("#set-max-tokens", str(max_tokens))
-    page.fill("#set-system", "You are terse.")
-    page.click("#settings-save")
-    page.wait_for_function("() => document.getElementById('settings-status').textContent === 'Saved.'")
-    return conv_id
-
-
 def test_page_shows_model_and_uses_no_outside_assets(page, server):
     _open_chat(page, server)
     assert page.inner_text("#model-label") == server["info"]["model"]
@@ -107,7 +88,7 @@ def test_stream_contract(server):
 
 def test_chat_send_stream_and_reload(page, server):
     _open_chat(page, server)
-    conv_id = _new_chat_with_short_answers(page)
+    conv_id = bt.new_chat(page)
     page.evaluate("""() => {
         window.__sawStreaming = false;
         new MutationObserver(() => {
@@ -145,7 +126,7 @@ def test_chat_send_stream_and_reload(page, server):
 
     page.reload()
     page.wait_for_selector('body[data-ready="1"]')
-    assert _current_id(page) == conv_id
+    assert bt.current_conversation(page) == conv_id
     assert page.locator(".message.user .bubble").all_inner_texts() == [question]
     assert page.locator(".message.assistant").count() == 1
     assert page.locator(f'.conversation-item[data-id="{conv_id}"]').count() == 1
@@ -156,7 +137,7 @@ def test_chat_send_stream_and_reload(page, server):
 
 def test_user_text_is_never_html(page, server):
     _open_chat(page, server)
-    _new_chat_with_short_answers(page, max_tokens=8)
+    bt.new_chat(page, max_tokens=8)
     page.fill("#prompt", XSS)
     page.click("#send")
     page.wait_for_selector(".message.user")
@@ -174,7 +155,7 @@ def test_user_text_is_never_html(page, server):
 
 def test_rename_and_delete(page, server):
     _open_chat(page, server)
-    conv_id = _new_chat_with_short_answers(page)
+    conv_id = bt.new_chat(page)
     item = page.locator(f'.conversation-item[data-id="{conv_id}"]')
     item.hover()
     item.locator(".rename").click()
@@ -196,7 +177,7 @@ def test_rename_and_delete(page, server):
 
 def test_stop_keeps_partial_answer(page, server):
     _open_chat(page, server)
-    conv_id = _new_chat_with_short_answers(page, max_tokens=4000)
+    conv_id = bt.new_chat(page, max_tokens=4000)
     page.fill("#prompt", "Tell me a very long story.")
     page.press("#prompt", "Enter")
     page.wait_for_function(
