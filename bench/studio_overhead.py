@@ -10,7 +10,7 @@ alternate (terminal, studio, terminal, studio, ... : --repeats pairs) on the sam
 tok/s: real tokens over wall time from the metrics.jsonl row of step 1 to that of the last step (every step reports),
 so loading and the first step's compile stay outside; `ratio` = studio / terminal (1.00: no overhead). On a shared
 machine a run's figure moves by several percent (more when the load average printed beside it is above the number
-of cores); the pooled figure and the per-run list are printed.
+of cores); the medians and every run's figure are printed.
 
 Usage: python bench/studio_overhead.py [--model smollm2-135m-instruct] [--data fish_care] [--steps 12]
        [--repeats 2] [--batch-size 2] [--max-seq-length 128] [--num-layers 4]
@@ -113,13 +113,14 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
-    term, studio = (statistics.mean(figures[s]) for s in ("terminal", "studio"))
+    # Medians: on a shared machine one run in a few lands far off (another job paused or started), on either side.
+    term, studio = (statistics.median(figures[s]) for s in ("terminal", "studio"))
     print(
         f"\nmodel {args.model}, data {args.data}, LoRA on {args.num_layers} layers, batch {args.batch_size}, "
         f"max_seq_length {args.max_seq_length}, {args.steps} timed steps x {args.repeats} runs a side"
     )
-    print(f"terminal {term:8.1f} tok/s  runs {', '.join(f'{x:.1f}' for x in figures['terminal'])}")
-    print(f"studio   {studio:8.1f} tok/s  runs {', '.join(f'{x:.1f}' for x in figures['studio'])}")
+    print(f"terminal {term:8.1f} tok/s (median)  runs {', '.join(f'{x:.1f}' for x in figures['terminal'])}")
+    print(f"studio   {studio:8.1f} tok/s (median)  runs {', '.join(f'{x:.1f}' for x in figures['studio'])}")
     print(f"ratio    {studio / term:8.3f}  (studio / terminal)")
     print(f"(run folders in {root})")
 
