@@ -273,12 +273,19 @@ class JobRunner:
             self._start_next()
             return self.job(job_id)
 
+    def _job_in(self, job_id: str, states: tuple[str, ...], rule: str, hint: tuple[str, str] = ("", "")) -> Job:
+        """The job, when its state allows the action (`rule` says which do), else 409; `hint`: (state, advice)."""
+        job = self.job(job_id)
+        if job.state not in states:
+            advice = f"; {hint[1]}" if job.state == hint[0] else ""
+            raise ApiError(409, f"job {job_id} is {job.state}: {rule}{advice}")
+        return job
+
     def stop(self, job_id: str) -> Job:
         with self._lock:
-            job = self.job(job_id)
-            if job.state != "running":
-                hint = "; cancel it instead" if job.state == "queued" else ""
-                raise ApiError(409, f"job {job_id} is {job.state}: only a running job can be stopped{hint}")
+            job = self._job_in(
+                job_id, ("running",), "only a running job can be stopped", ("queued", "cancel it instead")
+            )
             job.stop_requested, job.state = True, "stopping"
             self.store.save(job)
             if job.pid is not None:
@@ -287,19 +294,16 @@ class JobRunner:
 
     def cancel(self, job_id: str) -> Job:
         with self._lock:
-            job = self.job(job_id)
-            if job.state != "queued":
-                hint = "; stop it instead" if job.state == "running" else ""
-                raise ApiError(409, f"job {job_id} is {job.state}: only a queued job can be cancelled{hint}")
+            job = self._job_in(
+                job_id, ("queued",), "only a queued job can be cancelled", ("running", "stop it instead")
+            )
             job.state, job.ended = "cancelled", time.time()
             self.store.save(job)
             return job
 
     def resume(self, job_id: str) -> Job:
         with self._lock:
-            job = self.job(job_id)
-            if job.state not in RESUMABLE:
-                raise ApiError(409, f"job {job_id} is {job.state}: only a stopped or interrupted job can be resumed")
+            job = self._job_in(job_id, RESUMABLE, "only a stopped or interrupted job can be resumed")
             job.state, job.queued = "queued", time.time()
             job.stop_requested, job.error, job.result, job.ended = False, None, None, None
             self.store.save(job)
