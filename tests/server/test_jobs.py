@@ -18,7 +18,7 @@ from mlx_ft import config, data
 from mlx_ft.models import loader
 from mlx_ft.server.app import create_app
 from mlx_ft.server.engine import Engine
-from mlx_ft.server.jobs import Job
+from mlx_ft.server.jobs import Job, JobStore
 from mlx_ft.server.state import ServeConfig, of
 from mlx_ft.training import checkpoints
 from mlx_ft.training.run import train
@@ -182,6 +182,37 @@ def test_finished_jobs_refuse_every_action_and_serve_only_their_own_files(studio
     assert client.get("/api/studio/jobs/evil1/files/..%2F..%2Fsecret.txt").status_code == 404
     events = _events(client.get("/api/studio/jobs/done1/events"))
     assert [e["state"] for e in events] == ["done"], "a finished job's stream says so once and ends"
+
+
+def test_a_new_server_settles_the_jobs_a_gone_one_left_running(engine, tmp_path):
+    """Jobs stored as running when a server starts: a process that is gone leaves its job interrupted; a live process
+    that is not one of ours (its pid reused) is left alone; a train that reached its last step while nobody watched
+    is done."""
+    db, runs = tmp_path / "chat.db", tmp_path / "runs"
+    gone = subprocess.Popen(["true"], start_new_session=True)
+    gone.wait()
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    finished = runs / "finished"
+    (finished / "checkpoints" / "step-0000004").mkdir(parents=True)
+    (finished / "config.yaml").write_text("model: tiny\niters: 4\n")
+    store = JobStore(db)
+    common = dict(argv=[], command="", log=str(tmp_path / "x.log"), state="running", started=1.0)
+    store.save(Job(id="gone", kind="train", run="a", run_dir=str(runs / "a"), created=1.0, pid=gone.pid, **common))
+    store.save(Job(id="reused", kind="eval", run="a", run_dir=str(runs / "a"), created=2.0, pid=stranger.pid, **common))
+    store.save(Job(id="finished", kind="train", run="finished", run_dir=str(finished), created=3.0, pid=None, **common))
+    store.close()
+    try:
+        app = create_app(ServeConfig(str(engine.loaded.source), db, runs), engine)
+        client = app.test_client()
+        jobs = {j["id"]: j for j in client.get("/api/studio/jobs").get_json()["jobs"]}
+        assert jobs["gone"]["state"] == jobs["reused"]["state"] == "interrupted"
+        assert jobs["gone"]["error"].startswith("the server stopped while this job ran; resume continues")
+        assert stranger.poll() is None, "a process that is not a job's is never signalled"
+        assert jobs["finished"]["state"] == "done" and jobs["finished"]["error"] is None
+        assert all(j["ended"] for j in jobs.values())
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 # ------------------------------------------------------------------------------------------------- real job processes
