@@ -292,7 +292,7 @@
     options($("upload-model"), [["", "(the served model)"], ...(form.models || []).map((m) => [m.id, m.label || m.id])]);
     options($("run-preset"), [["", "(none)"], ...(form.presets || []).map((p) => [p.name, p.name])]);
     if (form.formats) options($("upload-format"), [["", "detect"], ...form.formats.map((f) => [f, f])]);
-    if (form.gguf_types) options($("gguf-types"), form.gguf_types.map((t) => [t, t]));
+    if (form.gguf_types) options($("export-type"), [["", "(export's default)"], ...form.gguf_types.map((t) => [t, t])]);
     resetForm();
   }
 
@@ -684,7 +684,7 @@
     $("export-result").hidden = true;
     const format = $("export-format").value;
     const body = { kind: "export", run: $("ship-run").value, format };
-    const type = $("export-type").value.trim();
+    const type = $("export-type").value;
     if (format === "gguf" && type) body.type = type;
     const job = await startJob(body, $("export-status"));
     if (job) { state.exportJob = job.id; renderExport(job); }

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from mlx_ft import config as config_mod
+from mlx_ft import data
 from mlx_ft.errors import UserError
 from mlx_ft.server import datasets, run_form, studio_models
 from mlx_ft.server.http import ApiError, json_body
@@ -153,12 +154,16 @@ def preview(name: str) -> Response:
 
 @bp.get("/form")
 def form() -> Response:
+    from mlx_ft.export.tensor_types import FILE_TYPES  # here, not at import: it loads gguf (~0.1 s)
+
     return jsonify(
         defaults=run_form.defaults(),
         methods=list(run_form.METHODS),
         presets=run_form.presets(),
         models=run_form.models(current().engine.loaded.base, local_models()),
         datasets=[d.name for d in datasets.catalogue(current().config.data_dir) if d.path is not None],
+        formats=list(data.FORMATS),  # the upload's `format` menu: what `prepare --format` takes
+        gguf_types=list(FILE_TYPES),  # the export's type menu: what `export gguf --type` takes
     )
 
 

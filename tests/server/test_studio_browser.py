@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from mlx_ft import data
+from mlx_ft.export.tensor_types import FILE_TYPES
 from tests.server import browser as bt
 
 bt.require()
@@ -138,6 +140,8 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     # ---- Data: check, then store, then preview with the learned spans marked --------------------------------------
     page.set_input_files("#upload-files", str(good))
     page.fill("#upload-name", "fish")
+    assert page.eval_on_selector_all("#upload-format option", "os => os.map(o => o.value)") == ["", *data.FORMATS]
+    page.select_option("#upload-format", "messages")  # the menu's choice is what the upload is read as
     page.click("#upload-check")
     page.wait_for_function("() => document.getElementById('upload-status').textContent.startsWith('Checked')")
     assert page.locator('#datasets-body tr[data-name="fish"]').count() == 0
@@ -270,7 +274,8 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
 
     # ---- Export q8_0, download it, copy the ollama line --------------------------------------------------------------
     page.select_option("#export-format", "gguf")
-    page.fill("#export-type", "q8_0")
+    assert page.eval_on_selector_all("#export-type option", "os => os.map(o => o.value)") == ["", *FILE_TYPES]
+    page.select_option("#export-type", "q8_0")
     page.click("#export-start")
     page.wait_for_selector("#export-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
     line = page.inner_text("#ollama-line")

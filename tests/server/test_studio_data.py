@@ -12,6 +12,7 @@ import pytest
 
 from mlx_ft import chat_template, cli, data
 from mlx_ft import config as config_mod
+from mlx_ft.export.tensor_types import FILE_TYPES
 from mlx_ft.models import loader
 from mlx_ft.server.app import create_app
 from mlx_ft.server.engine import Engine
@@ -251,6 +252,16 @@ def test_the_form_offers_lora_config_keys_and_defaults_methods_and_recipe_preset
     assert presets["miners"]["lora_parameters"]["rank"] == 16 and presets["miners"]["method"] == "lora"
     assert presets["miners"]["data"] == "miners"
     assert "fish_care" in body["datasets"] and any(m["id"] == "smollm2-135m-instruct" for m in body["models"])
+    assert body["formats"] == list(data.FORMATS), "the upload's format menu: what prepare takes"
+    assert body["gguf_types"] == list(FILE_TYPES), "the export's type menu: what export gguf takes"
+
+
+def test_an_uploads_format_is_the_one_given_not_the_detected_one(client, tmp_path):
+    """QA rows read as `qa` when asked (or detected), and fail as `alpaca` at their first line when that is asked."""
+    assert _upload(client, [("a.jsonl", _jsonl(QA))], format="qa", dry_run=1).get_json()["dataset"]["format"] == "qa"
+    resp = _upload(client, [("a.jsonl", _jsonl(QA))], format="alpaca", dry_run=1)
+    assert resp.status_code == 400 and resp.get_json()["error"].startswith("a.jsonl:1:"), resp.get_json()
+    assert _stored(tmp_path) == []
 
 
 def test_the_forms_command_runs_exactly_the_config_it_shows(client, tmp_path):
