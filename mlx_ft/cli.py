@@ -143,6 +143,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         Path(args.runs),
         data_dir=Path(args.data_dir),
         exports_dir=Path(args.exports_dir),
+        models_dir=Path(args.models),
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         tasks=args.task or [],
         host=args.host,
@@ -430,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--exports-dir", default="exports", metavar="DIR", help="where studio export jobs write (default ./exports)"
+    )
+    p.add_argument(
+        "--models",
+        default="models",
+        metavar="DIR",
+        help="local models the studio may train from (default ./models): each folder with a config.json and each "
+        ".gguf file directly in DIR is offered in the new-run form; the page names no other local path",
     )
     p.add_argument(
         "--max-upload-mb",

@@ -83,33 +83,55 @@ def presets() -> list[dict[str, Any]]:
     return out
 
 
-def models(served_base: str, local: set[str]) -> list[dict[str, str]]:
-    """The models a new run can start from: the served base, the built-ins, the bases of existing runs."""
+def folder_models(models_dir: Path) -> dict[str, str]:
+    """The models put in the models folder (`serve --models`), as {the form's `model` value: label}: every folder
+    with a config.json and every .gguf file directly in it. Each value is the folder joined with a name its listing
+    gave, never with one from a request, so a form value can only pick one of these."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        return {}
+    out = {}
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue  # hidden: a download in progress, an editor's file
+        if p.is_dir() and (p / "config.json").is_file():
+            out[str(p)] = f"{p.name} (models folder)"
+        elif p.is_file() and p.suffix.lower() == ".gguf":
+            out[str(p)] = f"{p.name} (models folder, GGUF)"
+    return out
+
+
+def models(served_base: str, run_bases: set[str], folder: dict[str, str]) -> list[dict[str, str]]:
+    """The models a new run can start from: the served base, the built-ins, the models folder's, the bases of
+    existing runs."""
     out = {served_base: f"{served_base} (served)"}
     for name in sources.BUILTINS:
         out.setdefault(name, f"{name} (built-in)")
-    for base in sorted(local):
+    for value, label in folder.items():
+        out.setdefault(value, label)
+    for base in sorted(run_bases):
         out.setdefault(base, base)
     return [{"id": k, "label": v} for k, v in out.items()]
 
 
-def _model(value: Any, allowed_local: set[str]) -> str:
-    """A model the form may name: a built-in, a hub id, or a local model the server already uses (its served base,
-    or one a run in the runs folder was trained on). Other local paths are the terminal's to give: the page reads
-    nothing outside its folders."""
+def _model(value: Any, allowed_local: set[str], models_dir: Path) -> str:
+    """A model the form may name: a built-in, a hub id, or a local model the server may read (its served base, one
+    a run in the runs folder was trained on, one in the models folder), as offered. Any other local path is
+    refused: the page reads nothing outside its folders."""
     if not isinstance(value, str) or not value.strip():
-        raise UserError("config key 'model': a built-in model, a Hugging Face repo id, or a model this server uses")
+        raise UserError("config key 'model': a built-in model, a Hugging Face repo id, or a model this server offers")
     if value in sources.BUILTINS or value in allowed_local:
         return value
     if Path(value).expanduser().exists() or value.startswith(("/", ".", "~")) or value.endswith(".gguf"):
         raise UserError(
-            f"config key 'model': {value!r} is a local path; the studio trains the built-in models, hub ids and "
-            "the models it serves (start `serve` on a local model, or train it from the terminal)"
+            f"config key 'model': {value!r} is a local path outside the models folder {models_dir}/; put the "
+            "model there (a folder with config.json, or a .gguf file), or start `serve --models DIR` on its folder"
         )
     if value.count("/") != 1:
         raise UserError(
-            f"config key 'model': {value!r} is neither a built-in ({', '.join(sources.BUILTINS)}) nor a "
-            "Hugging Face repo id (owner/name)"
+            f"config key 'model': {value!r} is neither a built-in ({', '.join(sources.BUILTINS)}), a Hugging "
+            f"Face repo id (owner/name), nor a model of the models folder {models_dir}/ (put it there, or start "
+            "`serve --models DIR` on its folder)"
         )
     return value
 
@@ -127,7 +149,7 @@ def _run_name(value: Any, runs_dir: Path) -> str:
 
 def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | None = None) -> RunSpec:
     """The run the form's `values` describe; UserError naming the first bad key. `local_models`: local model
-    sources the form may name (the served base, the bases of existing runs)."""
+    sources the form may name (the served base, the bases of existing runs, the models folder's)."""
     if not isinstance(values, dict):
         raise UserError("'values' must be an object of config keys")
     unknown = sorted(set(values) - set(config_mod.FIELDS) - set(FORM_ONLY))
@@ -143,7 +165,7 @@ def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | N
     name = _run_name(values.get("name"), runs_dir)
     overrides = {k: v for k, v in values.items() if k not in FORM_ONLY}
     if "model" in overrides:
-        overrides["model"] = _model(overrides["model"], local_models or set())
+        overrides["model"] = _model(overrides["model"], local_models or set(), Path(cfg.models_dir))
     if "data" in overrides:
         try:
             found = datasets.find(cfg.data_dir, datasets.check_name(overrides["data"], "data set"))

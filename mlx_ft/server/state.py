@@ -27,6 +27,7 @@ class ServeConfig:
     runs_dir: Path = Path("runs")
     data_dir: Path = Path("data")  # uploaded data sets go to data/<name>/ (`--data-dir`)
     exports_dir: Path = Path("exports")  # export jobs write here (`--exports-dir`)
+    models_dir: Path = Path("models")  # local models the new-run form offers (`--models`)
     max_body_bytes: int = MAX_BODY_BYTES
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     tasks: list[str] = field(default_factory=list)  # recipes whose tasks get endpoints (`--task`)

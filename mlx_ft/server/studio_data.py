@@ -160,16 +160,23 @@ def form() -> Response:
         defaults=run_form.defaults(),
         methods=list(run_form.METHODS),
         presets=run_form.presets(),
-        models=run_form.models(current().engine.loaded.base, local_models()),
+        models=run_form.models(
+            current().engine.loaded.base, _run_bases(), run_form.folder_models(current().config.models_dir)
+        ),
         datasets=[d.name for d in datasets.catalogue(current().config.data_dir) if d.path is not None],
         formats=list(data.FORMATS),  # the upload's `format` menu: what `prepare --format` takes
         gguf_types=list(FILE_TYPES),  # the export's type menu: what `export gguf --type` takes
     )
 
 
-def local_models() -> set[str]:
-    """Local model sources the form may name: the served base and the bases of the runs in the runs folder."""
+def _run_bases() -> set[str]:
+    """The served base and the bases of the runs in the runs folder."""
     return {e.base for e in studio_models.catalogue()}
+
+
+def local_models() -> set[str]:
+    """Local model sources the form may name: the served base, the runs' bases, the models folder's models."""
+    return _run_bases() | set(run_form.folder_models(current().config.models_dir))
 
 
 @bp.post("/form")

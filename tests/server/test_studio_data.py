@@ -34,6 +34,7 @@ def make_client(engine, tmp_path):
         cfg = ServeConfig(
             str(engine.loaded.source), tmp_path / "chat.db", tmp_path / "runs", data_dir=tmp_path / "data", **kw
         )
+        cfg.models_dir = kw.get("models_dir", tmp_path / "models")
         return create_app(cfg, engine).test_client()
 
     return make
@@ -301,6 +302,56 @@ def test_the_forms_command_runs_exactly_the_config_it_shows(client, tmp_path):
 def test_the_form_refuses_bad_values_naming_the_key(client, values, words):
     resp = client.post("/api/studio/form", json={"values": values})
     assert resp.status_code == 400 and words in resp.get_json()["error"], resp.get_json()
+
+
+def test_the_models_folder_is_offered_and_no_other_local_path_is_taken(make_client, tmp_path):
+    """Every folder with a config.json and every .gguf file directly in the models folder is offered and taken as
+    `model`; a symlink put there counts (the folder's owner put it there), but no path through it, out of the
+    folder, or to anything else in it does."""
+    models, outside = tmp_path / "models", tmp_path / "outside"
+    for folder in (models / "tiny", models / ".partial", models / "notes", outside / "inner"):
+        folder.mkdir(parents=True)
+    for folder in (models / "tiny", models / ".partial", outside, outside / "inner"):
+        (folder / "config.json").write_text("{}")
+    (models / "small.GGUF").write_bytes(b"GGUF")
+    (models / "readme.txt").write_text("not a model")
+    (models / "linked").symlink_to(outside, target_is_directory=True)
+    client = make_client(models_dir=models)
+    offered = {m["id"]: m["label"] for m in client.get("/api/studio/form").get_json()["models"]}
+    in_folder = {k: v for k, v in offered.items() if k.startswith(str(models))}
+    assert in_folder == {
+        str(models / "linked"): "linked (models folder)",
+        str(models / "small.GGUF"): "small.GGUF (models folder, GGUF)",
+        str(models / "tiny"): "tiny (models folder)",
+    }
+    for i, value in enumerate(in_folder):
+        resp = client.post("/api/studio/form", json={"values": {"model": value, "name": f"r{i}"}})
+        assert resp.status_code == 200 and resp.get_json()["config"]["model"] == value, resp.get_json()
+    refused = [
+        "../x",
+        "./models/tiny",
+        f"{models}/tiny/",
+        str(models / "linked" / "inner"),
+        str(models / "linked" / ".." / "outside"),
+        str(models / ".." / "outside"),
+        str(outside),
+        str(outside / "inner"),
+        str(models / ".partial"),
+        str(models / "notes"),
+        str(models / "readme.txt"),
+        str(models),
+        "/etc",
+        "~/.ssh",
+        "models/../../etc",
+        "elsewhere.gguf",
+    ]
+    for value in refused:
+        resp = client.post("/api/studio/form", json={"values": {"model": value}})
+        error = resp.get_json()["error"]
+        assert resp.status_code == 400 and f"models folder {models}/" in error and "--models" in error, (value, error)
+    job = client.post("/api/studio/jobs", json={"kind": "train", "values": {"model": str(outside)}})
+    assert job.status_code == 400 and "models folder" in job.get_json()["error"]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_form_refuses_an_existing_run_name_and_a_bad_body(client, tmp_path):

@@ -33,6 +33,17 @@ def test_serve_without_run_serves_the_builtin_model_with_studio_folders():
     assert build_parser().parse_args(["serve"]).max_upload_mb << 20 == MAX_UPLOAD_BYTES
 
 
+def test_serve_passes_its_models_folder_to_the_studio(monkeypatch):
+    from mlx_ft.server import app
+
+    got: list[ServeConfig] = []
+    monkeypatch.setattr(app, "serve", lambda config, port: got.append(config))
+    for argv, folder in ((["serve"], Path("models")), (["serve", "--models", "/srv/llms"], Path("/srv/llms"))):
+        args = build_parser().parse_args(argv)
+        args.func(args)
+        assert got.pop().models_dir == folder
+
+
 def test_a_schema_1_history_gains_the_model_setting(tmp_path):
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as conn:
