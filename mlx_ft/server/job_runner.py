@@ -246,15 +246,23 @@ class JobRunner:
     # --- what the API does -------------------------------------------------------------------------------------------
 
     def submit(
-        self, kind: str, run: str, run_dir: Path, argv: list[str], command: str, out_dir: Path | None = None
+        self,
+        kind: str,
+        run: str,
+        run_dir: Path,
+        argv: list[str],
+        command: str,
+        out_dir: Path | None = None,
+        job_id: str | None = None,
     ) -> Job:
-        """A new job: started now when nothing runs, else queued."""
+        """A new job: started now when nothing runs, else queued. `job_id`: the id its command was made with (an
+        eval job's folder is named after it), else a new one."""
         with self._lock:
             for other in self.store.all():
                 same = other.kind == "train" and Path(other.run_dir) == Path(run_dir)
                 if kind == "train" and same and other.state not in ("failed", "cancelled"):
                     raise ApiError(409, f"job {other.id} already trains {run_dir} ({other.state})")
-            job_id = Job.new_id()
+            job_id = job_id or Job.new_id()
             now = time.time()
             log = self.runs_dir / ".studio" / f"{job_id}.log"  # a train job's moves into its run folder later
             job = Job(

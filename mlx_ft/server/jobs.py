@@ -53,7 +53,7 @@ class Job:
     stop_requested: bool = False
     error: str | None = None
     result: dict[str, Any] | None = None
-    out_dir: str | None = None  # where the files it produces go (export: its folder; eval: RUN/eval)
+    out_dir: str | None = None  # where the files it produces go (export: its folder; eval: RUN/eval-job-<id>)
     files: list[str] = field(default_factory=list)  # the files it produced, relative to out_dir (downloadable)
 
     @staticmethod

@@ -10,8 +10,9 @@
     GET  /api/studio/jobs/<id>/files/<name> → a file the job produced (only the names in its result)
 
 A train job runs exactly the command the new-run form shows (`run_form.resolve`); eval runs `eval RUN
---compare-base`; export writes under the server's exports folder. Unknown job: 404; an action the job's state does
-not allow (resume of a finished job, cancel of a running one, stop of a queued one): 409.
+--compare-base --out RUN/eval-job-<id>` (the job's own folder); export writes under the server's exports folder.
+Unknown job: 404; an action the job's state does not allow (resume of a finished job, cancel of a running one,
+stop of a queued one): 409.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.server import run_form
 from mlx_ft.server.http import ApiError, event_stream, json_body, sse
 from mlx_ft.server.job_runner import command_line
-from mlx_ft.server.jobs import KINDS
+from mlx_ft.server.jobs import KINDS, Job
 from mlx_ft.server.state import ServeConfig, current
 from mlx_ft.server.studio_data import local_models
 
@@ -118,8 +119,11 @@ def start() -> tuple[Response, int]:
     elif kind == "eval":
         _check_keys(body, ("run", "split", "limit"))
         name, run = _trained_run(body, cfg)
-        argv = _eval_argv(body, run)
-        job = state.jobs.submit("eval", name, run, argv, command_line(argv), out_dir=run / "eval")
+        # Its own folder (RUN/eval stays the terminal's `eval`): two evals of a run never show each other's files.
+        job_id = Job.new_id()
+        out = run / f"eval-job-{job_id}"
+        argv = [*_eval_argv(body, run), "--out", str(out)]
+        job = state.jobs.submit("eval", name, run, argv, command_line(argv), out_dir=out, job_id=job_id)
     else:
         _check_keys(body, ("run", "format", "type"))
         name, run = _trained_run(body, cfg)

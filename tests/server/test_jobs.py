@@ -151,6 +151,27 @@ def test_every_error_of_the_jobs_api(studio, tmp_path):
     assert resp.status_code == 403 and client.get("/api/studio/jobs").get_json() == {"jobs": []}
 
 
+def test_each_eval_job_writes_to_its_own_folder(studio, tmp_path, monkeypatch):
+    """Two evals of one run: each job's command writes to RUN/eval-job-<its id> (not the terminal's RUN/eval), the
+    folder its results and downloads come from, so neither shows the other's files."""
+    client = studio.test_client()
+    jobs = of(studio).jobs
+    monkeypatch.setattr(jobs, "_launch", lambda job: False)  # left queued: only their commands matter here
+    run = tmp_path / "runs" / "trained"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: tiny\niters: 2\n")
+    (run / "adapters.safetensors").write_bytes(b"")
+    first, second = (
+        client.post("/api/studio/jobs", json={"kind": "eval", "run": "trained", **extra}).get_json()["job"]
+        for extra in ({"limit": 1}, {})
+    )
+    assert first["id"] != second["id"]
+    for job in (first, second):
+        out = run / f"eval-job-{job['id']}"
+        assert job["command"].endswith(f"--compare-base{' --limit 1' if job is first else ''} --out {out}")
+        assert jobs.job(job["id"]).out_dir == str(out) and jobs.job(job["id"]).argv[-2:] == ["--out", str(out)]
+
+
 def test_finished_jobs_refuse_every_action_and_serve_only_their_own_files(studio, tmp_path):
     """States come from the store, as after a restart: a finished export job and a tampered record."""
     client = studio.test_client()
@@ -258,12 +279,13 @@ def test_train_queue_stop_resume_then_eval_and_export(studio, qwen2_dir):
     assert resumed["error"] is None and resumed["ended"] is None
     # Queued behind the resumed training, on the same run: an eval, then two exports; they run after it, in order.
     ev = client.post("/api/studio/jobs", json={"kind": "eval", "run": "first", "limit": 2}).get_json()["job"]
+    ev1 = client.post("/api/studio/jobs", json={"kind": "eval", "run": "first", "limit": 1}).get_json()["job"]
     gguf = client.post(
         "/api/studio/jobs", json={"kind": "export", "run": "first", "format": "gguf", "type": "q8_0"}
     ).get_json()["job"]
     hf = client.post("/api/studio/jobs", json={"kind": "export", "run": "first", "format": "hf"}).get_json()["job"]
-    assert ev["state"] == gguf["state"] == hf["state"] == "queued"
-    assert ev["command"].endswith(f"eval {run} --compare-base --limit 2")
+    assert ev["state"] == ev1["state"] == gguf["state"] == hf["state"] == "queued"
+    assert ev["command"].endswith(f"eval {run} --compare-base --limit 2 --out {run / ('eval-job-' + ev['id'])}")
     job = _wait(client, first["id"], lambda j: j["state"] == "done")
     assert job["progress"]["step"] == 40 and job["result"] is None
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -276,10 +298,15 @@ def test_train_queue_stop_resume_then_eval_and_export(studio, qwen2_dir):
     ev = _events(client.get(f"/api/studio/jobs/{ev['id']}/events"))[-1]
     assert ev["state"] == "done", ev
     metrics = ev["result"]["metrics"]
-    assert json.loads((run / "eval" / "metrics.json").read_text()) == metrics
+    assert json.loads((run / f"eval-job-{ev['id']}" / "metrics.json").read_text()) == metrics
     assert len(ev["result"]["predictions"]) == 2 and {"base", "tuned", "expected"} <= set(
         ev["result"]["predictions"][0]
     )
+    ev1 = _events(client.get(f"/api/studio/jobs/{ev1['id']}/events"))[-1]
+    assert ev1["state"] == "done" and len(ev1["result"]["predictions"]) == 1, "its own results, not the first eval's"
+    first_file = client.get(f"/api/studio/jobs/{ev['id']}/files/predictions.jsonl").data
+    assert len(first_file.splitlines()) == 2, "the first eval's download is still its own"
+    assert not (run / "eval").exists(), "RUN/eval is the terminal's eval's"
 
     gguf = _events(client.get(f"/api/studio/jobs/{gguf['id']}/events"))[-1]
     assert gguf["state"] == "done", gguf
@@ -293,7 +320,7 @@ def test_train_queue_stop_resume_then_eval_and_export(studio, qwen2_dir):
     config_json = client.get(f"/api/studio/jobs/{hf['id']}/files/config.json")
     assert config_json.status_code == 200 and "model_type" in config_json.get_json()
     listed = [j["id"] for j in client.get("/api/studio/jobs").get_json()["jobs"]]
-    assert listed == [hf["id"], gguf["id"], ev["id"], second["id"], first["id"]], "newest first"
+    assert listed == [hf["id"], gguf["id"], ev1["id"], ev["id"], second["id"], first["id"]], "newest first"
 
 
 def test_a_job_that_fails_says_why(studio, qwen2_dir):
