@@ -408,12 +408,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="web chat with history, OpenAI-compatible API and a runs dashboard",
-        description="Serve RUN (default: the built-in model) in a browser chat at http://HOST:PORT, with the "
-        "studio at /studio (data sets, new runs, jobs, compare; conversations kept in a SQLite "
-        "file across restarts, answers streamed), with a runs page (loss curves, live while "
-        "training) and JSON APIs: /api/chat + /api/clear (server-side history), /api/conversations, "
-        "and OpenAI's /v1/chat/completions (stream: true too) and /v1/models.",
+        help="web chat with history, the studio (train, compare, evaluate, export in the browser), OpenAI API",
+        description="Serve RUN (default: the built-in model) in a browser chat at http://HOST:PORT "
+        "(conversations kept in a SQLite file across restarts, answers streamed), with a runs page at /runs "
+        "(loss curves, live while training) and the studio at /studio: upload or pick a data set and see its "
+        "problems as file:line, start a run from a form that shows its config.yaml and train command, watch "
+        "it as a job, chat with and compare the base, any run and any checkpoint, evaluate a run against its "
+        "base and export GGUF + Modelfile or a fused HF folder. Jobs (train, eval, export) run one at a time "
+        "as `python -m mlx_ft` processes, later ones queued, and are kept in the --db file. No path outside "
+        "the studio's folders can be named through the page: --data-dir (uploads), --runs (runs, eval "
+        "results), --exports-dir (exports) and --models (local models to train from). When serve stops "
+        "(Ctrl-C or SIGTERM) it sends the running job SIGINT, as the studio's Stop does: train saves a "
+        "checkpoint and exits, and the job shows as interrupted, resumable from that checkpoint; queued jobs "
+        "wait for the next serve on the same --db. JSON APIs: /api/chat + /api/clear (server-side history), "
+        "/api/conversations, /api/studio/... (the studio's), and OpenAI's /v1/chat/completions (stream: true "
+        "too) and /v1/models.",
     )
     p.add_argument(
         "run",
@@ -424,8 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
-    p.add_argument("--db", default="chat_history.db", metavar="PATH", help="history file (default ./chat_history.db)")
-    p.add_argument("--runs", default="runs", metavar="DIR", help="runs folder shown on /runs (default ./runs)")
+    p.add_argument(
+        "--db",
+        default="chat_history.db",
+        metavar="PATH",
+        help="SQLite file of the chat history and the studio's jobs (default ./chat_history.db)",
+    )
+    p.add_argument(
+        "--runs",
+        default="runs",
+        metavar="DIR",
+        help="runs folder shown on /runs, where studio train jobs make their run folders (default ./runs)",
+    )
     p.add_argument(
         "--data-dir", default="data", metavar="DIR", help="where the studio stores uploaded data sets (default ./data)"
     )
@@ -437,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="models",
         metavar="DIR",
         help="local models the studio may train from (default ./models): each folder with a config.json and each "
-        ".gguf file directly in DIR is offered in the new-run form; the page names no other local path",
+        ".gguf file directly in DIR is offered in the new-run form, which takes no other local path than "
+        "these, the served model and the runs' bases",
     )
     p.add_argument(
         "--max-upload-mb",

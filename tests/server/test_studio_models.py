@@ -33,6 +33,37 @@ def test_serve_without_run_serves_the_builtin_model_with_studio_folders():
     assert build_parser().parse_args(["serve"]).max_upload_mb << 20 == MAX_UPLOAD_BYTES
 
 
+def test_serve_help_says_what_the_studio_is_its_folders_and_what_stopping_does_to_a_job(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("the studio at /studio", "--data-dir (uploads)", "--exports-dir (exports)", "--models (local"):
+        assert words in text, words
+    assert "sends the running job SIGINT" in text and "shows as interrupted, resumable from that checkpoint" in text
+
+
+def test_the_readmes_api_section_lists_every_studio_route():
+    """Every /api/studio route, as the Web chat and APIs section writes it (a <parameter> as NAME, ID or a|b|c)."""
+    import re
+
+    from flask import Flask
+
+    from mlx_ft.server import studio_data, studio_jobs
+    from mlx_ft.server import studio_models as models_api
+
+    app = Flask("routes")
+    for bp in (studio_data.bp, models_api.bp, studio_jobs.bp):
+        app.register_blueprint(bp)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Web chat and APIs", 1)[1].split("\n## ", 1)[0]
+    routes = {r.rule for r in app.url_map.iter_rules() if r.rule.startswith("/api/studio")}
+    assert len(routes) >= 10
+    for rule in routes:
+        parts = re.split(r"<[^>]+>", rule)  # the fixed text between the <parameters>
+        pattern = "[A-Za-z|]+".join(re.escape(x) for x in parts)
+        assert re.search(f"`(GET|POST|GET/POST) {pattern}`", section), rule
+
+
 def test_serve_passes_its_models_folder_to_the_studio(monkeypatch):
     from mlx_ft.server import app
 
