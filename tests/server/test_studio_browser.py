@@ -197,7 +197,8 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     page.wait_for_selector("#tab-jobs:not([hidden]) #job-card:not([hidden])")
     page.evaluate("""() => {
         window.__steps = [];
-        new MutationObserver(() => window.__steps.push(document.getElementById('job-step').textContent))
+        new MutationObserver(() => window.__steps.push(
+            [window.studioApp.state.selected, document.getElementById('job-step').textContent]))
             .observe(document.getElementById('job-step'), {childList: true, characterData: true, subtree: true});
     }""")
     job_id = page.evaluate("window.studioApp.state.selected")
@@ -217,7 +218,9 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     assert _wait_state(page, "stopped", "done") == "stopped", _job(server, job_id)
     stopped_at = _step(page)
     assert 2 <= stopped_at < ITERS
-    seen = [int(s.split(" /")[0]) for s in page.evaluate("window.__steps") if re.match(r"\d+ /", s)]
+    # The run's own counter (the queued job's "0 / 2" showed while it was selected).
+    steps = page.evaluate("window.__steps")
+    seen = [int(s.split(" /")[0]) for job, s in steps if job == job_id and re.match(r"\d+ /", s)]
     assert len(set(seen)) >= 2 and seen == sorted(seen), seen
     shots("job-stopped")
     page.click("#job-resume")
