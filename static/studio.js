@@ -289,7 +289,6 @@
     }
     options($("run-method"), (form.methods || []).map((m) => [m, m]));
     options($("run-models"), (form.models || []).map((m) => [m.id, m.label || m.id]));
-    options($("upload-model"), [["", "(the served model)"], ...(form.models || []).map((m) => [m.id, m.label || m.id])]);
     options($("run-preset"), [["", "(none)"], ...(form.presets || []).map((p) => [p.name, p.name])]);
     if (form.formats) options($("upload-format"), [["", "detect"], ...form.formats.map((f) => [f, f])]);
     if (form.gguf_types) options($("export-type"), [["", "(export's default)"], ...form.gguf_types.map((t) => [t, t])]);
@@ -551,6 +550,8 @@
     $("compare-a").value = items.some(([v]) => v === hadA) ? hadA : (state.loaded || (items[0] || [""])[0]);
     $("compare-b").value = items.some(([v]) => v === hadB) && hadB !== $("compare-a").value ? hadB
       : (runs[0] ? runs[0].id : $("compare-a").value);
+    // Token counts and previews take the ids of this list (a run's template is its base's), not the form's sources.
+    options($("upload-model"), [["", "(the served model)"], ...runs.map((m) => [m.id, m.label || m.id])], true);
     options($("ship-run"), runs.map((m) => [m.run, m.run]), true);
     $("eval-start").disabled = $("export-start").disabled = runs.length === 0;
   }

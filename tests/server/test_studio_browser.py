@@ -251,6 +251,9 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     # ---- Compare the run with the base ---------------------------------------------------------------------------
     page.goto(base + "/studio#compare")
     page.wait_for_selector('body[data-ready="1"]')
+    known = {m["id"] for m in bt.get_json(base + "/api/studio/models")["models"]}
+    offered = page.eval_on_selector_all("#upload-model option", "os => os.map(o => o.value)")
+    assert f"run:{RUN}" in offered and set(offered) <= {"", *known}, "token counts take the models route's ids"
     page.select_option("#compare-a", "base")
     page.select_option("#compare-b", f"run:{RUN}")
     page.fill("#compare-max-tokens", "16")
