@@ -14,6 +14,7 @@ from mlx_ft.data import recipes
 from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.inference.sampling import CHAT_TEMPERATURE, MAX_TOKENS
+from mlx_ft.server import MAX_UPLOAD_MB
 from mlx_ft.system.blas import blas_warning
 
 if TYPE_CHECKING:
@@ -134,8 +135,21 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     from mlx_ft.server.app import serve
+    from mlx_ft.server.state import ServeConfig
 
-    serve(args.run, args.host, args.port, Path(args.db), Path(args.runs), args.task, args.allow_host)
+    config = ServeConfig(
+        args.run,
+        Path(args.db),
+        Path(args.runs),
+        data_dir=Path(args.data_dir),
+        exports_dir=Path(args.exports_dir),
+        models_dir=Path(args.models),
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        tasks=args.task or [],
+        host=args.host,
+        allowed_hosts=args.allow_host or [],
+    )
+    serve(config, args.port)
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
@@ -423,17 +437,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="web chat with history, OpenAI-compatible API and a runs dashboard",
-        description="Serve RUN in a browser chat at http://HOST:PORT (conversations kept in a SQLite "
-        "file across restarts, answers streamed), with a runs page (loss curves, live while "
-        "training) and JSON APIs: /api/chat + /api/clear (server-side history), /api/conversations, "
-        "and OpenAI's /v1/chat/completions (stream: true too) and /v1/models.",
+        help="web chat with history, the studio (train, compare, evaluate, export in the browser), OpenAI API",
+        description="Serve RUN (default: the built-in model) in a browser chat at http://HOST:PORT "
+        "(conversations kept in a SQLite file across restarts, answers streamed), with a runs page at /runs "
+        "(loss curves, live while training) and the studio at /studio: upload or pick a data set and see its "
+        "problems as file:line, start a run from a form that shows its config.yaml and train command, watch "
+        "it as a job, chat with and compare the base, any run and any checkpoint, evaluate a run against its "
+        "base and export GGUF + Modelfile or a fused HF folder. Jobs (train, eval, export) run one at a time "
+        "as `python -m mlx_ft` processes, later ones queued, and are kept in the --db file. No path outside "
+        "the studio's folders can be named through the page: --data-dir (uploads), --runs (runs, eval "
+        "results), --exports-dir (exports) and --models (local models to train from). When serve stops "
+        "(Ctrl-C or SIGTERM) it sends the running job SIGINT, as the studio's Stop does: train saves a "
+        "checkpoint and exits, and the job shows as interrupted, resumable from that checkpoint; queued jobs "
+        "wait for the next serve on the same --db. JSON APIs: /api/chat + /api/clear (server-side history), "
+        "/api/conversations, /api/studio/... (the studio's), and OpenAI's /v1/chat/completions (stream: true "
+        "too) and /v1/models.",
     )
-    p.add_argument("run", metavar="RUN", help=run_help)
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        nargs="?",
+        default=config_mod.TrainConfig.model,
+        help=f"{run_help} (default: the built-in {config_mod.TrainConfig.model}, the model `train` starts from)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
-    p.add_argument("--db", default="chat_history.db", metavar="PATH", help="history file (default ./chat_history.db)")
-    p.add_argument("--runs", default="runs", metavar="DIR", help="runs folder shown on /runs (default ./runs)")
+    p.add_argument(
+        "--db",
+        default="chat_history.db",
+        metavar="PATH",
+        help="SQLite file of the chat history and the studio's jobs (default ./chat_history.db)",
+    )
+    p.add_argument(
+        "--runs",
+        default="runs",
+        metavar="DIR",
+        help="runs folder shown on /runs, where studio train jobs make their run folders (default ./runs)",
+    )
+    p.add_argument(
+        "--data-dir", default="data", metavar="DIR", help="where the studio stores uploaded data sets (default ./data)"
+    )
+    p.add_argument(
+        "--exports-dir", default="exports", metavar="DIR", help="where studio export jobs write (default ./exports)"
+    )
+    p.add_argument(
+        "--models",
+        default="models",
+        metavar="DIR",
+        help="local models the studio may train from (default ./models): each folder with a config.json and each "
+        ".gguf file directly in DIR is offered in the new-run form, which takes no other local path than "
+        "these, the served model and the runs' bases",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=MAX_UPLOAD_MB,
+        metavar="MB",
+        help="largest data upload the studio accepts, in MiB (default %(default)g); chat requests keep a 1 MiB limit",
+    )
     p.add_argument(
         "--task",
         action="append",

@@ -1,5 +1,6 @@
 /* The web chat: conversation list, messages, streaming answers, per-conversation settings.
  *
+ * A menu picks the model that answers a conversation (its `model` setting: the base, a run or a checkpoint).
  * Text from the user is only ever put in the page with textContent; the model's answers go through
  * renderMarkdown (markdown.js), which escapes everything before adding its own tags.
  */
@@ -27,6 +28,7 @@
     prompt: $("prompt"),
     send: $("send"),
     stop: $("stop"),
+    picker: $("model-picker"),
   };
 
   let defaults = { temperature: 0.7, top_p: 1.0, max_tokens: 512 };
@@ -38,6 +40,8 @@
     conversations: [], // newest updated first, as the server sends them
     current: null, // the open conversation object (without messages)
     streaming: null, // {controller, conversationId} while an answer streams
+    models: [], // from /api/studio/models: what a conversation can be answered by
+    loadedModel: null, // the id of the model the server started with
   };
 
   // ---- HTTP ------------------------------------------------------------------------------------------------------
@@ -205,6 +209,7 @@
     showTitle();
     renderList();
     fillSettings(conv);
+    showModel(conv);
     els.messages.replaceChildren();
     for (const m of messages) addMessage(m.role, m.content);
     if (!messages.length) showEmptyConversation();
@@ -222,7 +227,7 @@
   async function newConversation() {
     clearError();
     try {
-      const conv = await api("POST", "/api/conversations", {});
+      const conv = await api("POST", "/api/conversations", els.picker.hidden ? {} : { model: els.picker.value });
       state.conversations.unshift(conv);
       await openConversation(conv.id);
       return conv;
@@ -442,6 +447,45 @@
     els.settingsToggle.setAttribute("aria-expanded", String(open));
   }
 
+  // ---- the model answering --------------------------------------------------------------------------------------
+
+  async function loadModels() {
+    try {
+      const data = await api("GET", "/api/studio/models");
+      state.models = data.models || [];
+      state.loadedModel = data.loaded || null;
+    } catch (_) {
+      state.models = []; // no studio: the conversation is answered by the served model, without a menu
+    }
+    els.picker.replaceChildren(...state.models.map((m) => {
+      const opt = document.createElement("option");
+      opt.value = m.id;
+      opt.textContent = m.label || m.id;
+      return opt;
+    }));
+    els.picker.hidden = state.models.length === 0;
+    // The menu says which model answers; the served adapter's badge beside the label would contradict it.
+    $("adapter-label").hidden = !els.picker.hidden;
+    showModel(state.current);
+  }
+
+  function showModel(conv) {
+    if (els.picker.hidden) return;
+    const wanted = (conv && conv.model) || state.loadedModel;
+    if (state.models.some((m) => m.id === wanted)) els.picker.value = wanted;
+  }
+
+  async function pickModel() {
+    if (!state.current) return; // the next new chat starts with the picked model
+    try {
+      const updated = await api("PATCH", convUrl(state.current.id), { model: els.picker.value });
+      replaceConversation(updated);
+    } catch (err) {
+      showError(err.message);
+      showModel(state.current);
+    }
+  }
+
   // ---- composer --------------------------------------------------------------------------------------------------
 
   function autoGrow() {
@@ -462,6 +506,7 @@
   els.clear.addEventListener("click", clearConversation);
   els.settings.addEventListener("submit", saveSettings);
   els.settingsToggle.addEventListener("click", toggleSettings);
+  els.picker.addEventListener("change", pickModel);
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.streaming) stop(); });
 
   // ---- start -----------------------------------------------------------------------------------------------------
@@ -473,6 +518,7 @@
       if (info && info.defaults) Object.assign(defaults, info.defaults);
       if (!state.current) fillSettings(null);
     } catch (_) { /* the page still carries the model label and defaults */ }
+    await loadModels();
     try {
       await loadConversations();
       const wanted = hashId();
@@ -485,6 +531,6 @@
     }
   }
 
-  window.chatApp = { state, openConversation, newConversation, send, stop };
+  window.chatApp = { state, openConversation, newConversation, send, stop, loadModels };
   start();
 })();

@@ -1,8 +1,8 @@
-/* Runs dashboard: a table of the training runs and a loss chart drawn on a <canvas> (no chart library).
+/* Runs dashboard: a table of the training runs and their loss chart (chart.js).
  *
- * One run is selected (click its row); others can be ticked to overlay their curves. Training loss is a solid line,
- * validation loss a dashed line with dots, each run in its own colour. While a plotted run is still training its
- * metrics are fetched again every 2 s and the chart redrawn.
+ * One run is selected (click its row); others can be ticked to overlay their curves, and the keys on which the
+ * overlaid runs' configs differ are listed. While a plotted run is still training its metrics are fetched again
+ * every 2 s and the chart redrawn.
  */
 (function () {
   "use strict";
@@ -21,6 +21,9 @@
     configCard: $("config-card"),
     configName: $("config-name"),
     config: $("run-config"),
+    diffCard: $("diff-card"),
+    diff: $("config-diff"),
+    diffNone: $("no-diff"),
   };
 
   const state = {
@@ -190,185 +193,58 @@
 
   // ---- chart -----------------------------------------------------------------------------------------------------
 
-  /** About `count` round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]. */
-  function niceTicks(lo, hi, count) {
-    if (!(hi > lo)) { const d = Math.abs(lo) * 0.1 || 1; lo -= d; hi += d; }
-    const raw = (hi - lo) / Math.max(1, count);
-    const pow = Math.pow(10, Math.floor(Math.log10(raw)));
-    const step = [1, 2, 2.5, 5, 10].map((m) => m * pow).find((s) => s >= raw) || 10 * pow;
-    const start = Math.floor(lo / step) * step;
-    const end = Math.ceil(hi / step) * step;
-    const ticks = [];
-    for (let v = start; v <= end + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
-    return { ticks, lo: start, hi: end, step };
-  }
-
-  function tickLabel(v, step) {
-    const exp = Math.floor(Math.log10(step));
-    const mantissa = step / Math.pow(10, exp); // 1, 2, 2.5 or 5
-    const digits = Math.max(0, Math.min(6, -exp + (mantissa === 2.5 ? 1 : 0)));
-    return Math.abs(v) >= 1e5 ? v.toExponential(1) : v.toFixed(digits);
-  }
-
-  function seriesOf(name) {
-    const rows = state.metrics.get(name) || [];
-    const pts = (key) => rows
-      .filter((r) => typeof r.step === "number" && typeof r[key] === "number" && isFinite(r[key]))
-      .map((r) => [r.step, r[key]])
-      .sort((a, b) => a[0] - b[0]);
-    return { name, color: colorOf(name), train: pts("loss"), val: pts("val_loss") };
-  }
-
   function draw() {
-    const canvas = els.canvas;
-    const dpr = window.devicePixelRatio || 1;
-    const cssW = canvas.clientWidth || 800;
-    const cssH = canvas.clientHeight || 380;
-    if (canvas.width !== Math.round(cssW * dpr) || canvas.height !== Math.round(cssH * dpr)) {
-      canvas.width = Math.round(cssW * dpr);
-      canvas.height = Math.round(cssH * dpr);
-    }
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, cssW, cssH);
-
-    const style = getComputedStyle(document.documentElement);
-    const textColor = style.getPropertyValue("--text").trim() || "#1c2330";
-    const mutedColor = style.getPropertyValue("--muted").trim() || "#6b7385";
-    const gridColor = style.getPropertyValue("--border").trim() || "#d9dde5";
-    const font = "12px system-ui, sans-serif";
-
-    const series = plotted().map(seriesOf);
-    const all = series.flatMap((s) => s.train.concat(s.val));
+    const series = plotted().map((n) => window.lossChart.series(n, colorOf(n), state.metrics.get(n) || []));
     els.title.textContent = series.length ? "Loss: " + series.map((s) => s.name).join(", ") : "Loss";
-    window.runsChart = { series, drawn: all.length };
-
-    ctx.font = font;
-    if (!all.length) {
-      ctx.fillStyle = mutedColor;
-      ctx.textAlign = "center";
-      ctx.textBaseline = "middle";
-      ctx.fillText(series.length ? "No metrics yet." : "Select a run to plot its loss.", cssW / 2, cssH / 2);
-      return;
-    }
-
-    const xs = all.map((p) => p[0]);
-    const ys = all.map((p) => p[1]);
-    const xT = niceTicks(Math.min(0, ...xs), Math.max(...xs), Math.max(2, Math.floor(cssW / 110)));
-    const yT = niceTicks(Math.min(...ys), Math.max(...ys), Math.max(2, Math.floor(cssH / 60)));
-
-    const yLabels = yT.ticks.map((v) => tickLabel(v, yT.step));
-    const left = 16 + Math.max(...yLabels.map((l) => ctx.measureText(l).width)) + 8;
-    const m = { left, right: 16, top: 16, bottom: 42 };
-    const pw = cssW - m.left - m.right;
-    const ph = cssH - m.top - m.bottom;
-    const X = (v) => m.left + ((v - xT.lo) / (xT.hi - xT.lo)) * pw;
-    const Y = (v) => m.top + ph - ((v - yT.lo) / (yT.hi - yT.lo)) * ph;
-
-    // grid and ticks
-    ctx.lineWidth = 1;
-    ctx.strokeStyle = gridColor;
-    ctx.fillStyle = mutedColor;
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    yT.ticks.forEach((v, i) => {
-      const y = Math.round(Y(v)) + 0.5;
-      ctx.beginPath(); ctx.moveTo(m.left, y); ctx.lineTo(m.left + pw, y); ctx.stroke();
-      ctx.fillText(yLabels[i], m.left - 8, y);
-    });
-    ctx.textAlign = "center";
-    ctx.textBaseline = "top";
-    for (const v of xT.ticks) {
-      const x = Math.round(X(v)) + 0.5;
-      ctx.beginPath(); ctx.moveTo(x, m.top); ctx.lineTo(x, m.top + ph); ctx.stroke();
-      ctx.beginPath(); ctx.moveTo(x, m.top + ph); ctx.lineTo(x, m.top + ph + 5); ctx.strokeStyle = textColor;
-      ctx.stroke(); ctx.strokeStyle = gridColor;
-      ctx.fillText(tickLabel(v, xT.step), x, m.top + ph + 8);
-    }
-    // axes
-    ctx.strokeStyle = textColor;
-    ctx.beginPath();
-    ctx.moveTo(m.left + 0.5, m.top);
-    ctx.lineTo(m.left + 0.5, m.top + ph + 0.5);
-    ctx.lineTo(m.left + pw, m.top + ph + 0.5);
-    ctx.stroke();
-    ctx.fillStyle = textColor;
-    ctx.textAlign = "center";
-    ctx.textBaseline = "bottom";
-    ctx.fillText("step", m.left + pw / 2, cssH - 2);
-    ctx.save();
-    ctx.translate(12, m.top + ph / 2);
-    ctx.rotate(-Math.PI / 2);
-    ctx.textBaseline = "middle";
-    ctx.fillText("loss", 0, 0);
-    ctx.restore();
-
-    // curves, clipped to the plot area
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(m.left, m.top - 4, pw + 4, ph + 8);
-    ctx.clip();
-    ctx.lineJoin = "round";
-    for (const s of series) {
-      ctx.strokeStyle = s.color;
-      ctx.fillStyle = s.color;
-      if (s.train.length) {
-        ctx.lineWidth = 2;
-        ctx.setLineDash([]);
-        ctx.beginPath();
-        s.train.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
-        ctx.stroke();
-        if (s.train.length === 1) dot(ctx, X(s.train[0][0]), Y(s.train[0][1]), 3);
-      }
-      if (s.val.length) {
-        ctx.lineWidth = 2;
-        ctx.setLineDash([6, 4]);
-        ctx.beginPath();
-        s.val.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
-        ctx.stroke();
-        ctx.setLineDash([]);
-        for (const [x, y] of s.val) dot(ctx, X(x), Y(y), 3);
-      }
-    }
-    ctx.restore();
-
-    // legend, top right inside the plot
-    const entries = [];
-    for (const s of series) {
-      if (s.train.length) entries.push({ label: `${s.name} train`, color: s.color, dash: false });
-      if (s.val.length) entries.push({ label: `${s.name} val`, color: s.color, dash: true });
-    }
-    const lw = Math.max(...entries.map((e) => ctx.measureText(e.label).width)) + 44;
-    const lh = entries.length * 18 + 8;
-    const lx = m.left + pw - lw - 8;
-    const ly = m.top + 8;
-    ctx.fillStyle = style.getPropertyValue("--panel").trim() || "#fff";
-    ctx.globalAlpha = 0.9;
-    ctx.fillRect(lx, ly, lw, lh);
-    ctx.globalAlpha = 1;
-    ctx.strokeStyle = gridColor;
-    ctx.lineWidth = 1;
-    ctx.strokeRect(lx + 0.5, ly + 0.5, lw, lh);
-    ctx.textAlign = "left";
-    ctx.textBaseline = "middle";
-    entries.forEach((e, i) => {
-      const y = ly + 13 + i * 18;
-      ctx.strokeStyle = e.color;
-      ctx.fillStyle = e.color;
-      ctx.lineWidth = 2;
-      ctx.setLineDash(e.dash ? [6, 4] : []);
-      ctx.beginPath(); ctx.moveTo(lx + 8, y); ctx.lineTo(lx + 32, y); ctx.stroke();
-      ctx.setLineDash([]);
-      if (e.dash) dot(ctx, lx + 20, y, 3);
-      ctx.fillStyle = textColor;
-      ctx.fillText(e.label, lx + 38, y);
-    });
+    const empty = series.length ? "No metrics yet." : "Select a run to plot its loss.";
+    window.runsChart = { series, drawn: window.lossChart.draw(els.canvas, series, empty) };
+    showDiff();
   }
 
-  function dot(ctx, x, y, r) {
-    ctx.beginPath();
-    ctx.arc(x, y, r, 0, Math.PI * 2);
-    ctx.fill();
+  // ---- config differences of the plotted runs ----------------------------------------------------------------------
+
+  /** A config as flat dotted keys ("lora_parameters.rank"); values as text (JSON for lists), so they compare. */
+  function flatten(obj, prefix, out) {
+    for (const [k, v] of Object.entries(obj || {})) {
+      const key = prefix ? prefix + "." + k : k;
+      if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out);
+      else out[key] = typeof v === "string" ? v : JSON.stringify(v);
+    }
+    return out;
+  }
+
+  /** The keys whose values are not the same in every config, each with its value per config ("–": absent). */
+  function configDiff(configs) {
+    const flat = configs.map((c) => flatten(c, "", {}));
+    const keys = [...new Set(flat.flatMap((f) => Object.keys(f)))].sort();
+    return keys
+      .filter((k) => new Set(flat.map((f) => (k in f ? f[k] : undefined))).size > 1)
+      .map((k) => ({ key: k, values: flat.map((f) => (k in f ? f[k] : "–")) }));
+  }
+
+  function showDiff() {
+    const names = plotted();
+    const runs = names.map((n) => state.runs.find((r) => r.name === n)).filter(Boolean);
+    els.diffCard.hidden = runs.length < 2;
+    if (runs.length < 2) return;
+    const rows = configDiff(runs.map((r) => r.config || {}));
+    const head = document.createElement("tr");
+    for (const label of ["key", ...runs.map((r) => r.name)]) {
+      const th = document.createElement("th");
+      th.textContent = label;
+      head.append(th);
+    }
+    const body = rows.map((row) => {
+      const tr = document.createElement("tr");
+      for (const text of [row.key, ...row.values]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      return tr;
+    });
+    els.diff.replaceChildren(head, ...body);
+    els.diffNone.hidden = rows.length > 0;
   }
 
   // ---- start -----------------------------------------------------------------------------------------------------
@@ -394,6 +270,6 @@
     }
   }
 
-  window.runsApp = { state, select, toggleCompare, draw, niceTicks };
+  window.runsApp = { state, select, toggleCompare, draw, configDiff };
   start();
 })();

@@ -17,25 +17,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, port: int, db: Path, *extra: str) -> subprocess.Popen:
-    """`mlx_ft serve` in a child process, returned once it answers."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_ft", "serve", str(model), "--port", str(port), "--db", str(db), *extra],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class Server(subprocess.Popen):
+    """A `serve` process whose output (stdout and stderr) goes to a file in the test's folder, not to a pipe: the
+    server logs a line per request, and a pipe nobody reads until the end fills (64 KiB) and blocks it."""
+
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def start_server(model: Path, port: int, db: Path, *extra: str) -> Server:
+    """`mlx_ft serve` in a child process, returned once it answers; its output in `serve-PORT.log` beside `db`."""
+    log_path = db.parent / f"serve-{port}.log"
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the file descriptor
+        proc = Server(
+            [sys.executable, "-m", "mlx_ft", "serve", str(model), "--port", str(port), "--db", str(db), *extra],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    proc.log_path = log_path
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=2)
             return proc
         except OSError:
-            assert proc.poll() is None, proc.stderr.read()
+            assert proc.poll() is None, proc.output()
             time.sleep(0.5)
     proc.kill()
-    raise AssertionError("server did not start")
+    raise AssertionError(f"server did not start:\n{proc.output()[-4000:]}")
 
 
 def call(port: int, method: str, path: str, body: dict | None = None):

@@ -35,6 +35,7 @@ class SplitStats:
     p95: int | None = None
     max: int | None = None
     truncated: int = 0  # examples the trainer would cut at max_seq_length
+    mean: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ def split_stats(lengths: list[int], max_seq_length: int) -> SplitStats:
         _nearest_rank(ordered, 0.95),
         ordered[-1],
         sum(is_truncated(n, max_seq_length) for n in ordered),
+        round(sum(ordered) / len(ordered), 1),
     )
 
 

@@ -104,7 +104,8 @@ def run_config(source: str) -> config_mod.TrainConfig | None:
     return config_mod.load(found[0] / "config.yaml") if found else None
 
 
-def _training_system(run: Path) -> str | None:
+def training_system(run: Path) -> str | None:
+    """The system prompt every training example of `run` had, if one (inference defaults to it)."""
     try:
         return json.loads((run / "adapter_config.json").read_text(encoding="utf-8")).get("system_prompt")
     except (OSError, ValueError):
@@ -131,7 +132,7 @@ def load(source: str, adapter: bool = True, fuse: bool = True) -> Loaded:
         model, tokenizer = load_model(sources.resolve(cfg.model), cfg.model)
         if cfg.quantize:
             adapters.quantize_base(model, cfg.quantize)
-        loaded = Loaded(model, tokenizer, source, cfg.model, run, adapter_file, cfg, _training_system(run))
+        loaded = Loaded(model, tokenizer, source, cfg.model, run, adapter_file, cfg, training_system(run))
     if chat_template.has_template(loaded.tokenizer):
         if (eot := chat_template.end_of_turn_id(loaded.tokenizer)) is not None:
             loaded.tokenizer.add_eos_token(eot)

@@ -7,8 +7,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from mlx_ft.errors import UserError
 from mlx_ft.inference.sampling import Sampling
-from mlx_ft.server.engine import TooLong
+from mlx_ft.server import studio_models
+from mlx_ft.server.engine import ModelRef
 from mlx_ft.server.history import Conversation
 from mlx_ft.server.http import ApiError, event_stream, json_body, sse, text_field
 from mlx_ft.server.state import current
@@ -16,7 +18,7 @@ from mlx_ft.server.state import current
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 API_CONVERSATION = "api"  # the seed API kept one server-side history; callers that name none share this one
-SETTING_KEYS = ("title", "system", "temperature", "top_p", "max_tokens")
+SETTING_KEYS = ("title", "system", "temperature", "top_p", "max_tokens", "model")
 
 
 def _conversation(cid: str) -> Conversation:
@@ -30,28 +32,34 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(body) - set(SETTING_KEYS))
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(SETTING_KEYS)}")
+    if body.get("model") is not None:
+        studio_models.entry(body["model"])  # 400 on an id the server cannot answer with
     return body
 
 
 def _new_conversation(**fields: Any) -> Conversation:
-    """A new conversation; without a system prompt of its own it gets the one the run was trained with, if any
+    """A new conversation; without a system prompt of its own it gets the one its model was trained with, if any
     (the model answers best under it)."""
-    fields.setdefault("system", current().engine.loaded.system)
+    fields.setdefault("system", current().engine.system(studio_models.ref_of(fields.get("model"))))
     try:
         return current().history.create(**fields)
     except ValueError as e:
         raise ApiError(400, str(e)) from None
 
 
-def _prepare(conv: Conversation, text: str) -> tuple[list[int], Sampling]:
-    """The prompt for `text` after the conversation so far, and the conversation's sampling settings."""
+def _prepare(conv: Conversation, text: str) -> tuple[list[int], Sampling, ModelRef | None]:
+    """The prompt for `text` after the conversation so far, the conversation's sampling settings, and its model."""
     history = current().history
     messages = [*history.chat_messages(conv.id), {"role": "user", "content": text}]
     try:
-        prompt = current().engine.prompt(messages, conv.max_tokens)
-    except TooLong as e:
+        ref = studio_models.ref_of(conv.model)
+    except ApiError as e:
+        raise ApiError(400, f"this conversation's model is gone ({e.message}); choose another") from None
+    try:
+        prompt = current().engine.prompt(messages, conv.max_tokens, ref)
+    except (ValueError, UserError) as e:  # too long for the context; a base that cannot load
         raise ApiError(400, str(e)) from None
-    return prompt, Sampling(temp=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens)
+    return prompt, Sampling(temp=conv.temperature, top_p=conv.top_p, max_tokens=conv.max_tokens), ref
 
 
 @bp.get("/conversations")
@@ -102,7 +110,7 @@ def send_message(cid: str) -> Response:
     far when the client stops reading (the page's Stop button)."""
     conv = _conversation(cid)
     text = text_field(json_body(), "content")
-    prompt, sampling = _prepare(conv, text)
+    prompt, sampling, ref = _prepare(conv, text)
     history, engine = current().history, current().engine
 
     def events() -> Iterator[str]:
@@ -110,7 +118,7 @@ def send_message(cid: str) -> Response:
         reason = None
         saved = False
         try:
-            for chunk in engine.stream(prompt, sampling):
+            for chunk in engine.stream(prompt, sampling, ref):
                 pieces.append(chunk.text)
                 reason = chunk.finish_reason
                 if chunk.text:
@@ -152,8 +160,8 @@ def seed_chat() -> Response:
     elif not isinstance(cid, str):
         raise ApiError(400, "field 'conversation_id' must be a string")
     conv = _conversation(cid)
-    prompt, sampling = _prepare(conv, text)
-    answer, _, _ = current().engine.answer(prompt, sampling)
+    prompt, sampling, ref = _prepare(conv, text)
+    answer, _, _ = current().engine.answer(prompt, sampling, ref)
     try:
         history.add_exchange(cid, text, answer)
     except KeyError:

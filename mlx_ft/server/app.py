@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
@@ -20,10 +20,12 @@ from werkzeug.serving import make_server
 from mlx_ft.errors import UserError
 from mlx_ft.models import loader
 from mlx_ft.resources import resource
-from mlx_ft.server import api, guard, openai_api, runs, tasks
+from mlx_ft.server import api, guard, openai_api, runs, studio_data, studio_jobs, studio_models, tasks
 from mlx_ft.server.engine import Engine
 from mlx_ft.server.history import DEFAULT_SETTINGS, History
 from mlx_ft.server.http import ApiError
+from mlx_ft.server.job_runner import JobRunner
+from mlx_ft.server.jobs import JobStore
 from mlx_ft.server.state import EXTENSION, ServeConfig, ServerState, of
 from mlx_ft.server.task_service import TaskService
 
@@ -32,10 +34,12 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     """The app around `engine`, loaded from `config.source` when not given."""
     task_service = TaskService(engine, config.tasks)  # a bad recipe fails before the model loads
     if engine is None:
-        engine = task_service.engine = Engine(loader.load(config.source))
+        # Bare, with the adapter worn as a swappable variant: the base and the other runs on it can answer too.
+        engine = task_service.engine = Engine(loader.load(config.source, adapter=False))
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.extensions[EXTENSION] = ServerState(config, engine, History(config.db), task_service)
+    jobs = JobRunner(JobStore(config.db), config.runs_dir)
+    app.extensions[EXTENSION] = ServerState(config, engine, History(config.db), task_service, jobs)
     guard.install(app, guard.host_names(config.host, config.allowed_hosts))  # first: before any route runs
 
     @app.errorhandler(ApiError)
@@ -62,6 +66,10 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     def runs_page() -> str:
         return render_template("runs.html", model_label=engine.loaded.label, adapter=adapter_name(engine))
 
+    @app.get("/studio")
+    def studio_page() -> str:
+        return render_template("studio.html", model_label=engine.loaded.label, adapter=adapter_name(engine))
+
     @app.get("/api/info")
     def info() -> Response:
         return jsonify(
@@ -72,6 +80,9 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(studio_data.bp)
+    app.register_blueprint(studio_models.bp)
+    app.register_blueprint(studio_jobs.bp)
     tasks.add_get_routes(app, task_service)
     return app
 
@@ -97,29 +108,31 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def serve(
-    source: str,
-    host: str,
-    port: int,
-    db: Path,
-    runs_dir: Path,
-    tasks: list[str] | None = None,
-    allowed_hosts: list[str] | None = None,
-) -> None:
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(config: ServeConfig, port: int) -> None:
     """Serve until Ctrl-C, then end the process (exit status 0) without Python's interpreter shutdown."""
+    host = config.host
     check_port(host, port)
-    app = create_app(ServeConfig(source, db, runs_dir, tasks=tasks or [], host=host, allowed_hosts=allowed_hosts or []))
+    app = create_app(config)
     served = of(app)
     label = served.engine.loaded.label
-    print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {db})", file=sys.stderr)
+    print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {config.db})", file=sys.stderr)
+    print(f"mlx_ft: studio at http://{host}:{port}/studio", file=sys.stderr)
     for t in served.tasks.describe():
         route = f" and GET {t['get_route']['path']}" if t["get_route"] else ""
         print(f"mlx_ft: task {t['name']} at POST /api/tasks/{t['name']}{route}", file=sys.stderr)
-    if "*" in (allowed_hosts or []):
+    if "*" in config.allowed_hosts:
         print("mlx_ft: --allow-host '*': any Host header is accepted (the DNS-rebinding check is off)", file=sys.stderr)
     # make_server, not run_simple: the same threaded server (answers still stream token by token) without
     # run_simple's red "development server" banner; serve_forever ends quietly on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops as Ctrl-C does: a running job saves its checkpoint
     make_server(host, port, app, threaded=True).serve_forever()
+    if served.jobs.running():
+        print("mlx_ft: stopping the running job (it saves a checkpoint; resume it later)", file=sys.stderr)
+    served.jobs.shutdown()
     # A request thread that generated holds MLX's per-thread compile cache; when it is still answering (or just
     # ending) while Python shuts down, that cache's destructor aborts the process ("terminate called without an
     # active exception", SIGABRT). History is committed per request, so leave as SIGTERM would, after closing it.

@@ -1,8 +1,9 @@
 """The web chat's conversation history: a small SQLite store that survives restarts and serves many threads.
 
-One file holds two tables, `conversations` (title, system prompt, sampling settings) and `messages` (the user and
-assistant turns, in insertion order). The file runs in WAL mode so readers never wait for a writer and a second
-process (another `serve` on the same `--db`) can use it too; every write is one `BEGIN IMMEDIATE` transaction.
+One file holds two tables, `conversations` (title, system prompt, sampling settings, the model that answers) and
+`messages` (the user and assistant turns, in insertion order). The file runs in WAL mode so readers never wait for a
+writer and a second process (another `serve` on the same `--db`) can use it too; every write is one `BEGIN IMMEDIATE`
+transaction.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from typing import Any
 from mlx_ft.errors import UserError
 from mlx_ft.inference.sampling import CHAT_TEMPERATURE, MAX_TOKENS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: conversations.model
 DEFAULT_TITLE = "New chat"
 DEFAULT_SETTINGS: dict[str, Any] = {"temperature": CHAT_TEMPERATURE, "top_p": 1.0, "max_tokens": MAX_TOKENS}
 ROLES = ("user", "assistant")  # the turns a conversation stores, of chat_template.ROLES; its system prompt is a setting
 MAX_TITLE_CHARS = 200
 AUTO_TITLE_CHARS = 40
 MAX_TOKENS_LIMIT = 32768
+MAX_MODEL_ID_CHARS = 1000
 BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA = """
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     top_p       REAL NOT NULL,
     max_tokens  INTEGER NOT NULL,
     created     REAL NOT NULL,
-    updated     REAL NOT NULL
+    updated     REAL NOT NULL,
+    model       TEXT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,7 +58,7 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 # Executed one statement at a time: `executescript` would COMMIT first and so escape our transaction.
 _SCHEMA_STATEMENTS = [s.strip() for s in _SCHEMA.split(";") if s.strip()]
 
-_CONVERSATION_COLUMNS = "id, title, system, temperature, top_p, max_tokens, created, updated"
+_CONVERSATION_COLUMNS = "id, title, system, temperature, top_p, max_tokens, created, updated, model"
 
 
 class _Unset(enum.Enum):
@@ -77,6 +80,7 @@ class Conversation:
     max_tokens: int
     created: float
     updated: float
+    model: str | None = None  # the studio's model id that answers (None: the model `serve` started with)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -117,6 +121,15 @@ def _check_system(system: object) -> str | None:
         raise ValueError("system must be a string or null")
     # A blank system prompt would still render as an empty system turn; store it as "no system prompt".
     return system if system.strip() else None
+
+
+def _check_model(model: object) -> str | None:
+    """Only the shape: which ids exist is the server's to say (they come and go with the runs folder)."""
+    if model is None:
+        return None
+    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_ID_CHARS:
+        raise ValueError(f"model must be a model id string (at most {MAX_MODEL_ID_CHARS} characters) or null")
+    return model
 
 
 def _number(name: str, value: object) -> float:
@@ -238,6 +251,9 @@ class History:
                 )
             for statement in _SCHEMA_STATEMENTS:
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
+            if "model" not in columns:  # a file from schema 1
+                conn.execute("ALTER TABLE conversations ADD COLUMN model TEXT NULL")
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # PRAGMA takes no parameters; a constant
 
@@ -283,7 +299,12 @@ class History:
     # --- conversations ----------------------------------------------------------------------------------------------
 
     def create(
-        self, title: str | None = None, system: str | None = None, cid: str | None = None, **settings: Any
+        self,
+        title: str | None = None,
+        system: str | None = None,
+        cid: str | None = None,
+        model: str | None = None,
+        **settings: Any,
     ) -> Conversation:
         """A new, empty conversation. `settings` are temperature / top_p / max_tokens; the rest come from defaults.
         `cid` names it (the seed API's one server-side conversation has a fixed id); default a fresh uuid."""
@@ -300,11 +321,12 @@ class History:
             system=_check_system(system),
             created=now,
             updated=now,
+            model=_check_model(model),
             **values,
         )
         with self._write() as conn:
             conn.execute(
-                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _row(conversation),
             )
         return conversation
@@ -330,6 +352,7 @@ class History:
         temperature: float | _Unset = _UNSET,
         top_p: float | _Unset = _UNSET,
         max_tokens: int | _Unset = _UNSET,
+        model: str | None | _Unset = _UNSET,
     ) -> Conversation | None:
         """Change only the given fields (`system=None` clears the system prompt); None if there is no such
         conversation. Any change bumps `updated`. Raises ValueError naming the first invalid field."""
@@ -338,6 +361,8 @@ class History:
             changes["title"] = _check_title(title)
         if system is not _UNSET:
             changes["system"] = _check_system(system)
+        if model is not _UNSET:
+            changes["model"] = _check_model(model)
         for name, value in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens)):
             if value is not _UNSET:
                 changes[name] = _SETTING_CHECKS[name](value)
@@ -440,4 +465,4 @@ class History:
 
 
 def _row(c: Conversation) -> tuple:
-    return (c.id, c.title, c.system, c.temperature, c.top_p, c.max_tokens, c.created, c.updated)
+    return (c.id, c.title, c.system, c.temperature, c.top_p, c.max_tokens, c.created, c.updated, c.model)

@@ -9,11 +9,14 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from mlx_ft.server import MAX_UPLOAD_MB
 from mlx_ft.server.engine import Engine
 from mlx_ft.server.history import History
+from mlx_ft.server.job_runner import JobRunner
 from mlx_ft.server.task_service import TaskService
 
 MAX_BODY_BYTES = 1 << 20  # a chat message, not an upload
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB << 20  # a data set upload, allowed on the upload route only
 EXTENSION = "mlx_ft"  # the key of our state in Flask's app.extensions
 
 
@@ -22,7 +25,11 @@ class ServeConfig:
     source: str  # what the model was loaded from
     db: Path = Path("chat_history.db")
     runs_dir: Path = Path("runs")
+    data_dir: Path = Path("data")  # uploaded data sets go to data/<name>/ (`--data-dir`)
+    exports_dir: Path = Path("exports")  # export jobs write here (`--exports-dir`)
+    models_dir: Path = Path("models")  # local models the new-run form offers (`--models`)
     max_body_bytes: int = MAX_BODY_BYTES
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
     tasks: list[str] = field(default_factory=list)  # recipes whose tasks get endpoints (`--task`)
     extra: dict[str, Any] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the address it listens on (`--host`): a Host header it may be reached by
@@ -35,6 +42,7 @@ class ServerState:
     engine: Engine
     history: History
     tasks: TaskService
+    jobs: JobRunner  # the studio's train/eval/export jobs
 
 
 def of(app: Flask) -> ServerState:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
 
@@ -281,6 +282,22 @@ def test_real_server_16_concurrent_streaming_chats_survive_a_restart(qwen2_dir, 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_test_server_that_logs_every_request_never_blocks_on_its_output(qwen2_dir, tmp_path):
+    """serve logs a line per request (~65 bytes): 1500 of them are more than a 64 KiB pipe holds, which used to block
+    a test server whose output nobody read until it ended. Its output goes to a file, which the test can read."""
+    port = free_port()
+    proc = start_server(qwen2_dir, port, tmp_path / "chat.db")
+    try:
+        for _ in range(1500):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=30) as resp:
+                assert resp.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.output().count('"GET /api/info HTTP/1.1" 200') >= 1500
+    assert proc.log_path.parent == tmp_path
 
 
 def test_new_conversations_get_the_runs_training_system_prompt(client, engine, monkeypatch):

@@ -1,18 +1,10 @@
-"""The web UI in a real browser: a real `mlx_ft serve` process (tiny random Qwen2) driven by headless Chromium.
-
-Needs the `playwright` Python package and Debian's Chromium at /usr/bin/chromium (never Playwright's own browser
-download: the test machines reach no browser CDN). Skipped when either is missing.
-"""
+"""The web UI in a real browser: a real `mlx_ft serve` process (tiny random Qwen2) driven by headless Chromium
+(the set-up in tests/server/browser.py; skipped without playwright or Debian's Chromium)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,32 +12,13 @@ from pathlib import Path
 
 import pytest
 
-if os.environ.get("CI"):
-    import playwright.sync_api  # noqa: F401  (in CI a missing browser stack is a failure, not a skip)
+from tests.server import browser as bt
 
-    assert os.path.isfile(os.environ.get("MLX_FT_CHROMIUM", "/usr/bin/chromium")), "CI must install chromium"
-playwright_sync = pytest.importorskip("playwright.sync_api")
+bt.require()
 
-CHROMIUM = os.environ.get("MLX_FT_CHROMIUM", "/usr/bin/chromium")
-if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-
-REPO = Path(__file__).resolve().parent.parent.parent
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 RUN_NAME = "fake-run-1"
-START_TIMEOUT_S = 180
-ANSWER_TIMEOUT_MS = 120_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str, timeout: float = 5) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read().decode("utf-8"))
+_get_json = bt.get_json
 
 
 def _request(url: str, method: str, body: dict | None = None, timeout: float = 60) -> tuple[int, str, str]:
@@ -77,124 +50,13 @@ def server(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("browser")
     runs = tmp / "runs"
     _write_fake_run(runs)
-    port = _free_port()
-    log = (tmp / "server.log").open("w+", encoding="utf-8")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlx_ft",
-            "serve",
-            str(qwen2_dir),
-            "--port",
-            str(port),
-            "--db",
-            str(tmp / "chat.db"),
-            "--runs",
-            str(runs),
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def server_log() -> str:
-        log.flush()
-        return (tmp / "server.log").read_text(encoding="utf-8", errors="replace")[-4000:]
-
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`mlx_ft serve` exited with {proc.returncode}:\n{server_log()}")
-            try:
-                info = _get_json(base + "/api/info", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"`mlx_ft serve` did not answer /api/info within {START_TIMEOUT_S}s:\n{server_log()}")
-                time.sleep(0.3)
-        yield {"base": base, "info": info, "tmp": tmp, "log": server_log}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_sync.sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1200, "height": 850})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    # Offline by construction: any request that is not to our server fails the test.
-    outside: list[str] = []
-
-    def route(r):
-        if r.request.url.startswith(server["base"]):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    pg.route("**/*", route)
-    pg.set_default_timeout(30_000)
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
-    assert not outside, f"the page requested outside resources: {outside}"
+    with bt.serving(tmp, str(qwen2_dir), "--db", str(tmp / "chat.db"), "--runs", str(runs)) as served:
+        yield served
 
 
 def _open_chat(page, server) -> None:
     page.goto(server["base"] + "/")
     page.wait_for_selector('body[data-ready="1"]')
-
-
-def _wait_answer_done(page) -> None:
-    """The answer has finished streaming: Stop hidden again, Send enabled, no pending bubble."""
-    page.wait_for_function(
-        "() => !document.body.classList.contains('streaming') && document.getElementById('stop').hidden"
-        " && !document.querySelector('.message.pending')",
-        timeout=ANSWER_TIMEOUT_MS,
-    )
-
-
-def _current_id(page) -> str:
-    return page.evaluate("() => window.chatApp.state.current && window.chatApp.state.current.id")
-
-
-def _new_chat_with_short_answers(page, max_tokens: int = 24) -> str:
-    before = page.locator(".conversation-item").count()
-    page.click("#new-chat")
-    page.wait_for_function(f"() => document.querySelectorAll('.conversation-item').length === {before + 1}")
-    conv_id = _current_id(page)
-    assert conv_id
-    # Settings panel: short answers keep the test quick (and exercise PATCH).
-    page.click("#settings-toggle")
-    page.fill("#set-max-tokens", str(max_tokens))
-    page.fill("#set-system", "You are terse.")
-    page.click("#settings-save")
-    page.wait_for_function("() => document.getElementById('settings-status').textContent === 'Saved.'")
-    return conv_id
 
 
 def test_page_shows_model_and_uses_no_outside_assets(page, server):
@@ -226,7 +88,7 @@ def test_stream_contract(server):
 
 def test_chat_send_stream_and_reload(page, server):
     _open_chat(page, server)
-    conv_id = _new_chat_with_short_answers(page)
+    conv_id = bt.new_chat(page)
     page.evaluate("""() => {
         window.__sawStreaming = false;
         new MutationObserver(() => {
@@ -238,7 +100,7 @@ def test_chat_send_stream_and_reload(page, server):
     page.fill("#prompt", question)
     page.press("#prompt", "Enter")  # Enter sends
     page.wait_for_selector(".message.user")
-    _wait_answer_done(page)
+    bt.wait_answer_done(page)
     assert page.evaluate("window.__sawStreaming") is True, "the Stop button never showed while answering"
     assert page.locator(".message.user .bubble").all_inner_texts() == [question]
     assert page.locator(".message.assistant").count() == 1
@@ -264,7 +126,7 @@ def test_chat_send_stream_and_reload(page, server):
 
     page.reload()
     page.wait_for_selector('body[data-ready="1"]')
-    assert _current_id(page) == conv_id
+    assert bt.current_conversation(page) == conv_id
     assert page.locator(".message.user .bubble").all_inner_texts() == [question]
     assert page.locator(".message.assistant").count() == 1
     assert page.locator(f'.conversation-item[data-id="{conv_id}"]').count() == 1
@@ -275,11 +137,11 @@ def test_chat_send_stream_and_reload(page, server):
 
 def test_user_text_is_never_html(page, server):
     _open_chat(page, server)
-    _new_chat_with_short_answers(page, max_tokens=8)
+    bt.new_chat(page, max_tokens=8)
     page.fill("#prompt", XSS)
     page.click("#send")
     page.wait_for_selector(".message.user")
-    _wait_answer_done(page)
+    bt.wait_answer_done(page)
     assert page.locator(".message.user .bubble").first.inner_text() == XSS
     assert page.locator(".messages img, .messages script").count() == 0
     # Reloaded from the history, the text is still text (and the title made from it too).
@@ -293,7 +155,7 @@ def test_user_text_is_never_html(page, server):
 
 def test_rename_and_delete(page, server):
     _open_chat(page, server)
-    conv_id = _new_chat_with_short_answers(page)
+    conv_id = bt.new_chat(page)
     item = page.locator(f'.conversation-item[data-id="{conv_id}"]')
     item.hover()
     item.locator(".rename").click()
@@ -315,18 +177,18 @@ def test_rename_and_delete(page, server):
 
 def test_stop_keeps_partial_answer(page, server):
     _open_chat(page, server)
-    conv_id = _new_chat_with_short_answers(page, max_tokens=4000)
+    conv_id = bt.new_chat(page, max_tokens=4000)
     page.fill("#prompt", "Tell me a very long story.")
     page.press("#prompt", "Enter")
     page.wait_for_function(
         "() => { const b = document.querySelector('.message.assistant .bubble');"
         " return b && b.textContent.length > 0; }",
-        timeout=ANSWER_TIMEOUT_MS,
+        timeout=bt.ANSWER_TIMEOUT_MS,
     )
     if page.is_hidden("#stop"):
         pytest.skip("the answer finished before Stop could be pressed")
     page.click("#stop")
-    _wait_answer_done(page)
+    bt.wait_answer_done(page)
     assert page.inner_text(".message.assistant .note") == "stopped"
     # The server keeps the partial answer (it may take a moment to notice the closed connection).
     deadline = time.monotonic() + 30
@@ -423,5 +285,11 @@ def test_runs_page_live_curve_and_overlay(page, server):
         series = page.evaluate("window.runsChart.series")
         assert [s["name"] for s in series] == ["live-run", RUN_NAME]
         assert series[0]["color"] != series[1]["color"]
+        # The overlaid runs' configs: only the keys that differ, one column per run.
+        page.wait_for_selector("#diff-card:not([hidden])")
+        rows = page.locator("#config-diff tr").evaluate_all("rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+        assert rows == [["key", "live-run", RUN_NAME], ["fine_tune_type", "dora", "lora"], ["iters", "100", "10"]]
+        page.locator(f'#runs-body tr[data-name="{RUN_NAME}"] input.compare').uncheck()
+        page.wait_for_selector("#diff-card", state="hidden")
     finally:
         shutil.rmtree(live)

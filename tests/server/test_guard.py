@@ -260,7 +260,8 @@ def test_real_server_prints_no_development_server_banner_streams_and_ends_cleanl
         stream = conn.getresponse()
         assert stream.readline().startswith(b"data: "), "the first piece arrives on its own"
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        stderr = proc.output()
         conn.close()
     finally:
         if proc.poll() is None:

@@ -32,7 +32,7 @@ def test_creates_parent_folders_schema_and_pragmas(history: History, db: Path) -
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # WAL is stored in the file
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
         assert {"conversations", "messages", "messages_by_conversation"} <= tables
     finally:
@@ -58,6 +58,7 @@ def test_create_defaults_and_to_dict(history: History) -> None:
         "max_tokens": 512,
         "created": c.created,
         "updated": c.updated,
+        "model": None,
     }
     assert history.get(c.id) == c
     c2 = history.create("Fish", "You are terse.", temperature=0.2, max_tokens=64)

@@ -1,0 +1,372 @@
+"""The studio's data sets: the ones it knows (uploaded into the data folder, shipped, recipes), taking new ones in
+through `prepare` itself, and previews with the learned tokens marked by training's own tokenizing.
+
+An upload is written into a fresh hidden folder inside the data folder, prepared there (every problem reported as
+`file:line: what` with the names the user uploaded), measured, and only then renamed to `data/<name>/` in one step:
+a bad upload, a dry run or an interrupted one leaves nothing behind. Names are checked against one pattern and
+looked up, never joined onto a path as they come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mlx_ft import chat_template, data
+from mlx_ft.atomic import write_text
+from mlx_ft.data import recipes
+from mlx_ft.data import stats as data_stats
+from mlx_ft.data.formats import FORMATS, Options
+from mlx_ft.data.readers import DATASET_INFO, READERS
+from mlx_ft.errors import UserError
+from mlx_ft.resources import resource
+from mlx_ft.training.batches import TokenizedChats
+
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # no leading dot: hidden folders are ours (uploads in progress)
+MAX_NAME_CHARS = 100
+RAW = "raw"  # the uploaded files, kept beside the prepared splits they made
+UPLOAD_PREFIX = ".upload-"
+
+
+class Refused(UserError):
+    """A request the data folder cannot honour; `problems` lists every `file:line: what` when the data is bad."""
+
+    def __init__(self, message: str, problems: list[str] | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: str  # uploaded | shipped | recipe
+    path: Path | None  # the prepared folder; None for a recipe not prepared yet
+    splits: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "path": str(self.path) if self.path else None,
+            "splits": self.splits,
+        }
+
+
+def check_name(name: Any, what: str = "name") -> str:
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or not NAME.fullmatch(name) or name in (".", ".."):
+        raise Refused(f"{what} {name!r}: use letters, digits, '_', '-' and '.' (not first), at most {MAX_NAME_CHARS}")
+    return name
+
+
+def _splits(folder: Path) -> dict[str, int]:
+    try:
+        counts = json.loads((folder / "prepare.json").read_text(encoding="utf-8")).get("counts")
+        if isinstance(counts, dict):
+            return {s: int(counts.get(s, 0)) for s in data.SPLITS}
+    except (OSError, ValueError, TypeError):
+        pass
+    out = {}
+    for s in data.SPLITS:
+        try:
+            out[s] = sum(1 for line in (folder / f"{s}.jsonl").open(encoding="utf-8") if line.strip())
+        except OSError:
+            out[s] = 0
+    return out
+
+
+def _prepared(folder: Path) -> bool:
+    return (folder / "train.jsonl").is_file()
+
+
+def _recipe_of(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / "prepare.json").read_text(encoding="utf-8")).get("recipe"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _children(root: Path) -> list[Path]:
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and NAME.fullmatch(p.name))
+    except OSError:
+        return []
+
+
+def _shipped_root(name: str) -> Path | None:
+    try:
+        return resource(name)
+    except FileNotFoundError:
+        return None
+
+
+def catalogue(data_dir: Path) -> list[Dataset]:
+    """Every data set: those in the data folder, then the shipped prepared ones, then recipes not prepared yet."""
+    out = [
+        Dataset(p.name, "recipe" if _recipe_of(p) else "uploaded", p, _splits(p))
+        for p in _children(Path(data_dir))
+        if _prepared(p)
+    ]
+    seen = {d.name for d in out}
+    shipped = _shipped_root("data")
+    for p in _children(shipped) if shipped else []:
+        if _prepared(p) and p.name not in seen:
+            out.append(Dataset(p.name, "shipped", p, _splits(p)))
+            seen.add(p.name)
+    for name in recipe_names():
+        if name not in seen:
+            out.append(Dataset(name, "recipe", None, {}))
+    return out
+
+
+def recipe_names() -> list[str]:
+    root = _shipped_root("recipes")
+    return [p.name for p in _children(root) if (p / recipes.RECIPE_FILE).is_file()] if root else []
+
+
+def find(data_dir: Path, name: str) -> Dataset:
+    for d in catalogue(data_dir):
+        if d.name == name:
+            return d
+    raise Refused(f"no data set {name!r} (see GET /api/studio/datasets)", status=404)
+
+
+# ---------------------------------------------------------------------------------------------------- taking in
+
+
+@dataclass
+class Taken:
+    name: str
+    format: str
+    splits: dict[str, int]
+    stats: dict[str, Any]
+    stored: bool
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def upload_path(filename: str | None) -> Path:
+    """The relative path an uploaded file is stored under, refusing absolute names and any climbing out (`..`):
+    a `dataset_info.json` folder keeps its layout, so each part is checked."""
+    name = (filename or "").replace("\\", "/")
+    if not name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise Refused(f"file name {filename!r}: give a plain or relative name (no absolute paths)")
+    parts = name.split("/")
+    for part in parts:
+        # Any language's letters and spaces are fine in a file name; what could climb out or hide is not.
+        if part in ("", ".", "..") or part.startswith(".") or len(part) > 255 or not part.isprintable():
+            raise Refused(f"file name {filename!r}: part {part!r} is not allowed (no '..', hidden or empty parts)")
+    return Path(*parts)
+
+
+@contextmanager
+def _scratch(data_dir: Path) -> Iterable[Path]:
+    """A fresh hidden folder inside the data folder (so the final rename stays on one file system), removed after
+    unless it was renamed away."""
+    data_dir = Path(data_dir)
+    created = not data_dir.exists()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX, dir=data_dir))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # a data folder made only for an upload that stored nothing goes too
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()
+
+
+def _relative_problems(problems: Iterable[str], raw: Path) -> list[str]:
+    prefix = f"{raw}{os.sep}"
+    return [p.replace(prefix, "") for p in problems]
+
+
+def _stats(folder: Path, tokenizer: Any, model_label: str, max_seq_length: int) -> dict[str, Any]:
+    splits = {s: data.load_split(folder, s) for s in data.SPLITS}
+    measured = data_stats.compute(splits, data_stats.StatsSettings(model_label, max_seq_length), tokenizer)
+    parts = [s for s in measured.splits.values() if s.examples]
+    n = sum(s.examples for s in parts)
+    tokens = {
+        "min": min(s.min for s in parts),
+        "mean": round(sum(s.mean * s.examples for s in parts) / n, 1),
+        "max": max(s.max for s in parts),
+    }
+    return {
+        "model": model_label,
+        "tokens": tokens,
+        "over_max_seq_length": sum(s.truncated for s in parts),
+        "max_seq_length": max_seq_length,
+        "splits": {name: vars(s) for name, s in measured.splits.items()},
+    }
+
+
+def _refused_data(e: UserError, raw: Path) -> Refused:
+    problems = _relative_problems(getattr(e, "problems", None) or [str(e)], raw)
+    return Refused(problems[0], problems)
+
+
+def _finish(tmp: Path, final: Path | None, raw: Path) -> None:
+    """Point prepare.json's inputs at the stored copies, then rename the whole folder into place."""
+    if final is None:
+        return
+    recipe_file = tmp / "prepare.json"
+    recipe = json.loads(recipe_file.read_text(encoding="utf-8"))
+    recipe["inputs"] = [
+        str(Path(RAW) / Path(p).relative_to(raw)) if p.startswith(str(raw)) else p for p in recipe["inputs"]
+    ]
+    write_text(recipe_file, json.dumps(recipe, ensure_ascii=False, indent=2) + "\n")
+    if final.exists():
+        raise Refused(f"a data set {final.name!r} already exists; choose another name", status=409)
+    os.rename(tmp, final)  # one step: the set is there whole, or not at all
+
+
+def take(
+    data_dir: Path,
+    name: str | None,
+    files: list[tuple[str, BinaryIO]],
+    tokenizer: Any,
+    model_label: str,
+    max_seq_length: int,
+    fmt: str | None = None,
+    dry_run: bool = False,
+    recipe: str | None = None,
+    group_field: str | None = None,
+) -> Taken:
+    """Prepare uploaded `files` (name, stream), or a shipped recipe's raw data, into `data_dir/<name>`."""
+    if fmt is not None and fmt not in FORMATS:
+        raise Refused(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    known = {d.name for d in catalogue(data_dir)} - ({recipe} if recipe else set())
+    with _scratch(data_dir) as tmp:
+        raw = tmp / RAW
+        opts = Options()
+        if recipe is not None:
+            loaded = recipes.load(recipe)
+            shipped = _shipped_root(f"data/{recipe}")
+            sources = sorted(p for p in shipped.iterdir() if p.suffix.lower() in READERS) if shipped else []
+            if not sources:
+                raise Refused(f"recipe {recipe!r} ships no raw data to prepare")
+            raw.mkdir()
+            for p in sources:
+                shutil.copyfile(p, raw / p.name)
+            inputs = [raw / p.name for p in sources]
+            opts = Options(system=loaded.system, recipe=loaded)
+            name = name or recipe
+        else:
+            if not files:
+                raise Refused("no files uploaded (multipart field 'files')")
+            stored = []
+            for filename, stream in files:
+                rel = upload_path(filename)
+                if rel.suffix.lower() not in READERS and rel.name != DATASET_INFO:
+                    raise Refused(f"{filename}: unsupported file type {rel.suffix!r}; use {', '.join(READERS)}")
+                target = raw / rel
+                if target.exists():
+                    raise Refused(f"{filename}: uploaded twice")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as out:
+                    shutil.copyfileobj(stream, out)
+                stored.append(target)
+            infos = [p for p in stored if p.name == DATASET_INFO]
+            inputs = infos or stored
+            name = name or _default_name(stored[0])
+        name = check_name(name)
+        if name in known:
+            raise Refused(f"a data set {name!r} already exists; choose another name", status=409)
+        try:
+            report = data.prepare(inputs, tmp, fmt, opts, group=group_field)
+            stats = _stats(tmp, tokenizer, model_label, max_seq_length)
+        except UserError as e:
+            raise _refused_data(e, raw) from None
+        notes = [f"skipped {n}" for n in _relative_problems(report.skipped_datasets, raw)]
+        if report.duplicates:
+            notes.append(f"dropped {report.duplicates} exact duplicates")
+        if stats["over_max_seq_length"]:
+            notes.append(
+                f"{stats['over_max_seq_length']} examples are longer than max_seq_length {max_seq_length} and would "
+                "be cut in training"
+            )
+        if not chat_template.has_template(tokenizer):
+            notes.append(f"{model_label} has no chat template")
+        _finish(tmp, None if dry_run else Path(data_dir) / name, raw)
+        return Taken(name, report.format, report.counts, stats, not dry_run, notes)
+
+
+def _default_name(path: Path) -> str:
+    stem = path.parent.name if path.name == DATASET_INFO and path.parent.name != RAW else path.stem
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip(".-") or "dataset"
+    return cleaned[:MAX_NAME_CHARS]
+
+
+def inspect(folder: Path, name: str, tokenizer: Any, model_label: str, max_seq_length: int) -> Taken:
+    """A prepared folder as it is (a shipped set): its splits and token statistics, nothing written."""
+    try:
+        stats = _stats(folder, tokenizer, model_label, max_seq_length)
+    except UserError as e:
+        raise _refused_data(e, folder) from None
+    fmt = (
+        json.loads((folder / "prepare.json").read_text(encoding="utf-8")).get("format", "messages")
+        if (folder / "prepare.json").is_file()
+        else "messages"
+    )
+    return Taken(name, fmt, _splits(folder), stats, False, ["a shipped set is used where it is"])
+
+
+# ------------------------------------------------------------------------------------------------------ preview
+
+
+def _segments(tokenizer: Any, ids: list[int], mask: list[int]) -> list[dict[str, Any]]:
+    """Runs of learned / unlearned tokens as text. The first token is never a target (training predicts each
+    token from the ones before it), so it is never learned. Each run's text is the growth of the decoded prefix,
+    so a character split across two tokens lands whole in one run."""
+    hf = chat_template.hf_tokenizer(tokenizer)
+    learned = [bool(m) and i > 0 for i, m in enumerate(mask)]
+    bounds = [0] + [i for i in range(1, len(ids)) if learned[i] != learned[i - 1]] + [len(ids)]
+    out, before = [], ""
+    for start, end in zip(bounds, bounds[1:]):
+        upto = hf.decode(ids[:end], skip_special_tokens=False)
+        text = upto[len(before) :] if upto.startswith(before) else hf.decode(ids[start:end], skip_special_tokens=False)
+        out.append({"text": text, "learned": learned[start]})
+        before = upto
+    return out
+
+
+def preview(
+    folder: Path, split: str, n: int, tokenizer: Any, mask_prompt: bool, max_seq_length: int
+) -> list[dict[str, Any]]:
+    """The first `n` examples of a split as training tokenizes them (`TokenizedChats`: the same chat template,
+    mask and cut at max_seq_length), as text runs marked learned or not."""
+    if split not in data.SPLITS:
+        raise Refused(f"split {split!r}: one of {', '.join(data.SPLITS)}")
+    try:
+        examples = data.load_split(folder, split)[:n]
+    except UserError as e:
+        raise _refused_data(e, folder) from None
+    out = []
+    for ex in examples:
+        where = _relative_problems([ex.where], folder)[0]
+        try:
+            chats = TokenizedChats([ex], tokenizer, mask_prompt, max_seq_length, desc="preview")
+        except UserError as e:
+            raise _refused_data(e, folder) from None
+        if len(chats):
+            ids, mask = chats[0]
+            out.append(
+                {"where": where, "segments": _segments(tokenizer, ids, mask), "truncated": bool(chats.truncated)}
+            )
+        else:  # cut so short that no answer token is left: training leaves it out
+            text = ex.text if ex.text is not None else chat_template.render(tokenizer, ex.messages)
+            out.append(
+                {"where": where, "segments": [{"text": text, "learned": False}], "truncated": True, "left_out": True}
+            )
+    return out

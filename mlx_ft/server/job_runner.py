@@ -1,0 +1,471 @@
+"""The studio's jobs as processes: one at a time, the others queued first come, first served.
+
+Each job is a `python -m mlx_ft train|eval|export …` child in its own process group (so the server's Ctrl-C does not
+reach it by accident), its output appended to a log file: `RUN/studio.log` for a train job (first under the runs
+folder's `.studio/` until `train` has made the run folder: train refuses a folder that is not empty), `.studio/<job
+id>.log` for the others. A thread per process waits for it and records how it ended.
+
+- Stop sends SIGINT, which is train's Ctrl-C: it saves a checkpoint after the current step and exits; the job is
+  then `stopped`. Resume runs `train --resume RUN` (the same job, continuing from that checkpoint; a train stopped
+  before its first checkpoint starts again), or the eval/export command again.
+- A process that exits non-zero without being asked to is `failed`, with the reason from its last log lines.
+- When the server stops (Ctrl-C or SIGTERM; `shutdown`), a running job is stopped as Stop does, waited for, and left
+  `interrupted`: resumable, nothing lost but the step in progress. Queued jobs stay queued for the next server.
+- When the server was killed (SIGKILL, a crash) its job's process lives on with nobody to watch it. The next server
+  does not adopt it (it could not learn how it ends): at start it stops it as Stop does, waits, and shows the job
+  `interrupted`, resumable from that checkpoint. A job that was running and whose process is gone is `interrupted`
+  too (resume continues from its last periodic checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlx_ft.server.http import ApiError
+from mlx_ft.server.jobs import ACTIVE, FINAL, RESUMABLE, Job, JobStore
+from mlx_ft.training import checkpoints
+from mlx_ft.training.loss_plot import read_metrics
+
+POLL_S = 0.5  # how often a waiting process's log is looked after and an event stream looks for changes
+STOP_WAIT_S = 120.0  # how long a stopped process gets to finish its step and save its checkpoint
+LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 16 << 10
+PREDICTIONS_SHOWN = 50
+TRAIN_LOG = "studio.log"
+
+
+def command_line(argv: list[str]) -> str:
+    """The job's command as a user would type it."""
+    return shlex.join(["python", "-m", "mlx_ft", *argv])
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines of a log (a progress bar's carriage returns end lines too)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def failure(log: Path, returncode: int) -> str:
+    """Why a process failed, in one line: its error message when it printed one, else its last line."""
+    tail = log_tail(log, 200)
+    errors = [line.split("error:", 1)[1].strip() for line in tail if line.startswith("mlx_ft: error:")]
+    how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
+    last = errors[-1] if errors else (tail[-1] if tail else "no output")
+    return f"{how}: {last}"
+
+
+def progress(job: Job) -> dict[str, Any]:
+    """A train job's latest figures from its run's metrics.jsonl (all None for the other kinds)."""
+    out: dict[str, Any] = dict.fromkeys(
+        ("step", "iters", "loss", "val_loss", "tokens_per_sec", "learned_tokens_per_sec", "peak_memory_gb", "eta_s")
+    )
+    if job.kind != "train":
+        return out
+    run = Path(job.run_dir)
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        rows = read_metrics(run / "metrics.jsonl")
+    except (OSError, ValueError, yaml.YAMLError):
+        return out
+    iters = cfg.get("iters") if isinstance(cfg, dict) else None
+    train_rows = [r for r in rows if "loss" in r]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    out["iters"] = iters
+    out["val_loss"] = vals[-1] if vals else None
+    if train_rows:
+        last = train_rows[-1]
+        out.update(
+            step=last["step"],
+            loss=last["loss"],
+            tokens_per_sec=last.get("tokens_per_s"),
+            learned_tokens_per_sec=last.get("trained_tokens_per_s"),
+            peak_memory_gb=last.get("peak_memory_gb"),
+        )
+        # Rows' `time` counts from the start of the process that wrote them: only this process's rows time it.
+        done = last["step"] - job.start_step
+        if job.state in ACTIVE and isinstance(iters, int) and done > 0 and "time" in last:
+            out["eta_s"] = round(last["time"] / done * max(iters - last["step"], 0), 1)
+    return out
+
+
+def _files_under(folder: Path) -> list[str]:
+    """The finished files a job left in its folder (not the temporary ones of an atomic write)."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def ollama_name(run: str) -> str:
+    """A model name Ollama accepts (lower case letters, digits, `_.-`) for a run."""
+    return re.sub(r"[^a-z0-9_.-]+", "-", run.lower()).strip("-.") or "mlx-ft"
+
+
+def _result(job: Job) -> tuple[dict[str, Any] | None, list[str]]:
+    """What a finished job shows and the files it offers for download."""
+    if job.kind == "train" or job.out_dir is None:
+        return None, []
+    out = Path(job.out_dir)
+    files = _files_under(out)
+    if job.kind == "eval":
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        with open(out / "predictions.jsonl", encoding="utf-8") as f:
+            predictions = [json.loads(line) for _, line in zip(range(PREDICTIONS_SHOWN), f)]
+        return {"metrics": metrics, "predictions": predictions, "files": files}, files
+    ollama = f"ollama create {ollama_name(job.run)} -f Modelfile" if "Modelfile" in files else None
+    return {"files": files, "ollama": ollama}, files
+
+
+def _train_finished(job: Job) -> bool:
+    """Whether a train job's run has its last step checkpointed (train saves one at the end)."""
+    if job.kind != "train":
+        return False
+    ckpt = checkpoints.latest(Path(job.run_dir))
+    iters = progress(job)["iters"]
+    return ckpt is not None and isinstance(iters, int) and _step_of(ckpt) >= iters
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step-"))
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) mlx_ft process leading its own group: a job's process, not another
+    program that got its pid after it ended."""
+    try:
+        if os.getpgid(pid) != pid:
+            return False
+        ps = subprocess.run(["ps", "-o", "stat=", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    except (OSError, ProcessLookupError):
+        return False
+    parts = ps.stdout.strip().split(None, 1)
+    return len(parts) == 2 and not parts[0].startswith("Z") and "mlx_ft" in parts[1]
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _append_note(log: Path, text: str) -> None:
+    try:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"mlx_ft serve: {text}\n")
+    except OSError:
+        pass
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, runs_dir: Path, python: str = sys.executable) -> None:
+        self.store = store
+        self.runs_dir = Path(runs_dir)
+        self.python = python
+        self._lock = threading.RLock()
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._watchers: dict[str, threading.Thread] = {}
+        self._closing = False
+        self._recover()
+
+    # --- what the API reads ------------------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise ApiError(404, f"no job {job_id!r}")
+        return job
+
+    def jobs(self) -> list[Job]:
+        return self.store.all()
+
+    def running(self) -> bool:
+        with self._lock:
+            return any(proc.poll() is None for proc in self._procs.values())
+
+    def view(self, job: Job) -> dict[str, Any]:
+        """The job as the API shows it."""
+        return {
+            "id": job.id,
+            "kind": job.kind,
+            "state": job.state,
+            "run": job.run,
+            "command": job.command,
+            "created": job.created,
+            "started": job.started,
+            "ended": job.ended,
+            "progress": progress(job),
+            "log_tail": log_tail(Path(job.log)),
+            "error": job.error,
+            "result": job.result,
+        }
+
+    def events(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """The job's view each time it changes, until it reaches a final state."""
+        last = None
+        while True:
+            job = self.job(job_id)
+            view = self.view(job)
+            if view != last:
+                yield view
+                last = view
+            if job.state in FINAL:
+                return
+            time.sleep(POLL_S)
+
+    def file(self, job_id: str, name: str) -> Path:
+        """A file the job produced; nothing else (the name must be one of the job's own files)."""
+        job = self.job(job_id)
+        if name not in job.files or job.out_dir is None:
+            raise ApiError(404, f"job {job_id} produced no file {name!r}")
+        folder = Path(job.out_dir).resolve()
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder) or not path.is_file():
+            raise ApiError(404, f"{name} of job {job_id} is gone")
+        return path
+
+    # --- what the API does -------------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        run: str,
+        run_dir: Path,
+        argv: list[str],
+        command: str,
+        out_dir: Path | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """A new job: started now when nothing runs, else queued. `job_id`: the id its command was made with (an
+        eval job's folder is named after it), else a new one."""
+        with self._lock:
+            for other in self.store.all():
+                same = other.kind == "train" and Path(other.run_dir) == Path(run_dir)
+                if kind == "train" and same and other.state not in ("failed", "cancelled"):
+                    raise ApiError(409, f"job {other.id} already trains {run_dir} ({other.state})")
+            job_id = job_id or Job.new_id()
+            now = time.time()
+            log = self.runs_dir / ".studio" / f"{job_id}.log"  # a train job's moves into its run folder later
+            job = Job(
+                id=job_id,
+                kind=kind,
+                run=run,
+                run_dir=str(run_dir),
+                argv=list(argv),
+                command=command,
+                log=str(log),
+                created=now,
+                queued=now,
+                out_dir=str(out_dir) if out_dir is not None else None,
+            )
+            self.store.save(job)
+            self._start_next()
+            return self.job(job_id)
+
+    def _job_in(self, job_id: str, states: tuple[str, ...], rule: str, hint: tuple[str, str] = ("", "")) -> Job:
+        """The job, when its state allows the action (`rule` says which do), else 409; `hint`: (state, advice)."""
+        job = self.job(job_id)
+        if job.state not in states:
+            advice = f"; {hint[1]}" if job.state == hint[0] else ""
+            raise ApiError(409, f"job {job_id} is {job.state}: {rule}{advice}")
+        return job
+
+    def stop(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._job_in(
+                job_id, ("running",), "only a running job can be stopped", ("queued", "cancel it instead")
+            )
+            job.stop_requested, job.state = True, "stopping"
+            self.store.save(job)
+            if job.pid is not None:
+                _signal_group(job.pid, signal.SIGINT)  # train's Ctrl-C: checkpoint after this step, then exit
+            return job
+
+    def cancel(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._job_in(
+                job_id, ("queued",), "only a queued job can be cancelled", ("running", "stop it instead")
+            )
+            job.state, job.ended = "cancelled", time.time()
+            self.store.save(job)
+            return job
+
+    def resume(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._job_in(job_id, RESUMABLE, "only a stopped or interrupted job can be resumed")
+            job.state, job.queued = "queued", time.time()
+            job.stop_requested, job.error, job.result, job.ended = False, None, None, None
+            self.store.save(job)
+            self._start_next()
+            return self.job(job_id)
+
+    def shutdown(self, wait_s: float = STOP_WAIT_S) -> None:
+        """The server is stopping: stop the running job as Stop does, wait for its checkpoint, leave it
+        `interrupted`. Start nothing more."""
+        with self._lock:
+            self._closing = True
+            running = [(job_id, proc) for job_id, proc in self._procs.items() if proc.poll() is None]
+        for _, proc in running:
+            _signal_group(proc.pid, signal.SIGINT)
+        for job_id, proc in running:
+            try:
+                proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+            watcher = self._watchers.get(job_id)
+            if watcher is not None:
+                watcher.join()
+
+    # --- processes ---------------------------------------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        """Start the first queued job when nothing runs (called with the lock held)."""
+        if self._closing:
+            return
+        jobs = self.store.all()
+        if any(j.state in ACTIVE for j in jobs):
+            return
+        for job in sorted((j for j in jobs if j.state == "queued"), key=lambda j: j.queued):
+            if self._launch(job):
+                return
+
+    def _argv(self, job: Job) -> list[str]:
+        """This start's command: a stopped train continues from its newest checkpoint."""
+        job.start_step = 0
+        if job.kind == "train" and job.started is not None:
+            ckpt = checkpoints.latest(Path(job.run_dir))
+            if ckpt is not None:
+                job.start_step = _step_of(ckpt)
+                return ["train", "--resume", job.run_dir]
+        return job.argv
+
+    def _launch(self, job: Job) -> bool:
+        argv = self._argv(job)
+        if argv is not job.argv:
+            job.command = command_line(argv)
+        log = Path(job.log)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows output as it happens
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"$ {job.command}\n")
+                f.flush()
+                proc = subprocess.Popen(
+                    [self.python, "-m", "mlx_ft", *argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # its own process group: signals reach it and its children only
+                )
+        except OSError as e:
+            job.state, job.ended, job.error = "failed", time.time(), f"could not start: {e}"
+            self.store.save(job)
+            return False
+        job.state, job.started, job.ended, job.pid = "running", time.time(), None, proc.pid
+        self.store.save(job)
+        self._procs[job.id] = proc
+        watcher = threading.Thread(target=self._watch, args=(job.id, proc), name=f"job-{job.id}", daemon=True)
+        self._watchers[job.id] = watcher
+        watcher.start()
+        return True
+
+    def _watch(self, job_id: str, proc: subprocess.Popen) -> None:
+        while True:
+            try:
+                returncode = proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                self._move_log_into_run(job_id)
+        self._move_log_into_run(job_id)
+        with self._lock:
+            self._finish(self.job(job_id), returncode)
+            self._procs.pop(job_id, None)
+            self._start_next()
+
+    def _move_log_into_run(self, job_id: str) -> None:
+        """A train job's log joins its run once train has made the folder (open files may be renamed on POSIX)."""
+        with self._lock:
+            job = self.job(job_id)
+            target = Path(job.run_dir) / TRAIN_LOG
+            if job.kind != "train" or Path(job.log) == target or not (Path(job.run_dir) / "config.yaml").is_file():
+                return
+            if target.exists():
+                return
+            try:
+                os.replace(job.log, target)
+            except OSError:
+                return
+            job.log = str(target)
+            self.store.save(job)
+
+    def _finish(self, job: Job, returncode: int) -> None:
+        job.ended = time.time()
+        if returncode == 0:
+            try:
+                job.result, job.files = _result(job)
+                job.state, job.error = "done", None
+            except (OSError, ValueError) as e:
+                job.state, job.error = "failed", f"it finished, but its results cannot be read: {e}"
+        elif self._closing:
+            job.state = "interrupted"
+            job.error = "the server stopped while this job ran; resume continues from its last checkpoint"
+        elif job.stop_requested:
+            job.state, job.error = "stopped", None
+        else:
+            job.state, job.error = "failed", failure(Path(job.log), returncode)
+        self.store.save(job)
+
+    def _recover(self) -> None:
+        """At start: jobs stored as running belong to a server that is gone."""
+        with self._lock:
+            for job in self.store.all():
+                if job.state not in ACTIVE:
+                    continue
+                self._move_log_into_run(job.id)
+                job = self.job(job.id)
+                why = "the server stopped while this job ran"
+                if job.pid is not None and _process_alive(job.pid):
+                    self._stop_orphan(job)
+                    why = (
+                        f"the server was killed while this job ran; its process (pid {job.pid}) was stopped when "
+                        "the next server started"
+                    )
+                job.ended = time.time()
+                if _train_finished(job):  # it ended on its own before anyone could watch it
+                    job.state, job.error = "done", None
+                else:
+                    job.state, job.error = "interrupted", f"{why}; resume continues from its last checkpoint"
+                self.store.save(job)
+            self._start_next()
+
+    def _stop_orphan(self, job: Job) -> None:
+        """Stop a process a killed server left running, as Stop would (its checkpoint first), and wait for it."""
+        assert job.pid is not None
+        _append_note(Path(job.log), "a new server found this job's process still running: stopping it (SIGINT)")
+        _signal_group(job.pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while _process_alive(job.pid):
+            if time.monotonic() > deadline:
+                _signal_group(job.pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
