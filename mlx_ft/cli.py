@@ -50,7 +50,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from mlx_ft.training.run import train
 
-    flags = {k: getattr(args, k, None) for k in config_mod.FIELDS}
+    flags = config_mod.flags_of(args)
     if args.resume:
         if args.config:
             raise UserError("--resume reads the run's own config.yaml; leave out --config")
@@ -247,21 +247,6 @@ def _add_sampling_flags(p: argparse.ArgumentParser, temp: float) -> None:
     )
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per scalar config key (`--learning-rate` for `learning_rate`), help taken from the schema."""
-    for name, f in config_mod.FIELDS.items():
-        base = config_mod.base_type(config_mod.HINTS[name])
-        if base in (dict, list):
-            continue
-        flag = "--" + name.replace("_", "-")
-        help_text = f.metadata["help"]
-        if base is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            choices = [c for c in f.metadata.get("choices") or () if c is not None] or None
-            p.add_argument(flag, dest=name, type=base, default=None, choices=choices, help=help_text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlx_ft",
@@ -338,20 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         "`--resume RUN` continues. Data-parallel over several Macs: mlx.launch --hosts A,B "
         "python -m mlx_ft train …",
     )
-    p.add_argument("-c", "--config", metavar="YAML", help="config file (default: ./lora_config.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override any key, nested ones too: --set lora_parameters.rank=16",
-    )
     p.add_argument(
         "--resume",
         metavar="RUN",
         help="continue RUN from its newest checkpoint, exactly as if it had "
         "never stopped (only when-to-stop/report/save keys may change, e.g. --iters)",
     )
-    _add_train_flags(p)
+    config_mod.add_arguments(p)
     p.set_defaults(func=_cmd_train, needs_mlx=True)
 
     p = sub.add_parser(

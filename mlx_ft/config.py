@@ -5,6 +5,7 @@ Keys follow mlx-lm's names so an mlx-lm user feels at home; what we add is added
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -255,6 +256,64 @@ def from_cli(path: str | None, flags: dict[str, Any], set_items: list[str]) -> T
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lora_parameters.rank=16")
         overrides[key.strip()] = yaml.safe_load(value)
     return load(Path(path) if path else default_path(), overrides)
+
+
+def _flag(name: str) -> str | None:
+    """The `train` flag of config key `name` (`--learning-rate`), or None for a mapping or list (`--set` only)."""
+    return None if base_type(HINTS[name]) in (dict, list) else "--" + name.replace("_", "-")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`train`'s config arguments: the file, `--set`, and one flag per scalar key, its help taken from the schema."""
+    p.add_argument("-c", "--config", metavar="YAML", help="config file (default: ./lora_config.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any key, nested ones too: --set lora_parameters.rank=16",
+    )
+    for name, f in FIELDS.items():
+        flag = _flag(name)
+        if flag is None:
+            continue
+        base = base_type(HINTS[name])
+        help_text = f.metadata["help"]
+        if base is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            choices = [c for c in f.metadata.get("choices") or () if c is not None] or None
+            p.add_argument(flag, dest=name, type=base, default=None, choices=choices, help=help_text)
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given as flags in `args` (None: not given)."""
+    return {k: getattr(args, k, None) for k in FIELDS}
+
+
+def _flow(value: Any) -> str:
+    """`value` as one line of YAML. Not JSON: YAML 1.1 reads JSON's 1e-05 back as a string."""
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, sort_keys=False, width=1 << 30).strip()
+    return text.removesuffix("...").strip()
+
+
+def to_argv(changes: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """`train` arguments that turn the config `base` into one with `changes`: a key's own flag where it has one
+    (`--iters 5`, `--no-pack`), `--set key.sub=VALUE` for each changed entry of a mapping, `--set key=VALUE`
+    otherwise (VALUE in YAML's flow style, which `--set` reads back exactly)."""
+    argv: list[str] = []
+    for key, value in changes.items():
+        flag = _flag(key)
+        if flag is not None and isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif flag is not None and value is not None:
+            argv += [flag, str(value)]
+        elif isinstance(value, dict) and isinstance(base.get(key), dict) and value.keys() >= base[key].keys():
+            for sub, v in value.items():
+                if base[key].get(sub) != v or sub not in base[key]:
+                    argv += ["--set", f"{key}.{sub}={_flow(v)}"]
+        else:
+            argv += ["--set", f"{key}={_flow(value)}"]
+    return argv
 
 
 def default_path() -> Path | None:

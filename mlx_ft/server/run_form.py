@@ -3,14 +3,15 @@ and the `python -m mlx_ft train …` command that runs exactly it.
 
 The defaults are the config file `train` reads (./lora_config.yaml, else the shipped one), and the values go through
 `config.from_cli`, the code `train` itself uses, so a value `train` would refuse is refused here, naming the key.
-The command is that defaults file plus `--set KEY=VALUE` for every key that differs from it (VALUE as JSON, which
-YAML reads back exactly); it is parsed back here and must give the same config, so what the page shows is what
-runs. The form never takes a path: `data` is a data set's name, the run folder is `runs/<name>`.
+The command is that defaults file plus a flag for every key that differs from it (`--iters 5`; `--set
+key.sub=VALUE` for nested ones: `config.to_argv`); it is parsed back here by train's own arguments and must give the
+same config, so what the page shows is what runs. The form never takes a path: `data` is a data set's name, the run
+folder is `runs/<name>`.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import shlex
 import time
 from dataclasses import dataclass
@@ -183,10 +184,12 @@ def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | N
     base = config_mod.load(defaults_file).to_dict()
     wanted = config_mod.load(defaults_file, overrides)  # train's validation, key by key
     changed = {k: v for k, v in wanted.to_dict().items() if base.get(k) != v}
-    sets = [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in changed.items()]
-    argv = [*(["--config", str(defaults_file)] if defaults_file else []), *(a for s in sets for a in ("--set", s))]
-    # What `train` will make of those arguments, by the function it calls: it must be the config shown.
-    again = config_mod.from_cli(str(defaults_file) if defaults_file else None, {}, sets)
+    argv = [*(["--config", str(defaults_file)] if defaults_file else []), *config_mod.to_argv(changed, base)]
+    # What `train` will make of those arguments, parsed by train's own arguments: it must be the config shown.
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    config_mod.add_arguments(parser)
+    args = parser.parse_args(argv)
+    again = config_mod.from_cli(args.config, config_mod.flags_of(args), args.set or [])
     if again.to_dict() != wanted.to_dict():
-        raise AssertionError(f"the train command does not reproduce the form's config: {sets}")
+        raise AssertionError(f"the train command does not reproduce the form's config: {argv}")
     return RunSpec(name, runs_dir / name, wanted.to_dict(), config_mod.dump(wanted), argv)

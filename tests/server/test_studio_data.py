@@ -274,11 +274,36 @@ def test_the_forms_command_runs_exactly_the_config_it_shows(client, tmp_path):
     assert body["config"]["adapter_path"] == str(tmp_path / "runs" / "r1")
     assert body["config"]["lora_parameters"] == {"rank": 4, "scale": 20.0, "dropout": 0.0}
     assert body["command"].startswith("python -m mlx_ft train ")
+    # The command a user copies reads as one they would type: a key's own flag, --set only for nested entries.
+    assert "--iters 5" in body["command"] and "--quantize 4" in body["command"]
+    assert "--set lora_parameters.rank=4" in body["command"]
     args = cli.build_parser().parse_args(["train", *body["argv"]])
-    flags = {k: getattr(args, k, None) for k in config_mod.FIELDS}
-    assert config_mod.from_cli(args.config, flags, args.set or []).to_dict() == body["config"]
+    assert config_mod.from_cli(args.config, config_mod.flags_of(args), args.set or []).to_dict() == body["config"]
     assert config_mod.build(__import__("yaml").safe_load(body["yaml"])).to_dict() == body["config"]
     assert not (tmp_path / "runs").exists()  # resolving writes nothing
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"method": "full", "epochs": 2, "grad_checkpoint": True, "mask_prompt": False},
+        {"train_mode": "dpo", "beta": 0.25, "early_stopping_patience": 3, "learning_rate": 1e-5},
+        # 1e-05 written as JSON would come back from --set (YAML 1.1) as the string '1e-05'
+        {"lr_schedule": {"name": "cosine_decay", "arguments": [1e-5, 100], "warmup": 5}},
+        {"optimizer": "adamw", "optimizer_config": {"adamw": {"weight_decay": 0.1}}, "lora_parameters": {"scale": 7.5}},
+        {"seed": 3, "pack": True, "max_seq_length": 128},
+    ],
+)
+def test_every_kind_of_key_survives_the_command_line(client, values):
+    body = client.post("/api/studio/form", json={"values": {**values, "name": "r2"}}).get_json()
+    assert "config" in body, body
+    args = cli.build_parser().parse_args(["train", *body["argv"]])
+    assert config_mod.from_cli(args.config, config_mod.flags_of(args), args.set or []).to_dict() == body["config"]
+    for key, value in values.items():
+        if key == "method":
+            continue
+        wanted = value if not isinstance(value, dict) or key == "lr_schedule" else {**body["config"][key], **value}
+        assert body["config"][key] == wanted, key
 
 
 @pytest.mark.parametrize(
