@@ -33,6 +33,7 @@
     metricsStep: new Map(), // run name -> step those rows were fetched at
     evalJob: null,
     exportJob: null,
+    exportTypes: {},
     formTimer: 0,
     pollTimer: 0,
   };
@@ -291,7 +292,8 @@
     options($("run-models"), (form.models || []).map((m) => [m.id, m.label || m.id]));
     options($("run-preset"), [["", "(none)"], ...(form.presets || []).map((p) => [p.name, p.name])]);
     if (form.formats) options($("upload-format"), [["", "detect"], ...form.formats.map((f) => [f, f])]);
-    if (form.gguf_types) options($("export-type"), [["", "(export's default)"], ...form.gguf_types.map((t) => [t, t])]);
+    state.exportTypes = { gguf: form.gguf_types || [], adapter: form.adapter_types || [] };
+    syncExportType();
     resetForm();
   }
 
@@ -686,7 +688,7 @@
     const format = $("export-format").value;
     const body = { kind: "export", run: $("ship-run").value, format };
     const type = $("export-type").value;
-    if (format === "gguf" && type) body.type = type;
+    if (format !== "hf" && type) body.type = type;
     const job = await startJob(body, $("export-status"));
     if (job) { state.exportJob = job.id; renderExport(job); }
   }
@@ -726,7 +728,11 @@
   }
 
   function syncExportType() {
-    $("export-type").disabled = $("export-format").value !== "gguf";
+    // A full GGUF and a LoRA adapter GGUF take different types; a fused HF folder none.
+    const format = $("export-format").value;
+    const types = (state.exportTypes || {})[format] || [];
+    options($("export-type"), [["", "(export's default)"], ...types.map((t) => [t, t])], true);
+    $("export-type").disabled = format === "hf";
   }
 
   // ---- start -----------------------------------------------------------------------------------------------------

@@ -154,7 +154,8 @@ def preview(name: str) -> Response:
 
 @bp.get("/form")
 def form() -> Response:
-    from mlx_ft.export.tensor_types import FILE_TYPES  # here, not at import: it loads gguf (~0.1 s)
+    from mlx_ft.export.gguf_adapter import ADAPTER_TYPES  # here, not at import: they load gguf (~0.1 s)
+    from mlx_ft.export.tensor_types import FILE_TYPES
 
     return jsonify(
         defaults=run_form.defaults(),
@@ -166,6 +167,7 @@ def form() -> Response:
         datasets=[d.name for d in datasets.catalogue(current().config.data_dir) if d.path is not None],
         formats=list(data.FORMATS),  # the upload's `format` menu: what `prepare --format` takes
         gguf_types=list(FILE_TYPES),  # the export's type menu: what `export gguf --type` takes
+        adapter_types=list(ADAPTER_TYPES),  # its menu for a LoRA adapter GGUF (`--adapter-only --type`)
     )
 
 

@@ -2,7 +2,7 @@
 
     POST /api/studio/jobs                   {"kind": "train", "values": {…}}             → 201 {"job": JOB}
                                             {"kind": "eval", "run": NAME[, "split", "limit"]}
-                                            {"kind": "export", "run": NAME, "format": "gguf"|"hf"[, "type"]}
+                                            {"kind": "export", "run": NAME, "format": "gguf"|"adapter"|"hf"[, "type"]}
     GET  /api/studio/jobs                   → {"jobs": [JOB, …]} (newest first)
     GET  /api/studio/jobs/<id>              → {"job": JOB}
     GET  /api/studio/jobs/<id>/events       → server-sent events `data: {"job": JOB}` at each change, until it ends
@@ -25,6 +25,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, send_file
 
 from mlx_ft.errors import UserError
+from mlx_ft.models import loader
 from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.server import run_form
 from mlx_ft.server.http import ApiError, event_stream, json_body, sse
@@ -37,8 +38,9 @@ bp = Blueprint("studio_jobs", __name__, url_prefix="/api/studio/jobs")
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 SPLIT_NAME = RUN_NAME
-EXPORT_FORMATS = ("gguf", "hf")
+EXPORT_FORMATS = ("gguf", "adapter", "hf")  # adapter: a LoRA adapter GGUF + a base GGUF (`--adapter-only`)
 DEFAULT_GGUF_TYPE = "q4_k_m"  # export gguf's own default
+DEFAULT_ADAPTER_TYPE = "f16"  # export gguf --adapter-only's own default for the adapter (its base: q4_k_m)
 
 
 def _check_keys(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -84,6 +86,8 @@ def _export(body: dict[str, Any], name: str, run: Path, cfg: ServeConfig) -> tup
             raise ApiError(400, "field 'type' is for GGUF exports; a fused HF folder keeps the base's weights")
         out = Path(cfg.exports_dir) / f"{name}-hf"
         return ["export", "hf", str(run), "--out", str(out)], out
+    if fmt == "adapter":
+        return _adapter_export(body, name, run, cfg)
     from mlx_ft.export.tensor_types import FILE_TYPES
 
     file_type = body.get("type", DEFAULT_GGUF_TYPE)
@@ -91,6 +95,22 @@ def _export(body: dict[str, Any], name: str, run: Path, cfg: ServeConfig) -> tup
         raise ApiError(400, f"field 'type' must be one of {', '.join(FILE_TYPES)}")
     out = Path(cfg.exports_dir) / f"{name}-{file_type}"
     return ["export", "gguf", str(run), "--type", file_type, "--out", str(out / f"{name}-{file_type}.gguf")], out
+
+
+def _adapter_export(body: dict[str, Any], name: str, run: Path, cfg: ServeConfig) -> tuple[list[str], Path]:
+    """`export gguf RUN --adapter-only`: refused here, not as a failed job, for runs with no LoRA form."""
+    from mlx_ft.export.gguf_adapter import ADAPTER_TYPES
+
+    file_type = body.get("type", DEFAULT_ADAPTER_TYPE)
+    if file_type not in ADAPTER_TYPES:
+        raise ApiError(400, f"field 'type' of an adapter must be one of {', '.join(ADAPTER_TYPES)}")
+    trained = loader.run_config(str(run))
+    if trained is not None and trained.fine_tune_type != "lora":
+        what = "DoRA's magnitude vector" if trained.fine_tune_type == "dora" else "a full fine-tune"
+        raise ApiError(400, f"run {name!r}: {what} has no llama.cpp LoRA form; export it as format 'gguf' instead")
+    out = Path(cfg.exports_dir) / f"{name}-lora-{file_type}"
+    argv = ["export", "gguf", str(run), "--adapter-only", "--type", file_type]
+    return [*argv, "--out", str(out / f"{name}-lora-{file_type}.gguf")], out
 
 
 def _train(body: dict[str, Any], cfg: ServeConfig) -> tuple[str, Path, list[str], str]:

@@ -121,6 +121,10 @@ def test_every_error_of_the_jobs_api(studio, tmp_path):
     (runs / "trained").mkdir()
     (runs / "trained" / "config.yaml").write_text("model: tiny\niters: 2\n")
     (runs / "trained" / "adapters.safetensors").write_bytes(b"")
+    (runs / "dora").mkdir()
+    (runs / "dora" / "config.yaml").write_text("model: tiny\niters: 2\nfine_tune_type: dora\n")
+    (runs / "dora" / "adapter_config.json").write_text("{}")
+    (runs / "dora" / "adapters.safetensors").write_bytes(b"")
     for body, status, words in [
         ({"kind": "bake"}, 400, "'kind' must be one of train, eval, export"),
         ({}, 400, "'kind'"),
@@ -132,7 +136,9 @@ def test_every_error_of_the_jobs_api(studio, tmp_path):
         ({"kind": "eval", "run": "trained", "limit": 0}, 400, "'limit'"),
         ({"kind": "eval", "run": "trained", "limit": True}, 400, "'limit'"),
         ({"kind": "eval", "run": "trained", "split": "../x"}, 400, "'split'"),
-        ({"kind": "export", "run": "trained"}, 400, "'format' must be one of gguf, hf"),
+        ({"kind": "export", "run": "trained"}, 400, "'format' must be one of gguf, adapter, hf"),
+        ({"kind": "export", "run": "trained", "format": "adapter", "type": "q4_k_m"}, 400, "f32, f16, bf16, q8_0"),
+        ({"kind": "export", "run": "dora", "format": "adapter"}, 400, "DoRA's magnitude vector has no llama.cpp"),
         ({"kind": "export", "run": "trained", "format": "gguf", "type": "q9"}, 400, "'type' must be one of"),
         ({"kind": "export", "run": "trained", "format": "hf", "type": "q8_0"}, 400, "'type' is for GGUF"),
         ({"kind": "train"}, 400, "'values' is required"),
@@ -284,7 +290,10 @@ def test_train_queue_stop_resume_then_eval_and_export(studio, qwen2_dir):
         "/api/studio/jobs", json={"kind": "export", "run": "first", "format": "gguf", "type": "q8_0"}
     ).get_json()["job"]
     hf = client.post("/api/studio/jobs", json={"kind": "export", "run": "first", "format": "hf"}).get_json()["job"]
-    assert ev["state"] == ev1["state"] == gguf["state"] == hf["state"] == "queued"
+    lora = client.post(
+        "/api/studio/jobs", json={"kind": "export", "run": "first", "format": "adapter", "type": "q8_0"}
+    ).get_json()["job"]
+    assert ev["state"] == ev1["state"] == gguf["state"] == hf["state"] == lora["state"] == "queued"
     assert ev["command"].endswith(f"eval {run} --compare-base --limit 2 --out {run / ('eval-job-' + ev['id'])}")
     job = _wait(client, first["id"], lambda j: j["state"] == "done")
     assert job["progress"]["step"] == 40 and job["result"] is None
@@ -319,8 +328,15 @@ def test_train_queue_stop_resume_then_eval_and_export(studio, qwen2_dir):
     assert hf["state"] == "done" and "config.json" in hf["result"]["files"] and hf["result"]["ollama"] is None, hf
     config_json = client.get(f"/api/studio/jobs/{hf['id']}/files/config.json")
     assert config_json.status_code == 200 and "model_type" in config_json.get_json()
+    lora = _events(client.get(f"/api/studio/jobs/{lora['id']}/events"))[-1]
+    assert lora["state"] == "done", lora
+    files = lora["result"]["files"]
+    assert "first-lora-q8_0.gguf" in files and "Modelfile" in files and len(files) == 3, files  # + the base GGUF
+    modelfile = client.get(f"/api/studio/jobs/{lora['id']}/files/Modelfile").data.decode()
+    assert "ADAPTER ./first-lora-q8_0.gguf" in modelfile or "ADAPTER first-lora-q8_0.gguf" in modelfile, modelfile
+    assert lora["result"]["ollama"] == "ollama create first -f Modelfile"
     listed = [j["id"] for j in client.get("/api/studio/jobs").get_json()["jobs"]]
-    assert listed == [hf["id"], gguf["id"], ev1["id"], ev["id"], second["id"], first["id"]], "newest first"
+    assert listed == [lora["id"], hf["id"], gguf["id"], ev1["id"], ev["id"], second["id"], first["id"]], "newest first"
 
 
 def test_a_job_that_fails_says_why(studio, qwen2_dir):
