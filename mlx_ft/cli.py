@@ -138,7 +138,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from mlx_ft.server.state import ServeConfig
 
     config = ServeConfig(
-        args.run,
+        args.run or config_mod.TrainConfig.model,
         Path(args.db),
         Path(args.runs),
         data_dir=Path(args.data_dir),
@@ -148,6 +148,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         tasks=args.task or [],
         host=args.host,
         allowed_hosts=args.allow_host or [],
+        home="chat" if args.run else "studio",
     )
     serve(config, args.port)
 
@@ -435,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         metavar="RUN",
         nargs="?",
-        default=config_mod.TrainConfig.model,
-        help=f"{run_help} (default: the built-in {config_mod.TrainConfig.model}, the model `train` starts from)",
+        help=f"{run_help} (default: the built-in {config_mod.TrainConfig.model}, the model `train` starts from, "
+        "with the studio at /; the chat is at /chat)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")

@@ -53,7 +53,11 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
             return jsonify(error=message), e.code
         return e
 
-    @app.get("/")
+    @app.context_processor
+    def _home() -> dict[str, str]:
+        return {"home": config.home}  # the nav bar marks the page at / as the one it is
+
+    @app.get("/chat")
     def chat_page() -> str:
         return render_template(
             "chat.html",
@@ -61,6 +65,11 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
             adapter=adapter_name(engine),
             default_settings=DEFAULT_SETTINGS,
         )
+
+    @app.get("/")
+    def home_page() -> str:
+        # `serve` with no RUN is there to train one: it opens on the studio; `serve RUN` on the chat with that run.
+        return studio_page() if config.home == "studio" else chat_page()
 
     @app.get("/runs")
     def runs_page() -> str:
@@ -120,7 +129,7 @@ def serve(config: ServeConfig, port: int) -> None:
     served = of(app)
     label = served.engine.loaded.label
     print(f"mlx_ft: serving {label} at http://{host}:{port} (history in {config.db})", file=sys.stderr)
-    print(f"mlx_ft: studio at http://{host}:{port}/studio", file=sys.stderr)
+    print(f"mlx_ft: studio at http://{host}:{port}/{'' if config.home == 'studio' else 'studio'}", file=sys.stderr)
     for t in served.tasks.describe():
         route = f" and GET {t['get_route']['path']}" if t["get_route"] else ""
         print(f"mlx_ft: task {t['name']} at POST /api/tasks/{t['name']}{route}", file=sys.stderr)

@@ -34,6 +34,7 @@ class ServeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the address it listens on (`--host`): a Host header it may be reached by
     allowed_hosts: list[str] = field(default_factory=list)  # more Host names to accept (`--allow-host`; "*": any)
+    home: str = "chat"  # the page at /: "studio" when serve was started without a RUN (the chat is also at /chat)
 
 
 @dataclass

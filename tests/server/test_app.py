@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from mlx_ft import cli
 from mlx_ft.errors import UserError
 from mlx_ft.models import loader
 from mlx_ft.server.app import check_port, create_app
@@ -197,11 +198,26 @@ def test_runs_api(client):
 def test_info_and_pages(client):
     info = client.get("/api/info").get_json()
     assert info["adapter"] is None and info["defaults"]["max_tokens"] == 512
-    for page in ("/", "/runs"):
+    for page in ("/", "/chat", "/runs", "/studio"):
         resp = client.get(page)
         assert resp.status_code == 200 and b"http://" not in resp.data.replace(b"http://127.0.0.1", b""), (
             "no external assets"
         )
+    assert client.get("/").data == client.get("/chat").data, "serve RUN opens on the chat with the run"
+    assert b'<a href="/chat" aria-current="page">Chat</a>' in client.get("/").data
+
+
+def test_serve_without_a_run_opens_on_the_studio(engine, tmp_path):
+    """`serve` alone is there to train a model: / is the studio (the chat is at /chat); `serve RUN` keeps the chat."""
+    args = cli.build_parser().parse_args(["serve"])
+    assert args.run is None
+    app = create_app(
+        ServeConfig(str(engine.loaded.source), tmp_path / "chat.db", tmp_path / "runs", home="studio"), engine
+    )
+    client = app.test_client()
+    assert client.get("/").data == client.get("/studio").data
+    assert b'<a href="/studio" aria-current="page">Studio</a>' in client.get("/").data
+    assert b'id="new-chat"' in client.get("/chat").data and b'id="new-chat"' not in client.get("/").data
 
 
 def test_port_in_use_is_one_line_and_exit_2(tmp_path):

@@ -232,7 +232,7 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     shots("jobs")
 
     # ---- Chat with the run (the chat page's model menu) --------------------------------------------------------------
-    page.goto(base + "/")
+    page.goto(base + "/chat")
     page.wait_for_selector('body[data-ready="1"]')
     page.wait_for_selector("#model-picker:not([hidden])")
     page.select_option("#model-picker", f"run:{RUN}")

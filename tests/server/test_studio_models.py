@@ -27,7 +27,7 @@ GREEDY = Sampling(temp=0.0, top_p=1.0, max_tokens=8)
 
 def test_serve_without_run_serves_the_builtin_model_with_studio_folders():
     args = build_parser().parse_args(["serve"])
-    assert args.run == TrainConfig.model
+    assert args.run is None, "no RUN: cli serves the built-in model, with the studio at / (see its --help below)"
     args = build_parser().parse_args(["serve", "--data-dir", "d", "--exports-dir", "e", "--max-upload-mb", "2"])
     assert (args.data_dir, args.exports_dir, args.max_upload_mb) == ("d", "e", 2)
     assert build_parser().parse_args(["serve"]).max_upload_mb << 20 == MAX_UPLOAD_BYTES
@@ -37,7 +37,14 @@ def test_serve_help_says_what_the_studio_is_its_folders_and_what_stopping_does_t
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("the studio at /studio", "--data-dir (uploads)", "--exports-dir (exports)", "--models (local"):
+    for words in (
+        f"the built-in {TrainConfig.model}",
+        "with the studio at /;",
+        "the studio at /studio",
+        "--data-dir (uploads)",
+        "--exports-dir (exports)",
+        "--models (local",
+    ):
         assert words in text, words
     assert "sends the running job SIGINT" in text and "shows as interrupted, resumable from that checkpoint" in text
 
