@@ -121,6 +121,14 @@ class TokenizedPairs:
         )
 
 
+def _worker(comm_group: Any, batch_size: int) -> tuple[int, int]:
+    """This worker's rank and the number of workers, which must divide the batch (each takes an equal share)."""
+    rank, world = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
+    if batch_size % world:
+        raise UserError(f"batch_size {batch_size} must be divisible by the number of workers ({world})")
+    return rank, world
+
+
 def pair_batches(
     pairs: TokenizedPairs,
     batch_size: int,
@@ -135,9 +143,7 @@ def pair_batches(
     only on (seed, k); `skip`, `on_batch` and the split over workers as there). Each batch is (ids, loss mask,
     learned positions) of 2 x this worker's pairs rows, the chosen sides first, then the rejected ones in the same
     order, and a weight per pair (1; 0 for a pair a worker only borrowed to have one)."""
-    rank, world = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
-    if batch_size % world:
-        raise UserError(f"batch_size {batch_size} must be divisible by the number of workers ({world})")
+    rank, world = _worker(comm_group, batch_size)
     lengths = [max(len(c[0]), len(r[0])) for c, r in pairs.items]
     by_length = sorted(range(len(pairs)), key=lambda i: lengths[i])
     batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
@@ -293,9 +299,7 @@ def iterate_batches(
     learned positions), plus segment numbers when packed: the arguments of `loss.masked_loss` after the model.
     Training divides by the global batch's learned tokens over the workers (see masked_loss); evaluation by the
     batch's own."""
-    rank, world = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
-    if batch_size % world:
-        raise UserError(f"batch_size {batch_size} must be divisible by the number of workers ({world})")
+    rank, world = _worker(comm_group, batch_size)
     batches = batch_rows(dataset, batch_size, max_seq_length, loop, pack)
     limit = max_seq_length + 1
     for k, b in enumerate(_batch_order(len(batches), loop, seed)):
