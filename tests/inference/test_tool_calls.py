@@ -152,6 +152,25 @@ def test_qwen3_arguments_given_as_json_text_render_and_parse_alike(qwen3):
     assert as_calls(got) == [("get_time", TIME["arguments"])]
 
 
+def test_qwen3_calls_fed_by_mlx_lm_streaming_detokenizer(qwen3):
+    """The pieces a server really feeds: mlx_lm's detokenizer segments, token by token (`<tool_call>` is one token)."""
+    text = generated_answer(qwen3, assistant_turn([WEATHER, TIME], "Two lookups."))
+    detokenizer = qwen3.detokenizer
+    detokenizer.reset()
+    stream = parser_for(qwen3).stream(TOOLS)
+    events = []
+    for token in qwen3.encode(text, add_special_tokens=False):
+        detokenizer.add_token(token)
+        events += stream.feed(detokenizer.last_segment)
+    detokenizer.finalize()
+    events += stream.feed(detokenizer.last_segment) + stream.finish()
+    assert "".join(e.text for e in events if isinstance(e, ContentEvent)) == "Two lookups."
+    assert as_calls([e.call for e in events if isinstance(e, ToolCallEvent)]) == [
+        ("get_weather", WEATHER["arguments"]),
+        ("get_time", TIME["arguments"]),
+    ]
+
+
 def test_calls_have_openai_shape_and_fresh_ids(qwen3):
     text = generated_answer(qwen3, assistant_turn([WEATHER, TIME]))
     _, calls = parser_for(qwen3).split(text)
