@@ -5,7 +5,7 @@ Layers, highest first; a module may import its own layer and the ones below, nev
 
     cli, __main__, system.doctor      parse and dispatch; doctor reports on everything
     server                            the web app and its APIs
-    inference                         generation, infer, chat, eval (eval reuses validation's batches and loss)
+    inference                         generation, tool calls, infer, chat, eval (reusing validation's batches and loss)
     training | export                 the run | fused HF folders, GGUF, Modelfile (independent of each other)
     data                              raw formats -> messages JSONL, recipes, token statistics
     models                            model sources, GGUF import, the loader, adapters on a base
