@@ -1,16 +1,18 @@
 """Answers from a loaded model: one conversation streamed token by token, or many at once with mlx_lm's batch
-generator. Prompts always come from `chat_template.prompt_ids`, the ids training put before every answer."""
+generator; and what turns one answer's tokens into text (stop strings, log-probabilities) wherever it is generated.
+Prompts always come from `chat_template.prompt_ids`, the ids training put before every answer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.generate import BatchGenerator, stream_generate
-from mlx_lm.sample_utils import make_sampler
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors, make_sampler
 from tqdm import tqdm
 
 from mlx_ft import chat_template
@@ -19,21 +21,151 @@ from mlx_ft.inference.sampling import Sampling
 
 
 def sampler(sampling: Sampling) -> Any:
-    """mlx_lm's sampler for `sampling`, seeding MLX's generator first when a seed is given."""
-    if sampling.seed is not None:
-        mx.random.seed(sampling.seed)
-    return make_sampler(temp=sampling.temp, top_p=sampling.top_p if 0 < sampling.top_p < 1 else 0.0)
+    """The sampler for `sampling`: mlx_lm's, shared by every answer with the same settings (a batch of answers that
+    share one sampler is sampled in one call), or, with a seed, one with its own random key, so that a seeded answer
+    is the same whichever other answers are generated beside it."""
+    if sampling.seed is None or sampling.temp == 0:
+        return _shared_sampler(sampling.temp, _top_p(sampling), sampling.min_p, sampling.top_k)
+    return _SeededSampler(sampling)
+
+
+def _top_p(sampling: Sampling) -> float:
+    return sampling.top_p if 0 < sampling.top_p < 1 else 0.0
+
+
+@lru_cache(maxsize=64)
+def _shared_sampler(temp: float, top_p: float, min_p: float, top_k: int) -> Any:
+    return make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
+
+
+class _SeededSampler:
+    """mlx_lm's filters (top-p, min-p, top-k) and a categorical draw from this answer's own key, split per token."""
+
+    def __init__(self, sampling: Sampling) -> None:
+        self._key = mx.random.key(sampling.seed)
+        self._temp = sampling.temp
+        self._filters: list[Any] = []
+        if top_p := _top_p(sampling):
+            self._filters.append(lambda x: apply_top_p(x, top_p))
+        if sampling.min_p:
+            self._filters.append(lambda x: apply_min_p(x, sampling.min_p))
+        if sampling.top_k:
+            self._filters.append(lambda x: apply_top_k(x, sampling.top_k))
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        self._key, key = mx.random.split(self._key)
+        for f in self._filters:
+            logprobs = f(logprobs)
+        return mx.random.categorical(logprobs * (1.0 / self._temp), key=key)
+
+
+def logits_processors(sampling: Sampling) -> list[Any]:
+    """mlx_lm's processors for the penalties and logit bias of `sampling` (none: an empty list). The penalties look
+    at the whole answer so far (OpenAI's meaning), not mlx_lm's default last 20 tokens."""
+    return make_logits_processors(
+        dict(sampling.logit_bias) or None,
+        sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None,
+        sampling.max_tokens,
+        sampling.presence_penalty or None,
+        sampling.max_tokens,
+        sampling.frequency_penalty or None,
+        sampling.max_tokens,
+    )
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model, and the `top` likeliest (id, log-probability) there."""
+
+    id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(token: int, logprobs: mx.array, top: int) -> TokenLogprob:
+    """`token`'s entry from the model's log-probabilities over the vocabulary at its step."""
+    if top <= 0:
+        return TokenLogprob(token, logprobs[token].item())
+    best = mx.argpartition(-logprobs, kth=top - 1)[:top]
+    values = logprobs[best]
+    order = mx.argsort(-values)
+    ids, lps = best[order].tolist(), values[order].tolist()
+    return TokenLogprob(token, logprobs[token].item(), tuple(zip(ids, lps, strict=True)))
 
 
 @dataclass
 class Chunk:
-    """A piece of a streamed answer; the last one has `finish_reason` "stop" (end of turn) or "length"."""
+    """A piece of a streamed answer; the last one has `finish_reason` "stop" (end of turn, or a stop string) or
+    "length". `tokens` are the log-probabilities of the tokens whose text this piece carries, when asked for."""
 
     text: str
     finish_reason: str | None
     prompt_tokens: int
     generation_tokens: int
     generation_tps: float
+    tokens: list[TokenLogprob] = field(default_factory=list)
+
+
+class AnswerText:
+    """One answer's tokens as text pieces, cut before the first stop string.
+
+    Text that may be the start of a stop string is held back until the next tokens show it is not, so a stop string
+    split over several tokens (or streamed pieces) is still never shown. Each token's log-probability travels with
+    the piece that carries its text."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
+        self._detokenizer = tokenizer.detokenizer
+        self._stop = [s for s in stop if s]
+        self._pending: list[tuple[str, TokenLogprob | None]] = []
+        self.stopped = False  # a stop string was found: the answer is over
+
+    def add(self, token: int, info: TokenLogprob | None = None) -> tuple[str, list[TokenLogprob]]:
+        """The text (and token entries) that can be shown now that `token` was generated."""
+        self._detokenizer.add_token(token)
+        return self._emit(self._detokenizer.last_segment, info, final=False)
+
+    def finish(self) -> tuple[str, list[TokenLogprob]]:
+        """The rest of the answer's text, once it has ended."""
+        self._detokenizer.finalize()
+        return self._emit(self._detokenizer.last_segment, None, final=True)
+
+    def _emit(self, segment: str, info: TokenLogprob | None, final: bool) -> tuple[str, list[TokenLogprob]]:
+        if self.stopped:
+            return "", []
+        if segment or info is not None:
+            self._pending.append((segment, info))
+        text = "".join(t for t, _ in self._pending)
+        cuts = [i for s in self._stop if (i := text.find(s)) >= 0]
+        if cuts:
+            self.stopped = True
+            out = self._take(min(cuts))
+            self._pending = []
+            return out
+        if final or not self._stop:
+            return self._take(len(text))
+        held = max((k for s in self._stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return self._take(len(text) - held)
+
+    def _take(self, n: int) -> tuple[str, list[TokenLogprob]]:
+        """The first `n` characters of the pending text and the entries of the tokens that start in them."""
+        pieces: list[str] = []
+        infos: list[TokenLogprob] = []
+        while self._pending and n >= 0:
+            text, info = self._pending[0]
+            if len(text) > n:
+                if n == 0 and text:
+                    break
+                pieces.append(text[:n])
+                self._pending[0] = (text[n:], None)
+                if info is not None:
+                    infos.append(info)
+                break
+            pieces.append(text)
+            if info is not None:
+                infos.append(info)
+            self._pending.pop(0)
+            n -= len(text)
+        return "".join(pieces), infos
 
 
 def stream(model: nn.Module, tokenizer: Any, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
@@ -43,7 +175,14 @@ def stream(model: nn.Module, tokenizer: Any, messages: Sequence[Message], sampli
 
 def stream_ids(model: nn.Module, tokenizer: Any, prompt: list[int], sampling: Sampling) -> Iterator[Chunk]:
     """The answer to a prompt already rendered to ids (`chat_template.prompt_ids`), piece by piece."""
-    for r in stream_generate(model, tokenizer, prompt, max_tokens=sampling.max_tokens, sampler=sampler(sampling)):
+    for r in stream_generate(
+        model,
+        tokenizer,
+        prompt,
+        max_tokens=sampling.max_tokens,
+        sampler=sampler(sampling),
+        logits_processors=logits_processors(sampling),
+    ):
         yield Chunk(r.text, r.finish_reason, r.prompt_tokens, r.generation_tokens, r.generation_tps)
 
 

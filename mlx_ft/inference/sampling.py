@@ -15,4 +15,14 @@ class Sampling:
     temp: float = 0.0  # 0: greedy, the same answer every time
     top_p: float = 1.0
     max_tokens: int = MAX_TOKENS
-    seed: int | None = None
+    seed: int | None = None  # its own random stream: the same answer whatever else is generated beside it
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    # Penalties on tokens already in the answer: OpenAI's additive presence/frequency ones, mlx_lm's multiplicative
+    # repetition one (1: off).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these texts; none of it is returned
+    top_logprobs: int | None = None  # None: no log-probabilities; k: the chosen token's and the k likeliest

@@ -1,21 +1,20 @@
-"""The models behind the server, and the lock that makes their answers one at a time.
-
-MLX generation is not re-entrant across threads and interleaving two conversations' decode steps would buy nothing
-on one device, so every answer (streamed or not) holds the lock from its first to its last token: concurrent
-requests queue, and tokens can never cross between conversations.
+"""The models behind the server: one or more bases, the runs (adapters) each can wear, and the scheduler that
+generates every answer (`scheduler.py`: one thread, concurrent answers batched together).
 
 Several models share one loaded base. A run's adapter is put on the base once, exactly as `loader.load` does it
 (attach, load, fuse), and what that changed is kept as a *variant*: the modules it replaced and the weights it
 overwrote. Switching to a run then swaps those modules and arrays in (MLX arrays are immutable, so nothing is
 copied), and switching to the base swaps the originals back: the base answers exactly as before. A run whose base is
-another model, or the same one quantized (QLoRA), gets its own base, loaded when first asked for; one such base is
-kept besides the served one.
+another model, or the same one quantized (QLoRA), gets its own base, loaded when first asked for: the bases of the
+runs `serve` was started with stay loaded, and one more is kept for any other run.
+
+Only the scheduler's thread touches the models (switches, loads, generation); request threads build prompts with
+the tokenizers and read answers from queues.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,9 +30,11 @@ from mlx_ft.chat_template import Message
 from mlx_ft.inference import generation
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader, sources
+from mlx_ft.server.scheduler import Job, Scheduler
 
 FALLBACK_CONTEXT = 4096  # when the model config names no context length
 MAX_VARIANTS = 8  # runs kept ready per base; an older one is rebuilt (a first switch) when asked for again
+BaseKey = tuple[str, int | None]  # (resolved model source, quantization bits) of a base
 
 
 class TooLong(ValueError):
@@ -142,22 +143,28 @@ class _Base:
 
 
 class Engine:
-    def __init__(self, loaded: loader.Loaded) -> None:
+    def __init__(self, loaded: loader.Loaded, pinned: Sequence[loader.Loaded] = ()) -> None:
         """Serve `loaded`. A run loaded without its adapter (`loader.load(run, adapter=False)`) is served as a
         variant of its base, so the base and other runs on it can answer too; a run loaded with its adapter fused
-        in has no bare base left, and other models then load their own."""
+        in has no bare base left, and other models then load their own. `pinned`: bases of other models to keep
+        loaded for good (the other runs `serve` was given), loaded without their adapters."""
         self.loaded = loaded
-        self._lock = threading.Lock()
         args = getattr(loaded.model, "args", None)
         self.context = int(getattr(args, "max_position_embeddings", None) or FALLBACK_CONTEXT)
         quantize = loaded.cfg.quantize if loaded.cfg else None
         self._main = _Base(loaded.model, loaded.tokenizer, _base_key(loaded.base, quantize))
         self._fixed = loaded.adapted  # the model already wears its adapter for good
-        self._other: _Base | None = None  # the one base kept besides the served one
+        self._pinned: dict[BaseKey, _Base] = {}
+        for other in pinned:
+            key = _base_key(other.base, other.cfg.quantize if other.cfg else None)
+            if key != self._main.key:
+                self._pinned.setdefault(key, _Base(other.model, other.tokenizer, key))
+        self._other: _Base | None = None  # one more base, for a run on none of the above
         self._configs: dict[Path, tuple[tuple[int, int], config_mod.TrainConfig]] = {}
         self.served = ModelRef("served", loaded.adapter_file.parent) if loaded.adapter_file is not None else BASE
         if loaded.adapter_file is not None and not loaded.adapted:
             self._main.wear(loaded.adapter_file.parent, loaded.cfg)
+        self.scheduler = Scheduler(self)
 
     @property
     def tokenizer(self) -> Any:
@@ -189,60 +196,93 @@ class Engine:
             cached = self._configs[path] = (stamp, config_mod.load(path))
         return cached[1]
 
-    def _base_for(self, ref: ModelRef | None) -> tuple[_Base, config_mod.TrainConfig | None]:
-        """The base that answers for `ref` (loaded now when it is another model), and the run's config. Called with
-        the lock held."""
+    def model_key(self, ref: ModelRef | None) -> tuple[BaseKey, Path | None]:
+        """Which base and adapter answer for `ref` (None: the served model), without loading anything: answers
+        with the same key can be generated in one batch."""
         if ref is None or self._fixed:
             if ref is not None and ref.adapter_dir != self.served.adapter_dir:
                 raise ValueError("this server's model has its adapter fused in; it answers with that model only")
-            return self._main, self.loaded.cfg if ref is None else self._cfg(ref)
+            return self._main.key, self.served.adapter_dir
         cfg = self._cfg(ref)
         if cfg is None:
-            return self._main, None
-        key = _base_key(cfg.model, cfg.quantize)
+            return self._main.key, None
+        return _base_key(cfg.model, cfg.quantize), ref.adapter_dir
+
+    def _base(self, key: BaseKey, ref: ModelRef | None) -> _Base:
+        """The base of `key`, loaded now when it is none kept. Called by the scheduler's thread only."""
         if key == self._main.key:
-            return self._main, cfg
+            return self._main
+        if key in self._pinned:
+            return self._pinned[key]
         if self._other is None or self._other.key != key:
             self._other = None  # free the previous one before loading the next
+            assert ref is not None and ref.adapter_dir is not None
             base = loader.load(str(ref.adapter_dir), adapter=False)
             self._other = _Base(base.model, base.tokenizer, key)
-        return self._other, cfg
+        return self._other
 
-    def _activate(self, ref: ModelRef | None) -> tuple[_Base, float]:
-        """Make `ref` the model that answers (None: the served one); returns its base and the switch time in ms."""
+    def activate(self, ref: ModelRef | None) -> tuple[_Base, float]:
+        """Make `ref` the model that answers (None: the served one); returns its base and the switch time in ms.
+        Called by the scheduler's thread only."""
         start = time.perf_counter()
-        base, cfg = self._base_for(ref)
+        key, adapter_dir = self.model_key(ref)
+        base = self._base(key, ref)
         if not self._fixed:
-            target = ref if ref is not None else self.served
-            base.wear(target.adapter_dir, cfg)
+            base.wear(adapter_dir, self._cfg(ref) if ref is not None else self.loaded.cfg)
         return base, (time.perf_counter() - start) * 1000
 
     def tokenizer_for(self, ref: ModelRef | None) -> Any:
-        with self._lock:
-            return self._base_for(ref)[0].tokenizer
+        key, _ = self.model_key(ref)
+        if key == self._main.key:
+            return self._main.tokenizer
+        return self.scheduler.call(lambda: self._base(key, ref)).tokenizer
 
-    def prompt(self, messages: Sequence[Message], max_tokens: int, ref: ModelRef | None = None) -> list[int]:
-        """The prompt ids for `messages`, refused when the prompt plus `max_tokens` exceeds the context window."""
-        tokenizer = self.tokenizer if ref is None else self.tokenizer_for(ref)
-        ids = chat_template.prompt_ids(tokenizer, messages)
-        if len(ids) + max_tokens > self.context:
+    def prompt(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int,
+        ref: ModelRef | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> list[int]:
+        """The prompt ids for `messages` (and the `tools` the model may call), refused when the prompt plus
+        `max_tokens` exceeds the context window."""
+        tokenizer = self.tokenizer_for(ref)
+        ids = (
+            chat_template.prompt_ids(tokenizer, messages, tools=tools)
+            if tools
+            else chat_template.prompt_ids(tokenizer, messages)
+        )
+        self.check_fits(len(ids), max_tokens)
+        return ids
+
+    def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
+        if prompt_tokens + max_tokens > self.context:
             raise TooLong(
-                f"the conversation is {len(ids)} tokens; with max_tokens {max_tokens} it exceeds the "
+                f"the conversation is {prompt_tokens} tokens; with max_tokens {max_tokens} it exceeds the "
                 f"model's context window of {self.context} tokens (clear it or lower max_tokens)"
             )
-        return ids
+
+    def submit(self, prompt: list[int], sampling: Sampling, ref: ModelRef | None = None) -> Job:
+        """Start generating an answer (with the others being generated); read it with `job.pieces()`."""
+        return self.submit_many([(prompt, sampling)], ref)[0]
+
+    def submit_many(self, asks: Sequence[tuple[list[int], Sampling]], ref: ModelRef | None = None) -> list[Job]:
+        """Start generating answers to several (prompt, sampling) pairs, together."""
+        key = self.model_key(ref)  # a bad reference fails here, in the caller's thread
+        jobs = [Job(prompt, sampling, ref, key) for prompt, sampling in asks]
+        self.scheduler.submit(*jobs)
+        return jobs
 
     def stream(
         self, prompt: list[int], sampling: Sampling, ref: ModelRef | None = None, timing: list[float] | None = None
     ) -> Iterator[generation.Chunk]:
-        """The answer piece by piece, holding the model for the whole answer. Closing the iterator early (a client
-        that went away) releases it. `ref` names the model (None: the served one); `timing` receives the switch
-        time in ms."""
-        with self._lock:
-            base, switch_ms = self._activate(ref)
-            if timing is not None:
-                timing.append(switch_ms)
-            yield from generation.stream_ids(base.model, base.tokenizer, prompt, sampling)
+        """The answer piece by piece. Closing the iterator early (a client that went away) cancels it, and only it.
+        `ref` names the model (None: the served one); `timing` receives the switch time in ms."""
+        job = self.submit(prompt, sampling, ref)
+        for i, chunk in enumerate(job.pieces()):
+            if i == 0 and timing is not None:
+                timing.append(job.switch_ms or 0.0)
+            yield chunk
 
     def answer(
         self, prompt: list[int], sampling: Sampling, ref: ModelRef | None = None, timing: list[float] | None = None
@@ -255,7 +295,6 @@ class Engine:
         return "".join(text), reason, n
 
     def answer_many(self, prompts: Sequence[list[int]], sampling: Sampling) -> list[str]:
-        """Answers to many prompts in one batched generation by the served model, holding it for all of them."""
-        with self._lock:
-            base, _ = self._activate(None)
-            return generation.answer_many_ids(base.model, base.tokenizer, prompts, sampling, desc="task batch")
+        """Answers to many prompts by the served model, generated together (with any chats being answered)."""
+        jobs = self.submit_many([(p, sampling) for p in prompts])
+        return ["".join(c.text for c in job.pieces()) for job in jobs]
