@@ -149,11 +149,17 @@ def training_tokens(
     return ids, mask
 
 
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Ids of plain text, no chat template: what the model reads as a document (its BOS first, if it uses one).
+    Continued pre-training learns these; the completions API continues them."""
+    return list(hf_tokenizer(tokenizer).encode(text, add_special_tokens=True))
+
+
 def text_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
     """Ids of a plain-text example (continued pre-training) and its weights: every token is learned, the end-of-text
     token included, so the model also learns where a document stops."""
     hf = hf_tokenizer(tokenizer)
-    ids = list(hf.encode(text, add_special_tokens=True))
+    ids = text_ids(tokenizer, text)
     if hf.eos_token_id is not None:
         ids.append(hf.eos_token_id)
     return ids, [1] * len(ids)

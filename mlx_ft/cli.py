@@ -137,8 +137,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from mlx_ft.server.app import serve
     from mlx_ft.server.state import ServeConfig
 
+    runs = args.run or []
     config = ServeConfig(
-        args.run or config_mod.TrainConfig.model,
+        runs[0] if runs else config_mod.TrainConfig.model,
         Path(args.db),
         Path(args.runs),
         data_dir=Path(args.data_dir),
@@ -148,7 +149,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         tasks=args.task or [],
         host=args.host,
         allowed_hosts=args.allow_host or [],
-        home="chat" if args.run else "studio",
+        more_runs=runs[1:],
+        home="chat" if runs else "studio",
     )
     serve(config, args.port)
 
@@ -435,9 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "run",
         metavar="RUN",
-        nargs="?",
+        nargs="*",
         help=f"{run_help} (default: the built-in {config_mod.TrainConfig.model}, the model `train` starts from, "
-        "with the studio at /; the chat is at /chat)",
+        "with the studio at /; the chat is at /chat). More runs answer too: the OpenAI API's `model` names each "
+        "by its folder name (GET /v1/models lists them), runs on one base share it, and concurrent requests for "
+        "the same model are generated together",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")

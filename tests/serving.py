@@ -27,12 +27,14 @@ class Server(subprocess.Popen):
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def start_server(model: Path, port: int, db: Path, *extra: str) -> Server:
-    """`mlx_ft serve` in a child process, returned once it answers; its output in `serve-PORT.log` beside `db`."""
+def start_server(model: Path | list[Path], port: int, db: Path, *extra: str) -> Server:
+    """`mlx_ft serve MODEL [MODEL ...]` in a child process, returned once it answers; its output in
+    `serve-PORT.log` beside `db`."""
+    models = [str(m) for m in (model if isinstance(model, list) else [model])]
     log_path = db.parent / f"serve-{port}.log"
     with open(log_path, "ab") as log:  # the child keeps its own copy of the file descriptor
         proc = Server(
-            [sys.executable, "-m", "mlx_ft", "serve", str(model), "--port", str(port), "--db", str(db), *extra],
+            [sys.executable, "-m", "mlx_ft", "serve", *models, "--port", str(port), "--db", str(db), *extra],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
@@ -21,7 +22,7 @@ from mlx_ft.errors import UserError
 from mlx_ft.models import loader
 from mlx_ft.resources import resource
 from mlx_ft.server import api, guard, openai_api, runs, studio_data, studio_jobs, studio_models, tasks
-from mlx_ft.server.engine import Engine
+from mlx_ft.server.engine import Engine, ModelRef
 from mlx_ft.server.history import DEFAULT_SETTINGS, History
 from mlx_ft.server.http import ApiError
 from mlx_ft.server.job_runner import JobRunner
@@ -33,24 +34,30 @@ from mlx_ft.server.task_service import TaskService
 def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     """The app around `engine`, loaded from `config.source` when not given."""
     task_service = TaskService(engine, config.tasks)  # a bad recipe fails before the model loads
+    more = _more_runs(config)
     if engine is None:
         # Bare, with the adapter worn as a swappable variant: the base and the other runs on it can answer too.
-        engine = task_service.engine = Engine(loader.load(config.source, adapter=False))
+        engine = task_service.engine = Engine(
+            loader.load(config.source, adapter=False), [loader.load(str(p), adapter=False) for p in more.values()]
+        )
+    served_models = {_name(config.source): None, **{name: ModelRef(name, path) for name, path in more.items()}}
+    if len(served_models) < 1 + len(more):
+        raise UserError("two of the served models have the same folder name; serve one of them by another path")
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     jobs = JobRunner(JobStore(config.db), config.runs_dir)
-    app.extensions[EXTENSION] = ServerState(config, engine, History(config.db), task_service, jobs)
+    app.extensions[EXTENSION] = ServerState(config, engine, History(config.db), task_service, jobs, served_models)
     guard.install(app, guard.host_names(config.host, config.allowed_hosts))  # first: before any route runs
 
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> tuple[Response, int]:
-        return jsonify(error=e.message), e.status
+        return _error(e.message, e.status)
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Any:
         if request.path.startswith(("/api/", "/v1/")):
             message = "request body too large" if e.code == 413 else (e.description or e.name)
-            return jsonify(error=message), e.code
+            return _error(message, e.code or 500)
         return e
 
     @app.context_processor
@@ -94,6 +101,36 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     app.register_blueprint(studio_jobs.bp)
     tasks.add_get_routes(app, task_service)
     return app
+
+
+def _error(message: str, status: int) -> tuple[Response, int]:
+    """`{"error": "..."}`; on the OpenAI routes OpenAI's shape, which its clients read the message from."""
+    if request.path.startswith("/v1/"):
+        kind = "not_found_error" if status == 404 else "invalid_request_error"
+        return jsonify(error={"message": message, "type": kind, "param": None, "code": None}), status
+    return jsonify(error=message), status
+
+
+def _name(source: str) -> str:
+    """The name a served model answers to: a run's folder name (its adapter folder's run, for best/ and
+    checkpoints), or the model source as given."""
+    path = Path(source).expanduser()
+    found = loader.find_run(path) if path.is_dir() else None
+    if found is None:
+        return source
+    run, _ = found
+    return run.name if path.resolve() == run.resolve() else f"{run.name}@{path.name}"
+
+
+def _more_runs(config: ServeConfig) -> dict[str, Path]:
+    """The other runs `serve` was given, by name; each must be a run (an adapter on a base)."""
+    out = {}
+    for source in config.more_runs:
+        path = Path(source).expanduser()
+        if not (path.is_dir() and loader.find_run(path)):
+            raise UserError(f"{source}: not a run folder (only the first model of `serve` may be a plain model)")
+        out[_name(source)] = path
+    return out
 
 
 def adapter_name(engine: Engine) -> str | None:

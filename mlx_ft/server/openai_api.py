@@ -1,116 +1,350 @@
-"""OpenAI-compatible `POST /v1/chat/completions` (plain and `stream: true`) and `GET /v1/models`, so existing
-clients (the openai package, LangChain, curl scripts) work unchanged. Stateless: the client sends the history."""
+"""OpenAI-compatible `POST /v1/chat/completions`, `POST /v1/completions` (plain and `stream: true`) and
+`GET /v1/models`, so existing clients (the openai package, LangChain, curl scripts) work unchanged. Stateless: the
+client sends the history. What a request may ask is checked in `openai_request`; this module answers it.
+
+Every model the server can answer with is listed, and `model` selects it: the runs `serve` was started with under
+their folder names, the base, and the studio's runs and checkpoints under their ids (`run:NAME@best`).
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from mlx_ft import chat_template
-from mlx_ft.data import check_conversation
-from mlx_ft.inference.sampling import MAX_TOKENS, OPENAI_TEMPERATURE, Sampling
-from mlx_ft.server.engine import TooLong
-from mlx_ft.server.http import ApiError, event_stream, json_body, number_field, sse
+from mlx_ft.errors import UserError
+from mlx_ft.inference import generation, tool_calls
+from mlx_ft.inference.sampling import Sampling
+from mlx_ft.server import openai_request, studio_models
+from mlx_ft.server.engine import ModelRef
+from mlx_ft.server.http import ApiError, event_stream, json_body, sse
+from mlx_ft.server.scheduler import Job
 from mlx_ft.server.state import current
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
-ROLES = tuple(r for r in chat_template.ROLES if r != "tool")  # tool results need tool calls, which are not served yet
+_BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}  # byte-level BPE's printable stand-ins for raw bytes
+_parsers: weakref.WeakKeyDictionary[Any, tool_calls.ToolCallParser | None] = weakref.WeakKeyDictionary()
 
 
-def _model_id() -> str:
-    return current().config.source
+def _parser(tokenizer: Any) -> tool_calls.ToolCallParser | None:
+    """The model's tool-call parser, found once per loaded tokenizer (finding it reads the template)."""
+    if tokenizer not in _parsers:
+        _parsers[tokenizer] = tool_calls.parser_for(tokenizer)
+    return _parsers[tokenizer]
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise ApiError(400, "field 'messages' is required: a non-empty list of {role, content}")
-    out = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ApiError(400, f"messages[{i}]: role must be one of {', '.join(ROLES)}")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}]: content must be a string")
-        out.append({"role": m["role"], "content": content})
-    try:
-        check_conversation([*out, {"role": "assistant", "content": "-"}])
-    except ValueError as e:
-        raise ApiError(400, f"messages: {e} (the last message must be the user's)") from None
+def models_served() -> dict[str, ModelRef | None]:
+    """Every model id a request may name, the default first (None: the served model)."""
+    out: dict[str, ModelRef | None] = dict(current().served_models)
+    for e in studio_models.catalogue():
+        out.setdefault(e.id, e.ref)
     return out
 
 
-def _sampling(body: dict[str, Any]) -> Sampling:
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = MAX_TOKENS
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ApiError(400, "field 'max_tokens' must be a positive integer")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "field 'seed' must be an integer")
-    return Sampling(
-        temp=number_field(body, "temperature", OPENAI_TEMPERATURE, 0.0, 2.0),
-        top_p=number_field(body, "top_p", 1.0, 0.0, 1.0),
-        max_tokens=max_tokens,
-        seed=seed,
-    )
+def _model(body: dict[str, Any]) -> tuple[str, ModelRef | None]:
+    served = models_served()
+    name = body.get("model")
+    if name is None:
+        return next(iter(served)), None
+    if not isinstance(name, str) or name not in served:
+        known = ", ".join(list(served)[:10]) + (" …" if len(served) > 10 else "")
+        raise ApiError(404, f"model {name!r} is not served here; GET /v1/models lists them: {known}")
+    return name, served[name]
 
 
 @bp.get("/models")
 def models() -> Response:
-    return jsonify(object="list", data=[{"id": _model_id(), "object": "model", "created": 0, "owned_by": "mlx_ft"}])
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "mlx_ft"} for name in models_served()]
+    return jsonify(object="list", data=data)
+
+
+def _vocab_size(tokenizer: Any) -> int:
+    return len(chat_template.hf_tokenizer(tokenizer))
+
+
+def _token_bytes(tokenizer: Any, token: int) -> bytes:
+    """The raw bytes of one token: byte-level BPE pieces mapped back, anything else (special tokens, SentencePiece)
+    decoded."""
+    hf = chat_template.hf_tokenizer(tokenizer)
+    piece = hf.convert_ids_to_tokens(token)
+    if isinstance(piece, str) and piece and all(c in _BYTE_OF for c in piece):
+        return bytes(_BYTE_OF[c] for c in piece)
+    return hf.decode([token]).encode("utf-8")
+
+
+def _token_text(tokenizer: Any, token: int) -> str:
+    return _token_bytes(tokenizer, token).decode("utf-8", errors="replace")
+
+
+def _chat_logprobs(tokenizer: Any, tokens: list[generation.TokenLogprob]) -> dict[str, Any]:
+    def entry(token: int, logprob: float) -> dict[str, Any]:
+        raw = _token_bytes(tokenizer, token)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    content = [{**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]} for t in tokens]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(tokenizer: Any, tokens: list[generation.TokenLogprob], offset: int) -> dict[str, Any]:
+    texts = [_token_text(tokenizer, t.id) for t in tokens]
+    offsets, at = [], offset
+    for text in texts:
+        offsets.append(at)
+        at += len(text)
+    return {
+        "tokens": texts,
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [{_token_text(tokenizer, i): lp for i, lp in t.top} for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def _seeded(sampling: Sampling, i: int) -> Sampling:
+    """The sampling of choice `i` of n: its own seed, so the choices differ yet each is reproducible."""
+    if sampling.seed is None or i == 0:
+        return sampling
+    return Sampling(**{**sampling.__dict__, "seed": sampling.seed + i})
+
+
+def _submit(prompts: list[list[int]], sampling: Sampling, n: int, ref: ModelRef | None) -> list[Job]:
+    engine = current().engine
+    for p in prompts:
+        try:
+            engine.check_fits(len(p), sampling.max_tokens)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+    return engine.submit_many([(p, _seeded(sampling, i)) for p in prompts for i in range(n)], ref)
+
+
+def _merged(jobs: list[Job]) -> Iterator[tuple[int, generation.Chunk]]:
+    """The pieces of several jobs as they come, tagged with the job's index; closing it cancels them all."""
+    if len(jobs) == 1:
+        yield from ((0, c) for c in jobs[0].pieces())
+        return
+    merged: queue.Queue[tuple[int, generation.Chunk | BaseException | None]] = queue.Queue()
+
+    def forward(i: int, job: Job) -> None:
+        try:
+            for chunk in job.pieces():
+                merged.put((i, chunk))
+            merged.put((i, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the reader
+            merged.put((i, e))
+
+    for i, job in enumerate(jobs):
+        threading.Thread(target=forward, args=(i, job), daemon=True).start()
+    left = len(jobs)
+    try:
+        while left:
+            i, item = merged.get()
+            if item is None:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for job in jobs:
+            job.cancel()
+
+
+class _Answer:
+    """One choice as it is generated: text, token entries, why it ended, how many tokens."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.tokens: list[generation.TokenLogprob] = []
+        self.reason: str | None = None
+        self.n = 0
+
+    def add(self, chunk: generation.Chunk) -> None:
+        self.text.append(chunk.text)
+        self.tokens += chunk.tokens
+        self.reason = chunk.finish_reason or self.reason
+        self.n = chunk.generation_tokens
+
+
+def _collect(jobs: list[Job]) -> list[_Answer]:
+    answers = [_Answer() for _ in jobs]
+    for i, chunk in _merged(jobs):
+        answers[i].add(chunk)
+    return answers
+
+
+def _usage(prompts: list[list[int]], completion: int) -> dict[str, int]:
+    prompt = sum(len(p) for p in prompts)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
     body = json_body()
-    messages = _messages(body)
-    sampling = _sampling(body)
+    model, ref = _model(body)
+    messages = openai_request.messages(body)
+    tools = openai_request.tools(body)
     engine = current().engine
     try:
-        prompt = engine.prompt(messages, sampling.max_tokens)
-    except TooLong as e:
+        tokenizer = engine.tokenizer_for(ref)
+    except (ValueError, UserError) as e:
         raise ApiError(400, str(e)) from None
-    cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), _model_id()
-    if not body.get("stream"):
-        text, reason, n = engine.answer(prompt, sampling)
-        return jsonify(
-            id=cid,
-            object="chat.completion",
-            created=created,
-            model=model,
-            choices=[
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason or "stop"}
-            ],
-            usage={"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n},
-        )
+    sampling = openai_request.sampling(body, _vocab_size(tokenizer), chat=True)
+    n, usage_chunk = openai_request.choices(body), openai_request.include_usage(body)
+    if tools and not chat_template.supports_tools(tokenizer):
+        raise ApiError(400, f"model {model!r}: its chat template cannot render tools; serve one whose template can")
+    try:
+        prompt = engine.prompt(messages, sampling.max_tokens, ref, tools=tools)
+    except (ValueError, UserError) as e:
+        raise ApiError(400, str(e)) from None
+    jobs = _submit([prompt], sampling, n, ref)
+    parser = _parser(tokenizer) if tools else None
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": cid, "created": created, "model": model, "system_fingerprint": None}
 
-    def chunk(delta: dict[str, Any], reason: str | None = None) -> str:
-        return sse(
-            {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
-            }
-        )
+    if not body.get("stream"):
+        out = []
+        answers = _collect(jobs)
+        for i, a in enumerate(answers):
+            text = "".join(a.text)
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            reason = a.reason or "stop"
+            if parser is not None:
+                content, calls = parser.split(text, tools)
+                if calls:
+                    message.update(content=content or None, tool_calls=calls)
+                    reason = "tool_calls"
+            choice = {"index": i, "message": message, "finish_reason": reason, "logprobs": None}
+            if sampling.top_logprobs is not None:
+                choice["logprobs"] = _chat_logprobs(tokenizer, a.tokens)
+            out.append(choice)
+        usage = _usage([prompt], sum(a.n for a in answers))
+        return jsonify({**head, "object": "chat.completion", "choices": out, "usage": usage})
+
+    def chunk(i: int, delta: dict[str, Any], reason: str | None = None, logprobs: Any = None) -> str:
+        choice = {"index": i, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
+        extra = {"usage": None} if usage_chunk else {}
+        return sse({**head, "object": "chat.completion.chunk", "choices": [choice], **extra})
 
     def events() -> Iterator[str]:
-        yield chunk({"role": "assistant", "content": ""})
-        reason = None
-        for piece in engine.stream(prompt, sampling):
-            reason = piece.finish_reason
-            if piece.text:
-                yield chunk({"content": piece.text})
-        yield chunk({}, reason or "stop")
+        streams = [parser.stream(tools) if parser is not None else None for _ in jobs]
+        called = [0] * len(jobs)
+        completion = 0
+        for i in range(len(jobs)):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        for i, piece in _merged(jobs):
+            logprobs = _chat_logprobs(tokenizer, piece.tokens) if sampling.top_logprobs is not None else None
+            stream = streams[i]
+            if stream is None:
+                parts: list[tool_calls.Event] = [tool_calls.ContentEvent(piece.text)]
+            else:
+                parts = stream.feed(piece.text) + (stream.finish() if piece.finish_reason is not None else [])
+            for part in parts:
+                if isinstance(part, tool_calls.ContentEvent):
+                    if part.text:
+                        yield chunk(i, {"content": part.text}, None, logprobs)
+                        logprobs = None
+                else:
+                    yield chunk(i, {"tool_calls": [{"index": called[i], **part.call}]})
+                    called[i] += 1
+            if logprobs is not None and logprobs["content"]:
+                yield chunk(i, {}, None, logprobs)  # tokens whose text is held back (a possible stop string)
+            if piece.finish_reason is not None:
+                completion += piece.generation_tokens
+                yield chunk(i, {}, "tool_calls" if called[i] else piece.finish_reason)
+        if usage_chunk:
+            yield sse(
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": _usage([prompt], completion),
+                }
+            )
+        yield "data: [DONE]\n\n"
+
+    return event_stream(events())
+
+
+def _prompts(body: dict[str, Any], tokenizer: Any) -> tuple[list[list[int]], list[str]]:
+    """A completion request's prompts as ids and as text: a string, a list of strings, a list of token ids, or a
+    list of such lists (one answer, or `n`, per prompt)."""
+    raw = body.get("prompt")
+    vocab = _vocab_size(tokenizer)
+    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "field 'prompt' is required: a string, a list of strings or of token id lists")
+    ids, texts = [], []
+    for k, p in enumerate(raw):
+        if isinstance(p, str) and p:
+            ids.append(chat_template.text_ids(tokenizer, p))
+            texts.append(p)
+        elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            if not all(0 <= t < vocab for t in p):
+                raise ApiError(400, f"prompt[{k}]: a token id is outside the vocabulary (0 to {vocab - 1})")
+            ids.append(list(p))
+            texts.append(chat_template.hf_tokenizer(tokenizer).decode(p))
+        else:
+            raise ApiError(400, f"prompt[{k}] must be a non-empty string or list of token ids")
+    return ids, texts
+
+
+@bp.post("/completions")
+def completions() -> Response:
+    """Text continuation of a plain prompt, no chat template (what the model does with raw text)."""
+    body = json_body()
+    model, ref = _model(body)
+    engine = current().engine
+    try:
+        tokenizer = engine.tokenizer_for(ref)
+    except (ValueError, UserError) as e:
+        raise ApiError(400, str(e)) from None
+    sampling = openai_request.sampling(body, _vocab_size(tokenizer), chat=False)
+    n, usage_chunk = openai_request.choices(body), openai_request.include_usage(body)
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise ApiError(400, "field 'echo' must be true or false")
+    if echo and sampling.top_logprobs is not None:
+        raise ApiError(400, "'echo' with 'logprobs' would need the prompt's log-probabilities, not computed here")
+    prompts, texts = _prompts(body, tokenizer)
+    jobs = _submit(prompts, sampling, n, ref)
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": cid, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None}
+
+    if not body.get("stream"):
+        answers = _collect(jobs)
+        out = []
+        for i, a in enumerate(answers):
+            prefix = texts[i // n] if echo else ""
+            logprobs = _completion_logprobs(tokenizer, a.tokens, 0) if sampling.top_logprobs is not None else None
+            out.append({"index": i, "text": prefix + "".join(a.text), "logprobs": logprobs, "finish_reason": a.reason})
+        return jsonify({**head, "choices": out, "usage": _usage(prompts, sum(a.n for a in answers))})
+
+    def events() -> Iterator[str]:
+        extra = {"usage": None} if usage_chunk else {}
+        offsets = [0] * len(jobs)
+        completion = 0
+        if echo:
+            for i in range(len(jobs)):
+                yield sse({**head, **extra, "choices": [{"index": i, "text": texts[i // n], "logprobs": None}]})
+        for i, piece in _merged(jobs):
+            logprobs = None
+            if sampling.top_logprobs is not None:
+                logprobs = _completion_logprobs(tokenizer, piece.tokens, offsets[i])
+            offsets[i] += len(piece.text)
+            if piece.finish_reason is not None:
+                completion += piece.generation_tokens
+            choice = {"index": i, "text": piece.text, "logprobs": logprobs, "finish_reason": piece.finish_reason}
+            yield sse({**head, **extra, "choices": [choice]})
+        if usage_chunk:
+            yield sse({**head, "choices": [], "usage": _usage(prompts, completion)})
         yield "data: [DONE]\n\n"
 
     return event_stream(events())

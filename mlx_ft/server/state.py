@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, current_app
 
 from mlx_ft.server import MAX_UPLOAD_MB
-from mlx_ft.server.engine import Engine
+from mlx_ft.server.engine import Engine, ModelRef
 from mlx_ft.server.history import History
 from mlx_ft.server.job_runner import JobRunner
 from mlx_ft.server.task_service import TaskService
@@ -34,6 +34,7 @@ class ServeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the address it listens on (`--host`): a Host header it may be reached by
     allowed_hosts: list[str] = field(default_factory=list)  # more Host names to accept (`--allow-host`; "*": any)
+    more_runs: list[str] = field(default_factory=list)  # more runs to answer with (`serve RUN RUN ...`)
     home: str = "chat"  # the page at /: "studio" when serve was started without a RUN (the chat is also at /chat)
 
 
@@ -44,6 +45,8 @@ class ServerState:
     history: History
     tasks: TaskService
     jobs: JobRunner  # the studio's train/eval/export jobs
+    # The models `serve` was started with, by the names the OpenAI API knows them by; the first is the default.
+    served_models: dict[str, ModelRef | None] = field(default_factory=dict)
 
 
 def of(app: Flask) -> ServerState:

@@ -27,7 +27,7 @@ GREEDY = Sampling(temp=0.0, top_p=1.0, max_tokens=8)
 
 def test_serve_without_run_serves_the_builtin_model_with_studio_folders():
     args = build_parser().parse_args(["serve"])
-    assert args.run is None, "no RUN: cli serves the built-in model, with the studio at / (see its --help below)"
+    assert args.run == [], "no RUN: cli serves the built-in model, with the studio at / (see its --help below)"
     args = build_parser().parse_args(["serve", "--data-dir", "d", "--exports-dir", "e", "--max-upload-mb", "2"])
     assert (args.data_dir, args.exports_dir, args.max_upload_mb) == ("d", "e", 2)
     assert build_parser().parse_args(["serve"]).max_upload_mb << 20 == MAX_UPLOAD_BYTES

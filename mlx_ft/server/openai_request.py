@@ -1,0 +1,232 @@
+"""What an OpenAI request asks for, checked: the sampling parameters shared by `/v1/chat/completions` and
+`/v1/completions`, and the messages and tools of a chat.
+
+Every parameter OpenAI's API defines is either honoured or refused with a 400 that names it; fields OpenAI does not
+define are ignored, as OpenAI's own server does, so clients that send extras of their own keep working. Parameters
+that change nothing in the answer (`user`, `metadata`, `store`, `service_tier`) are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mlx_ft.data import check_conversation
+from mlx_ft.inference.sampling import MAX_TOKENS, OPENAI_TEMPERATURE, Sampling
+from mlx_ft.server.http import ApiError
+
+MAX_CHOICES = 8  # `n`: answers generated together for one request
+MAX_STOPS = 4  # as OpenAI
+MAX_TOP_LOGPROBS = 20  # as OpenAI (chat); the legacy completions API allows 5
+COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+# OpenAI parameters this server cannot honour, and what to do instead.
+UNSUPPORTED = {
+    "audio": "audio output is not supported",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "functions": "the deprecated 'functions' is not supported; send 'tools'",
+    "function_call": "the deprecated 'function_call' is not supported; send 'tool_choice'",
+    "reasoning_effort": "reasoning effort is not supported by these models",
+    "suffix": "'suffix' (insertion) is not supported",
+}
+
+
+def _int(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ApiError(400, f"field {key!r} must be an integer from {lo} to {hi}")
+    return value
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ApiError(400, f"field {key!r} must be a number from {lo} to {hi}")
+    return float(value)
+
+
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    for key, why in UNSUPPORTED.items():
+        if body.get(key) not in (None, "", [], {}):
+            raise ApiError(400, f"parameter '{key}': {why}")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise ApiError(400, "parameter 'modalities': only [\"text\"] is supported")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise ApiError(
+            400,
+            'parameter \'response_format\': only {"type": "text"}; JSON mode needs constrained decoding, which '
+            "this server does not do (ask for JSON in the prompt, or train the model to answer in it)",
+        )
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
+        raise ApiError(400, f"field 'stop' must be a non-empty string or a list of up to {MAX_STOPS} of them")
+    return tuple(stops)
+
+
+def _logit_bias(body: dict[str, Any], vocab_size: int) -> tuple[tuple[int, float], ...]:
+    bias = body.get("logit_bias")
+    if bias is None:
+        return ()
+    if not isinstance(bias, dict):
+        raise ApiError(400, "field 'logit_bias' must map token ids to numbers from -100 to 100")
+    out = []
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise ApiError(400, f"logit_bias: {key!r} is not a token id") from None
+        if not 0 <= token < vocab_size:
+            raise ApiError(400, f"logit_bias: token id {token} is outside the vocabulary (0 to {vocab_size - 1})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise ApiError(400, f"logit_bias[{key}] must be a number from -100 to 100")
+        out.append((token, float(value)))
+    return tuple(out)
+
+
+def sampling(body: dict[str, Any], vocab_size: int, chat: bool) -> Sampling:
+    """The sampling a request asks for. `logprobs` differs between the two APIs: a flag plus `top_logprobs` for
+    chat, the number of top entries for completions."""
+    refuse_unsupported(body)
+    if chat:
+        max_tokens = _int(body, "max_completion_tokens", None, 1, 1 << 20)
+        if max_tokens is None:
+            max_tokens = _int(body, "max_tokens", MAX_TOKENS, 1, 1 << 20)
+        logprobs = body.get("logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise ApiError(400, "field 'logprobs' must be true or false")
+        top = _int(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+        if top is not None and not logprobs:
+            raise ApiError(400, "field 'top_logprobs' needs 'logprobs': true")
+        top_logprobs = (top or 0) if logprobs else None
+    else:
+        max_tokens = _int(body, "max_tokens", COMPLETIONS_MAX_TOKENS, 1, 1 << 20)
+        top_logprobs = _int(body, "logprobs", None, 0, 5)
+    return Sampling(
+        temp=_number(body, "temperature", OPENAI_TEMPERATURE, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        max_tokens=max_tokens or MAX_TOKENS,
+        seed=_int(body, "seed", None, -(1 << 63), (1 << 64) - 1),
+        top_k=_int(body, "top_k", 0, 0, vocab_size) or 0,  # mlx_lm's server's extension
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),  # mlx_lm's server's extension
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0),  # mlx_lm's server's extension
+        logit_bias=_logit_bias(body, vocab_size),
+        stop=_stop(body),
+        top_logprobs=top_logprobs,
+    )
+
+
+def choices(body: dict[str, Any]) -> int:
+    n = _int(body, "n", 1, 1, MAX_CHOICES)
+    assert n is not None
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != n:
+        raise ApiError(400, "parameter 'best_of' is not supported (only equal to n)")
+    return n
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise ApiError(400, "field 'stream_options' must be an object like {\"include_usage\": true}")
+    if not body.get("stream"):
+        raise ApiError(400, "field 'stream_options' is only allowed with 'stream': true")
+    return bool(options.get("include_usage"))
+
+
+def _content(m: dict[str, Any], i: int) -> str | None:
+    content = m.get("content")
+    if isinstance(content, list):  # content parts: text only
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ApiError(400, f"messages[{i}]: content part {kind!r} is not supported (text only)")
+            parts.append(part["text"])
+        return "".join(parts)
+    if content is not None and not isinstance(content, str):
+        raise ApiError(400, f"messages[{i}]: content must be a string or a list of text parts")
+    return content
+
+
+def _tool_calls(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    calls = m.get("tool_calls")
+    if not isinstance(calls, list) or not calls:
+        raise ApiError(400, f"messages[{i}]: tool_calls must be a non-empty list")
+    out = []
+    for k, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ApiError(400, f"messages[{i}].tool_calls[{k}]: needs a function with a name")
+        arguments = fn.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        entry = {"type": "function", "function": {"name": fn["name"], "arguments": arguments}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        out.append(entry)
+    return out
+
+
+def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation: OpenAI roles (`developer` read as `system`), text content, assistant tool calls and tool
+    results; it must end where the model answers (a user message or tool results)."""
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "field 'messages' is required: a non-empty list of {role, content}")
+    out = []
+    for i, m in enumerate(raw):
+        role = m.get("role") if isinstance(m, dict) else None
+        role = "system" if role == "developer" else role
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ApiError(400, f"messages[{i}]: role must be one of system, developer, user, assistant, tool")
+        message: dict[str, Any] = {"role": role, "content": _content(m, i)}
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = _tool_calls(m, i)
+        elif message["content"] is None:
+            raise ApiError(400, f"messages[{i}]: content is required")
+        if role == "tool" and isinstance(m.get("tool_call_id"), str):
+            message["tool_call_id"] = m["tool_call_id"]
+        out.append(message)
+    try:
+        check_conversation([*out, {"role": "assistant", "content": "-"}])
+    except ValueError as e:
+        raise ApiError(400, f"messages: {e} (the last message must be the user's, or tool results)") from None
+    return out
+
+
+def tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tools the model may call (None: none, or `tool_choice: "none"`)."""
+    raw = body.get("tools")
+    choice = body.get("tool_choice")
+    if choice not in (None, "auto", "none"):
+        raise ApiError(
+            400, 'parameter \'tool_choice\': only "auto" and "none"; forcing a call needs constrained decoding'
+        )
+    if body.get("parallel_tool_calls") is False:
+        raise ApiError(400, "parameter 'parallel_tool_calls': false is not supported (the model decides)")
+    if raw is None or raw == []:
+        return None
+    if not isinstance(raw, list):
+        raise ApiError(400, "field 'tools' must be a list of {type: function, function: {name, ...}}")
+    for i, tool in enumerate(raw):
+        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ApiError(400, f"tools[{i}] must be {{type: function, function: {{name, description, parameters}}}}")
+    return None if choice == "none" else raw

@@ -1,0 +1,226 @@
+"""The OpenAI API as its clients see it: a real `serve` process with two models (the tiny base and a LoRA run on
+it), driven by the official `openai` client. Every parameter is honoured (checked against what it must change) or
+refused with a 400 that names it; concurrent streams are generated together and stay separate."""
+
+import json
+import threading
+from collections import Counter
+
+import openai
+import pytest
+
+from mlx_ft import config, data
+from mlx_ft.inference.sampling import Sampling
+from mlx_ft.models import loader
+from mlx_ft.server.engine import Engine
+from mlx_ft.training.run import train
+from tests.serving import free_port, start_server
+
+QUESTION = [{"role": "user", "content": "金鱼要多久换一次水？"}]
+GREEDY = {"temperature": 0, "max_tokens": 24}
+
+
+@pytest.fixture(scope="module")
+def run_a(qwen2_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("openai")
+    src = tmp / "facts.json"
+    src.write_text(json.dumps([{"question": f"q{i}?", "answer": "鱼要换水。" * 3} for i in range(8)]))
+    data.prepare([src], tmp / "data", valid=0.25, test=0.0)
+    cfg = dict(model=str(qwen2_dir), data=str(tmp / "data"), batch_size=2, iters=4, steps_per_report=2)
+    cfg.update(steps_per_eval=4, max_seq_length=64, learning_rate=5e-2, num_layers=2)
+    cfg["adapter_path"] = str(tmp / "runs" / "A")
+    train(config.build({**cfg, "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0}}))
+    return tmp / "runs" / "A"
+
+
+@pytest.fixture(scope="module")
+def server(qwen2_dir, run_a, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("openai_server")
+    port = free_port()
+    proc = start_server([qwen2_dir, run_a], port, tmp / "chat.db", "--runs", str(run_a.parent))
+    yield port
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def _chat(client, model, **kw):
+    return client.chat.completions.create(model=model, messages=kw.pop("messages", QUESTION), **{**GREEDY, **kw})
+
+
+def _streamed(client, model, **kw):
+    chunks = list(_chat(client, model, stream=True, **kw))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    return text, reasons, chunks
+
+
+def test_models_lists_every_served_model_and_model_selects_it(client, qwen2_dir, run_a):
+    ids = [m.id for m in client.models.list().data]
+    assert ids[:2] == [str(qwen2_dir), "A"], "the models serve was started with, by name, default first"
+    assert {"base", "run:A"} <= set(ids), "and the studio's catalogue"
+    base, tuned = _chat(client, str(qwen2_dir)), _chat(client, "A")
+    assert base.model == str(qwen2_dir) and tuned.model == "A"
+    assert _chat(client, "run:A").choices[0].message.content == tuned.choices[0].message.content
+    assert _chat(client, "base").choices[0].message.content == base.choices[0].message.content
+    alone = Engine(loader.load(str(run_a)))
+    expected = alone.answer(alone.prompt(QUESTION, 24), Sampling(max_tokens=24))
+    assert tuned.choices[0].message.content == expected[0], "the run answers as it does served alone"
+    assert tuned.choices[0].message.content != base.choices[0].message.content
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        _chat(client, "gpt-4o")
+
+
+def test_stop_cuts_the_answer_before_the_stop_text_plain_and_streamed(client, qwen2_dir):
+    full = _chat(client, "A").choices[0].message.content
+    assert len(full) > 6
+    stop = full[3:5]
+    at = full.find(stop)
+    stopped = _chat(client, "A", stop=stop).choices[0]
+    assert stopped.message.content == full[:at] and stopped.finish_reason == "stop"
+    listed = _chat(client, "A", stop=["\u2063never", stop]).choices[0]
+    assert listed.message.content == full[:at]
+    text, reasons, _ = _streamed(client, "A", stop=[stop])
+    assert text == full[:at] and reasons == ["stop"], "a stop text split over streamed pieces is never shown"
+
+
+def test_n_choices_with_a_seed_are_reproducible_and_differ(client):
+    kw = {"temperature": 1.0, "n": 3, "seed": 7, "max_tokens": 12}
+    first = _chat(client, "A", **kw)
+    again = _chat(client, "A", **kw)
+    texts = [c.message.content for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert texts == [c.message.content for c in again.choices], "a seed gives the same answers"
+    assert len(set(texts)) > 1, "each choice samples on its own"
+    assert first.usage.completion_tokens > 12, "usage counts every choice's tokens"
+    other = _chat(client, "A", **{**kw, "seed": 8})
+    assert [c.message.content for c in other.choices] != texts
+    streamed = list(_chat(client, "A", stream=True, **kw))
+    pieces = {i: [] for i in range(3)}
+    for c in streamed:
+        pieces[c.choices[0].index].append(c.choices[0].delta.content or "")
+    assert ["".join(pieces[i]) for i in range(3)] == texts, "streamed choices are the same answers, kept apart"
+
+
+def test_logprobs_and_top_logprobs(client):
+    answer = _chat(client, "A", logprobs=True, top_logprobs=3).choices[0]
+    entries = answer.logprobs.content
+    assert entries and all(len(e.top_logprobs) == 3 for e in entries)
+    for e in entries:
+        tops = [t.logprob for t in e.top_logprobs]
+        assert tops == sorted(tops, reverse=True) and e.logprob <= 0
+        assert e.logprob == pytest.approx(tops[0], abs=1e-4), "greedy: the chosen token is the likeliest"
+        assert e.top_logprobs[0].token == e.token
+    assert bytes(b for e in entries for b in e.bytes).decode() == answer.message.content
+    plain = _chat(client, "A").choices[0]
+    assert plain.logprobs is None and plain.message.content == answer.message.content
+    _, _, chunks = _streamed(client, "A", logprobs=True, top_logprobs=2)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+
+
+def test_stream_options_include_usage_sends_a_usage_chunk(client):
+    text, _, chunks = _streamed(client, "A", stream_options={"include_usage": True})
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    _, _, without = _streamed(client, "A")
+    assert all(c.usage is None for c in without)
+
+
+def test_penalties_and_logit_bias_change_the_answer(client):
+    model = client.models.list().data[0].id
+    plain = _chat(client, model, max_tokens=32).choices[0].message.content
+    repeats = max(Counter(plain).values())
+    penalised = _chat(client, model, max_tokens=32, frequency_penalty=2.0).choices[0].message.content
+    assert penalised != plain and max(Counter(penalised).values()) <= repeats
+    assert _chat(client, model, max_tokens=32, presence_penalty=2.0).choices[0].message.content != plain
+    forced = _chat(client, model, max_tokens=4, logit_bias={"100": 100}, logprobs=True).choices[0]
+    assert [e.bytes for e in forced.logprobs.content] == [forced.logprobs.content[0].bytes] * 4
+    repeated = _chat(client, model, max_tokens=32, extra_body={"repetition_penalty": 10.0})
+    assert repeated.choices[0].message.content != plain, "mlx_lm's repetition penalty, an extension"
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+        ({"n": 9}, "'n'"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "'stop'"),
+        ({"top_logprobs": 2}, "logprobs"),
+        ({"stream_options": {"include_usage": True}}, "stream"),
+        ({"logit_bias": {"99999999": 1}}, "vocabulary"),
+        ({"extra_body": {"functions": [{"name": "f"}]}}, "tools"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "image_url"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "cannot render tools"),
+    ],
+)
+def test_what_cannot_be_honoured_is_a_400_naming_it(client, kw, words):
+    with pytest.raises(openai.BadRequestError) as e:
+        _chat(client, "A", **kw)
+    assert words in e.value.body["message"]
+
+
+def test_unknown_extra_fields_are_ignored(client):
+    kw = {"extra_body": {"some_client_extra": {"x": 1}}, "user": "u1", "metadata": {"k": "v"}}
+    assert _chat(client, "A", **kw).choices[0].message.content == _chat(client, "A").choices[0].message.content
+
+
+def test_completions_plain_streamed_echo_several_prompts_and_logprobs(client, qwen2_dir):
+    model = str(qwen2_dir)
+    one = client.completions.create(model=model, prompt="金鱼", temperature=0)
+    assert one.object == "text_completion" and one.usage.completion_tokens <= 16, "OpenAI's default max_tokens"
+    text = one.choices[0].text
+    chunks = client.completions.create(model=model, prompt="金鱼", temperature=0, stream=True)
+    streamed = "".join(c.choices[0].text for c in chunks)
+    assert streamed == text
+    echo = client.completions.create(model=model, prompt="金鱼", temperature=0, echo=True)
+    assert echo.choices[0].text == "金鱼" + text
+    two = client.completions.create(model=model, prompt=["金鱼", "水草"], temperature=0, max_tokens=8)
+    assert [c.index for c in two.choices] == [0, 1] and two.choices[0].text == text[: len(two.choices[0].text)]
+    lp = client.completions.create(model=model, prompt="金鱼", temperature=0, logprobs=2).choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs)
+    assert all(len(t) == 2 for t in lp.top_logprobs)
+    assert lp.text_offset[0] == 0
+    stopped = client.completions.create(model=model, prompt="金鱼", temperature=0, stop=text[2:4]).choices[0]
+    assert stopped.text == text[: text.find(text[2:4])] and stopped.finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError, match="suffix"):
+        client.completions.create(model=model, prompt="a", suffix="b")
+
+
+def test_concurrent_streams_are_generated_together_and_stay_separate(client):
+    questions = [[{"role": "user", "content": f"第{i}个问题：金鱼吃什么？"}] for i in range(4)]
+    alone = [_chat(client, "A", messages=q).choices[0].message.content for q in questions]
+    got: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        got[i] = _streamed(client, "A", messages=questions[i])[0]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(4)] == alone, "temperature 0: the same answers as one at a time"
+
+
+def test_closing_one_stream_leaves_the_others_alone(client):
+    long = {"max_tokens": 48}
+    expected = _chat(client, "A", **long).choices[0].message.content
+    result = {}
+
+    def full() -> None:
+        result["text"] = _streamed(client, "A", **long)[0]
+
+    t = threading.Thread(target=full)
+    t.start()
+    stream = _chat(client, "A", stream=True, **long)
+    next(iter(stream))
+    stream.close()  # the client goes away mid-answer
+    t.join()
+    assert result["text"] == expected
