@@ -431,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(Ctrl-C or SIGTERM) it sends the running job SIGINT, as the studio's Stop does: train saves a "
         "checkpoint and exits, and the job shows as interrupted, resumable from that checkpoint; queued jobs "
         "wait for the next serve on the same --db. JSON APIs: /api/chat + /api/clear (server-side history), "
-        "/api/conversations, /api/studio/... (the studio's), and OpenAI's /v1/chat/completions (stream: true "
-        "too) and /v1/models.",
+        "/api/conversations, /api/studio/... (the studio's), and OpenAI's /v1/chat/completions, /v1/completions "
+        "(stream: true too) and /v1/models.",
     )
     p.add_argument(
         "run",
