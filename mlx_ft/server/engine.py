@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
@@ -159,6 +160,9 @@ class Engine:
             key = _base_key(other.base, other.cfg.quantize if other.cfg else None)
             if key != self._main.key:
                 self._pinned.setdefault(key, _Base(other.model, other.tokenizer, key))
+        # MLX streams belong to the thread that made them: evaluate every weight here, so that no lazy array of
+        # this thread is left for the scheduler's thread to compute ("There is no Stream(cpu, 0) in current thread").
+        mx.eval([b.model.parameters() for b in (self._main, *self._pinned.values())])
         self._other: _Base | None = None  # one more base, for a run on none of the above
         self._configs: dict[Path, tuple[tuple[int, int], config_mod.TrainConfig]] = {}
         self.served = ModelRef("served", loaded.adapter_file.parent) if loaded.adapter_file is not None else BASE

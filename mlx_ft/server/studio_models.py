@@ -83,6 +83,11 @@ def catalogue() -> list[Entry]:
     served = engine.served.adapter_dir
     if served is not None and not any(_same(e.adapter_dir, served) for e in entries):
         entries.append(Entry(SERVED, engine.loaded.label, "run", engine.loaded.base, None, None, served))
+    for name, ref in state.served_models.items():  # the other runs `serve` was given, outside the runs folder
+        if ref is not None and ref.adapter_dir and not any(_same(e.adapter_dir, ref.adapter_dir) for e in entries):
+            cfg = loader.run_config(str(ref.adapter_dir))
+            base = cfg.model if cfg else engine.loaded.base
+            entries.append(Entry(name, f"{name} (served)", "run", base, None, None, ref.adapter_dir))
     return entries
 
 

@@ -21,23 +21,30 @@ GREEDY = {"temperature": 0, "max_tokens": 24}
 
 
 @pytest.fixture(scope="module")
-def run_a(qwen2_dir, tmp_path_factory):
+def runs(qwen2_dir, tmp_path_factory):
+    """A: LoRA on the tiny base; Q: QLoRA, whose base is the tiny model quantized (a second base)."""
     tmp = tmp_path_factory.mktemp("openai")
     src = tmp / "facts.json"
     src.write_text(json.dumps([{"question": f"q{i}?", "answer": "鱼要换水。" * 3} for i in range(8)]))
     data.prepare([src], tmp / "data", valid=0.25, test=0.0)
     cfg = dict(model=str(qwen2_dir), data=str(tmp / "data"), batch_size=2, iters=4, steps_per_report=2)
     cfg.update(steps_per_eval=4, max_seq_length=64, learning_rate=5e-2, num_layers=2)
-    cfg["adapter_path"] = str(tmp / "runs" / "A")
-    train(config.build({**cfg, "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0}}))
-    return tmp / "runs" / "A"
+    cfg["lora_parameters"] = {"rank": 4, "scale": 20.0, "dropout": 0.0}
+    train(config.build({**cfg, "adapter_path": str(tmp / "runs" / "A")}))
+    train(config.build({**cfg, "adapter_path": str(tmp / "runs" / "Q"), "quantize": 4}))
+    return tmp / "runs"
 
 
 @pytest.fixture(scope="module")
-def server(qwen2_dir, run_a, tmp_path_factory):
+def run_a(runs):
+    return runs / "A"
+
+
+@pytest.fixture(scope="module")
+def server(qwen2_dir, runs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("openai_server")
     port = free_port()
-    proc = start_server([qwen2_dir, run_a], port, tmp / "chat.db", "--runs", str(run_a.parent))
+    proc = start_server([qwen2_dir, runs / "A", runs / "Q"], port, tmp / "chat.db", "--runs", str(runs))
     yield port
     proc.terminate()
     proc.wait(timeout=60)
@@ -59,18 +66,24 @@ def _streamed(client, model, **kw):
     return text, reasons, chunks
 
 
-def test_models_lists_every_served_model_and_model_selects_it(client, qwen2_dir, run_a):
+def _alone(source) -> str:
+    engine = Engine(loader.load(str(source)))
+    return engine.answer(engine.prompt(QUESTION, 24), Sampling(max_tokens=24))[0]
+
+
+def test_models_lists_every_served_model_and_model_selects_it(client, qwen2_dir, run_a, runs):
     ids = [m.id for m in client.models.list().data]
-    assert ids[:2] == [str(qwen2_dir), "A"], "the models serve was started with, by name, default first"
+    assert ids[:3] == [str(qwen2_dir), "A", "Q"], "the models serve was started with, by name, default first"
     assert {"base", "run:A"} <= set(ids), "and the studio's catalogue"
     base, tuned = _chat(client, str(qwen2_dir)), _chat(client, "A")
     assert base.model == str(qwen2_dir) and tuned.model == "A"
     assert _chat(client, "run:A").choices[0].message.content == tuned.choices[0].message.content
     assert _chat(client, "base").choices[0].message.content == base.choices[0].message.content
-    alone = Engine(loader.load(str(run_a)))
-    expected = alone.answer(alone.prompt(QUESTION, 24), Sampling(max_tokens=24))
-    assert tuned.choices[0].message.content == expected[0], "the run answers as it does served alone"
+    assert tuned.choices[0].message.content == _alone(run_a), "the run answers as it does served alone"
     assert tuned.choices[0].message.content != base.choices[0].message.content
+    quantized = _chat(client, "Q").choices[0].message.content
+    assert quantized == _alone(runs / "Q"), "a run on another (quantized) base answers from its own base"
+    assert _chat(client, "A").choices[0].message.content == tuned.choices[0].message.content, "and back"
     with pytest.raises(openai.NotFoundError, match="not served here"):
         _chat(client, "gpt-4o")
 

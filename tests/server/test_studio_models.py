@@ -263,6 +263,20 @@ def test_a_run_served_as_it_is_shares_its_base_with_the_others(runs, truth, tmp_
     assert [a["text"] for a in answers] == [truth["run:A"], truth["base"], truth["run:B"]]
 
 
+def test_runs_serve_was_given_answer_by_name_in_the_studio_and_the_openai_api(engine, runs, truth, tmp_path):
+    """`serve BASE RUNS/A` with a runs folder that does not hold A: A answers under its folder name."""
+    cfg = ServeConfig(str(engine.loaded.source), tmp_path / "c.db", tmp_path / "empty", more_runs=[str(runs / "A")])
+    client = create_app(cfg, engine).test_client()
+    ids = [m["id"] for m in client.get("/api/studio/models").get_json()["models"]]
+    assert ids == ["base", "A"]
+    assert [m["id"] for m in client.get("/v1/models").get_json()["data"]] == [str(engine.loaded.source), "A", "base"]
+    assert [a["text"] for a in _compare(client, "A", "base")] == [truth["run:A"], truth["base"]]
+    body = {"model": "A", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0}
+    body["max_tokens"] = GREEDY.max_tokens
+    answer = client.post("/v1/chat/completions", json=body).get_json()
+    assert answer["model"] == "A" and answer["choices"][0]["message"]["content"] == truth["run:A"]
+
+
 def test_a_variant_dropped_from_the_cache_is_rebuilt_the_same(client, truth, monkeypatch):
     from mlx_ft.server import engine as engine_mod
 
