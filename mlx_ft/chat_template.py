@@ -7,13 +7,18 @@ exactly the tokens it will see when it is used. The template itself is the model
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 # The one vocabulary of a conversation, everywhere in mlx_ft: OpenAI's chat roles and {"role", "content"} messages.
+# An assistant message may carry OpenAI's `tool_calls` ([{"id"?, "type": "function", "function": {"name",
+# "arguments": JSON string}}]); a tool result is {"role": "tool", "tool_call_id"?, "content"}; the tools offered are
+# OpenAI's [{"type": "function", "function": {"name", "description", "parameters"}}], beside the messages.
 ROLES = ("system", "user", "assistant", "tool")
 Message = dict[str, Any]
+Tool = dict[str, Any]
 
 
 def hf_tokenizer(tokenizer: Any) -> Any:
@@ -26,17 +31,55 @@ def has_template(tokenizer: Any) -> bool:
     return bool(getattr(hf_tokenizer(tokenizer), "chat_template", None))
 
 
-def render(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
-    """The conversation as the model's chat template writes it."""
+def for_template(messages: Sequence[Message]) -> list[Message]:
+    """The messages as Hugging Face chat templates expect them: OpenAI's shape, except that a tool call's
+    `arguments` is an object, not a JSON string (Qwen2.5 and Llama 3.1 write `arguments | tojson`, which would
+    quote a string a second time). Arguments that are not valid JSON stay as they are."""
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            m = {**m, "tool_calls": [_call_for_template(c) for c in m["tool_calls"]]}
+        out.append(m)
+    return out
+
+
+def _call_for_template(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function")
+    if not (isinstance(fn, dict) and isinstance(fn.get("arguments"), str)):
+        return call
+    try:
+        arguments = json.loads(fn["arguments"])
+    except json.JSONDecodeError:
+        return call
+    return {**call, "function": {**fn, "arguments": arguments}}
+
+
+def render(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    add_generation_prompt: bool = False,
+    tools: Sequence[Tool] | None = None,
+) -> str:
+    """The conversation as the model's chat template writes it, with the `tools` it may call."""
     hf = hf_tokenizer(tokenizer)
     if not has_template(tokenizer):
         raise ValueError("this tokenizer has no chat template")
-    return hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    return hf.apply_chat_template(
+        for_template(messages),
+        tools=list(tools) if tools else None,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
 
 
-def encode(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
+def encode(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    add_generation_prompt: bool = False,
+    tools: Sequence[Tool] | None = None,
+) -> list[int]:
     """Token ids of the rendered conversation. Templates write their own BOS, so no special tokens are added."""
-    return _ids(tokenizer, render(tokenizer, messages, add_generation_prompt))
+    return _ids(tokenizer, render(tokenizer, messages, add_generation_prompt, tools))
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -56,12 +99,18 @@ class AnswerFrame:
 
 
 _frames: dict[tuple[Any, ...], AnswerFrame] = {}
+_tool_support: dict[tuple[Any, ...], bool] = {}
+
+
+def _template_key(tokenizer: Any) -> tuple[Any, ...]:
+    """What a probe's result depends on: the template and the special tokens it may write."""
+    hf = hf_tokenizer(tokenizer)
+    return (getattr(hf, "chat_template", None), getattr(hf, "bos_token", None), getattr(hf, "eos_token", None))
 
 
 def answer_frame(tokenizer: Any) -> AnswerFrame:
     """The template's frame around an answer, found by rendering a probe conversation (once per template)."""
-    hf = hf_tokenizer(tokenizer)
-    key = (getattr(hf, "chat_template", None), getattr(hf, "bos_token", None), getattr(hf, "eos_token", None))
+    key = _template_key(tokenizer)
     if key not in _frames:
         _frames[key] = _probe_frame(tokenizer)
     return _frames[key]
@@ -78,6 +127,38 @@ def _probe_frame(tokenizer: Any) -> AnswerFrame:
     return AnswerFrame(preamble, full[at + len(_PROBE) :])
 
 
+_PROBE_NAMES = ("mlx_ft_probe_tool", "mlx_ft_probe_call", "mlx_ft_probe_result")
+
+
+def supports_tools(tokenizer: Any) -> bool:
+    """Whether the chat template writes tools, an assistant's tool calls and their results (Qwen2.5, Qwen3 and
+    Llama 3.1 do; plain ChatML drops them): found by rendering a probe conversation, once per template."""
+    key = _template_key(tokenizer)
+    if key not in _tool_support:
+        _tool_support[key] = _probe_tools(tokenizer)
+    return _tool_support[key]
+
+
+def _probe_tools(tokenizer: Any) -> bool:
+    if not has_template(tokenizer):
+        return False
+    tool, call, result = _PROBE_NAMES
+    tools = [{"type": "function", "function": {"name": tool, "description": "?", "parameters": {"type": "object"}}}]
+    # The id has Mistral's required shape (nine alphanumerics), so its template is judged on tools, not on ids.
+    calls = [{"id": "probe0001", "type": "function", "function": {"name": call, "arguments": '{"q": 1}'}}]
+    messages = [
+        {"role": "user", "content": "?"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "probe0001", "content": result},
+        {"role": "assistant", "content": "!"},
+    ]
+    try:
+        text = render(tokenizer, messages, tools=tools)
+    except Exception:  # noqa: BLE001 -- a template that raises on tools (or on their fields) cannot render them
+        return False
+    return all(name in text for name in _PROBE_NAMES)
+
+
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """The token that ends an assistant turn (`<|im_end|>`, `<|eot_id|>`): generation must stop there. None when the
     template ends a turn with plain text only."""
@@ -89,54 +170,77 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     return ids[0] if ids and ids[0] in special else None
 
 
-def prompt_text(tokenizer: Any, messages: Sequence[Message]) -> str:
+def prompt_text(tokenizer: Any, messages: Sequence[Message], tools: Sequence[Tool] | None = None) -> str:
     """The text a model reads before it writes its answer to the conversation's last message: the generation prompt
     plus the answer preamble. Training learns only what follows this, so inference gives exactly this."""
-    return render(tokenizer, messages, add_generation_prompt=True) + answer_frame(tokenizer).preamble
+    return render(tokenizer, messages, add_generation_prompt=True, tools=tools) + answer_frame(tokenizer).preamble
 
 
-def prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
-    """Ids to feed a model that must answer the conversation's last (user) message."""
-    return _ids(tokenizer, prompt_text(tokenizer, messages))
+def prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[Tool] | None = None) -> list[int]:
+    """Ids to feed a model that must answer the conversation's last (user or tool) message."""
+    return _ids(tokenizer, prompt_text(tokenizer, messages, tools))
 
 
-def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans the model should learn to write: each assistant turn,
-    its end-of-turn marker included, and nothing of the system or user turns.
+def assistant_spans(
+    tokenizer: Any, messages: Sequence[Message], tools: Sequence[Tool] | None = None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans the model should learn to write: each assistant turn (its
+    text and its tool calls, in the template's own format), its end-of-turn marker included, and nothing of the
+    system, user or tool turns.
 
-    A span is found by rendering the conversation up to that turn: the prompt before it (`prompt_text`, the answer
-    preamble included, since inference writes that into the prompt) ends where the answer starts.
-    Templates that rewrite earlier turns (Qwen3 drops old reasoning) break that prefix property; then only the last
-    turn is learned, which is still never wrong.
+    A turn's answer is what the template writes after the generation prompt (and the answer preamble) when the
+    conversation ends with that turn: exactly what inference asks the model to write. It is learned where the whole
+    conversation has that prompt as a prefix followed by that answer, with the preamble or without it: Qwen3 writes
+    its empty think block only in the turns after the last user message, and not in an assistant turn that a
+    tool result follows. A turn the template writes differently in the whole conversation (a template that rewrites
+    earlier turns) is not learned; the last turn always is.
     """
-    text = render(tokenizer, messages)
+    text = render(tokenizer, messages, tools=tools)
+    preamble = answer_frame(tokenizer).preamble
     spans: list[tuple[int, int]] = []
     for k, m in enumerate(messages):
         if m.get("role") != "assistant":
             continue
-        before = prompt_text(tokenizer, messages[:k]) if k else ""
-        through = render(tokenizer, messages[: k + 1])
-        if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
-            if k == len(messages) - 1 and text.startswith(before):
-                return text, [(len(before), len(text))]
-            spans = []
-            continue
-        spans.append((len(before), len(through)))
+        prompt = render(tokenizer, messages[:k], add_generation_prompt=True, tools=tools) if k else ""
+        through = render(tokenizer, messages[: k + 1], tools=tools)
+        span = _locate(text, prompt, preamble, through)
+        if span is None and k == len(messages) - 1 and text.startswith(prompt + preamble):
+            span = (len(prompt + preamble), len(text))
+        if span is not None:
+            spans.append(span)
     if not spans:
         raise ValueError("the conversation has no assistant turn the chat template renders")
     return text, spans
 
 
+def _locate(text: str, prompt: str, preamble: str, through: str) -> tuple[int, int] | None:
+    """Where in `text` the answer that `through` adds to `prompt` (after the preamble, if it writes one) stands."""
+    if not through.startswith(prompt):
+        return None
+    answer = through[len(prompt) :].removeprefix(preamble)
+    if not answer:
+        return None
+    for before in (prompt + preamble, prompt):
+        if text.startswith(before + answer):
+            return len(before), len(before) + len(answer)
+    return None
+
+
 def training_tokens(
-    tokenizer: Any, messages: Sequence[Message], mask_prompt: bool = True, last_only: bool = False
+    tokenizer: Any,
+    messages: Sequence[Message],
+    mask_prompt: bool = True,
+    last_only: bool = False,
+    tools: Sequence[Tool] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Ids of the whole conversation and a 0/1 weight per id: 1 where the loss applies (with `last_only`, on the
-    final assistant turn alone: a preference pair compares its two answers, not the turns they share).
+    """Ids of the whole conversation (with the `tools` it was offered) and a 0/1 weight per id: 1 where the loss
+    applies (with `last_only`, on the final assistant turn alone: a preference pair compares its two answers, not
+    the turns they share).
 
     The mask is taken from character offsets of one tokenization of the full text, so tokens that BPE merges across
     a turn boundary are handled the way the model will actually see them.
     """
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, tools)
     spans = spans[-1:] if last_only else spans
     enc = hf_tokenizer(tokenizer)(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])

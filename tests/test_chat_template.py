@@ -86,3 +86,85 @@ def test_inference_sends_exactly_the_tokens_training_saw(request, model, chat):
     answer = ids[len(prompt) :]
     assert tok.decode(answer[: answer.index(eot)]) == chat[-1]["content"]
     assert all(mask[len(prompt) : len(prompt) + answer.index(eot) + 1])
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "巴黎"}'}}
+TOOL_CHAT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "巴黎天气怎么样？"},
+    {"role": "assistant", "content": "", "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 18, "sky": "sunny"}'},
+    {"role": "assistant", "content": "18°C, sunny."},
+]
+
+
+def test_tool_conversation_is_the_templates_own_rendering(qwen3_dir):
+    """Training's ids of a tool conversation = the template's own rendering, given what HF templates expect: the
+    call's arguments as an object."""
+    tok = load_tokenizer(Path(qwen3_dir))
+    native = [
+        *TOOL_CHAT[:2],
+        {**TOOL_CHAT[2], "tool_calls": [{**CALL, "function": {**CALL["function"]}}]},
+        *TOOL_CHAT[3:],
+    ]
+    native[2]["tool_calls"][0]["function"]["arguments"] = {"city": "巴黎"}
+    own = ct.hf_tokenizer(tok).apply_chat_template(native, tools=TOOLS, tokenize=True)["input_ids"]
+    ids, _ = ct.training_tokens(tok, TOOL_CHAT, tools=TOOLS)
+    assert ids == list(own) == ct.encode(tok, TOOL_CHAT, tools=TOOLS)
+    assert "get_weather" in ct.render(tok, TOOL_CHAT[:2], tools=TOOLS), "the tools are in the prompt"
+    assert TOOL_CHAT[2]["tool_calls"][0]["function"]["arguments"] == '{"city": "巴黎"}', "the caller's data is intact"
+    # Inference after the tool result reads exactly what training put before the final answer.
+    prompt = ct.prompt_ids(tok, TOOL_CHAT[:-1], tools=TOOLS)
+    assert ids[: len(prompt)] == prompt
+
+
+def test_the_call_and_the_answer_are_learned_and_the_tool_result_is_not(qwen3_dir):
+    tok = load_tokenizer(Path(qwen3_dir))
+    ids, mask = ct.training_tokens(tok, TOOL_CHAT, tools=TOOLS)
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "巴黎"}}\n</tool_call><|im_end|>\n'
+    assert _learned(tok, ids, mask) == call + "18°C, sunny.<|im_end|>\n"
+    unlearned = tok.decode([i for i, m in zip(ids, mask) if not m])
+    for text in ("Answer briefly.", "巴黎天气怎么样？", '{"temp_c": 18, "sky": "sunny"}', "The weather in a city"):
+        assert text in unlearned
+    # The call's tokens carry the loss (the system prompt's instructions mention <tool_call> too: those do not).
+    marks = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("<tool_call>")]
+    assert [mask[i] for i in marks] == [0] * (len(marks) - 1) + [1]
+    response = ids.index(tok.convert_tokens_to_ids("<tool_response>"))
+    assert not any(mask[response : ids.index(tok.convert_tokens_to_ids("</tool_response>")) + 1])
+
+
+def test_parallel_calls_are_learned_together(qwen3_dir):
+    tok = load_tokenizer(Path(qwen3_dir))
+    second = {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+    chat = [
+        TOOL_CHAT[1],
+        {"role": "assistant", "content": "", "tool_calls": [CALL, second]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "25"},
+        {"role": "assistant", "content": "18 and 25."},
+    ]
+    ids, mask = ct.training_tokens(tok, chat, tools=TOOLS)
+    learned = _learned(tok, ids, mask)
+    assert learned.count("<tool_call>") == 2 and '"Rome"' in learned and learned.endswith("18 and 25.<|im_end|>\n")
+
+
+def test_which_templates_render_tools(qwen2_dir, qwen3_dir):
+    assert ct.supports_tools(load_tokenizer(Path(qwen3_dir)))
+    assert not ct.supports_tools(load_tokenizer(Path(qwen2_dir))), "plain ChatML drops tools and calls"
+
+
+def test_for_template_gives_templates_arguments_as_objects():
+    bad = {"type": "function", "function": {"name": "f", "arguments": "not json"}}
+    out = ct.for_template([{"role": "assistant", "content": "", "tool_calls": [CALL, bad]}, TOOL_CHAT[1]])
+    assert out[0]["tool_calls"][0]["function"]["arguments"] == {"city": "巴黎"}
+    assert out[0]["tool_calls"][1] == bad and out[1] is TOOL_CHAT[1]

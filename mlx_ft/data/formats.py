@@ -3,17 +3,22 @@
 Pure conversion and validation, no files: each converter takes one parsed record (a dict) and returns the messages
 or the text, or raises ValueError with what is wrong (the caller adds `file:line`). The converters for alpaca and
 ShareGPT are parameterised by column and tag names, so LLaMA-Factory's `dataset_info.json` mappings reuse them.
+
+Tool use is kept as structure, in OpenAI's shape, whatever the source spelled it: the tools offered sit beside the
+messages (`Conversation.tools`), an assistant's calls in its `tool_calls` (arguments as a JSON string), their results
+in `tool` messages. The chat template writes them in the model's own format only when a conversation is tokenized.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mlx_ft.chat_template import ROLES, Message
+from mlx_ft.chat_template import ROLES, Message, Tool
 
 if TYPE_CHECKING:
     from mlx_ft.data.recipes import Recipe
@@ -26,9 +31,18 @@ class Pair:
 
     messages: list[Message]
     rejected: Message
+    tools: list[Tool] | None = None
 
 
-Content = list[Message] | str | Pair  # a conversation, raw text, or a preference pair
+@dataclass(frozen=True)
+class Conversation:
+    """A conversation and the tools offered in it (None when there are none)."""
+
+    messages: list[Message]
+    tools: list[Tool] | None = None
+
+
+Content = list[Message] | Conversation | str | Pair  # a conversation (with or without tools), raw text, or a pair
 Convert = Callable[[dict[str, Any], "Options"], Content]
 
 # Which role may follow which, after the optional leading system message. Tool results answer an assistant's call,
@@ -45,13 +59,21 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
     # A preference pair: the assistant message that should lose to the conversation's last (chosen) turn.
     rejected: Message | None = None
+    tools: list[Tool] | None = None  # the tools offered to the assistant, in OpenAI's shape
 
     def row(self) -> dict[str, Any]:
-        """The example's line in a prepared split."""
+        """The example's line in a prepared split (tools at the row's level, as in OpenAI's fine-tuning files)."""
         body: dict[str, Any] = {"text": self.text} if self.text is not None else {"messages": self.messages}
+        if self.tools:
+            body["tools"] = self.tools
         if self.rejected is not None:
             body["rejected"] = self.rejected
         return {**body, **self.meta}
+
+    def uses_tools(self) -> bool:
+        """Whether the chat template must render tools for this example: tools offered, calls or their results."""
+        messages = [*self.messages, *([self.rejected] if self.rejected else [])]
+        return bool(self.tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
 
 
 @dataclass(frozen=True)
@@ -102,6 +124,85 @@ def with_system(messages: list[Message], system: str | None) -> list[Message]:
     return messages
 
 
+# ------------------------------------------------------------------------------------------------------------ tools
+
+
+def tools_field(rec: Mapping[str, Any], key: str | None) -> list[Tool] | None:
+    """The tools a record offers, in OpenAI's shape: a list (or, as LLaMA-Factory stores it, a JSON string of a
+    list) of function schemas, bare ({"name", "description", "parameters"}) or wrapped ({"type": "function",
+    "function": {...}}). Absent, null, "" and [] all mean none."""
+    value = rec.get(key) if key is not None else None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"field {key!r} is not valid JSON: {e.msg} (column {e.colno})") from None
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"field {key!r} must be a list of function schemas")
+    return [_tool(t, f"{key}[{i}]") for i, t in enumerate(value)]
+
+
+def _tool(value: Any, where: str) -> Tool:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a function schema object")
+    if "function" in value or "type" in value:
+        if value.get("type", "function") != "function" or not isinstance(value.get("function"), dict):
+            raise ValueError(f'{where} must be {{"type": "function", "function": {{"name", …}}}}')
+        fn, where = value["function"], f"{where}.function"
+    else:
+        fn = value
+    if not isinstance(fn.get("name"), str) or not fn["name"].strip():
+        raise ValueError(f"{where} needs a 'name'")
+    for key, kind in (("description", str), ("parameters", dict)):
+        if fn.get(key) is not None and not isinstance(fn[key], kind):
+            raise ValueError(f"{where}.{key} must be {'a string' if kind is str else 'an object'}")
+    return {**value, "type": "function"} if fn is value.get("function") else {"type": "function", "function": fn}
+
+
+def tool_calls_field(value: Any, where: str) -> list[dict[str, Any]]:
+    """A non-empty list of calls, OpenAI's ({"id", "type": "function", "function": {"name", "arguments"}}) or
+    LLaMA-Factory's ({"name", "arguments"}), as OpenAI's with `arguments` a JSON string of an object."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'{where} must be a call {{"name", "arguments"}} or a non-empty list of them')
+    return [_tool_call(c, f"{where}[{i}]" if len(value) > 1 else where) for i, c in enumerate(value)]
+
+
+def _tool_call(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f'{where} must be a call {{"name", "arguments"}}')
+    call: dict[str, Any] = {}
+    if "function" in value:
+        if value.get("type", "function") != "function" or not isinstance(value["function"], dict):
+            raise ValueError(f'{where} must be {{"type": "function", "function": {{"name", "arguments"}}}}')
+        if value.get("id") is not None:
+            if not isinstance(value["id"], str):
+                raise ValueError(f"{where}.id must be a string")
+            call["id"] = value["id"]
+        fn, where = value["function"], f"{where}.function"
+    else:
+        fn = value
+    name, arguments = fn.get("name"), fn.get("arguments", {})
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where} needs a 'name'")
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}.arguments is not valid JSON: {e.msg} (column {e.colno})") from None
+        arguments = arguments if arguments.strip() else "{}"
+    else:
+        parsed, arguments = arguments, json.dumps(arguments, ensure_ascii=False)
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{where}.arguments must be a JSON object")
+    return {**call, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 # --------------------------------------------------------------------------------------------------------- formats
 
 
@@ -128,17 +229,24 @@ def _from_io(rec: dict[str, Any], opts: Options) -> Content:
 
 @dataclass(frozen=True)
 class Chat:
-    """A list of message objects: OpenAI's `messages` ({"role", "content"}) or ShareGPT's `conversations`
-    ({"from", "value"}), the role names mapped to ours by `roles`. A system message is kept only first (the
-    conversation check says so otherwise); a record-level system field is used when there is none."""
+    """A list of message objects: OpenAI's `messages` ({"role", "content"}, an assistant's `tool_calls`, a tool
+    result's `tool_call_id`) or ShareGPT's `conversations` ({"from", "value"}, where a `call_tag` message's value is a
+    JSON call or list of calls), the role names mapped to ours by `roles`. A system message is kept only first (the
+    conversation check says so otherwise); a record-level system field is used when there is none. The `tools`
+    column holds the tools offered."""
 
     column: str
     role_tag: str
     content_tag: str
     roles: Mapping[str, str]
     system: str | None = None  # column with a system prompt for the whole conversation
+    tools: str | None = None  # column with the tools offered
+    call_tag: str | None = None  # role tag of messages whose value is a JSON call (ShareGPT's function_call)
 
-    def __call__(self, rec: dict[str, Any], opts: Options) -> Content:
+    def __call__(self, rec: dict[str, Any], opts: Options) -> Conversation:
+        return Conversation(self.messages(rec, opts), tools_field(rec, self.tools))
+
+    def messages(self, rec: dict[str, Any], opts: Options) -> list[Message]:
         out = []
         for i, m in enumerate(_list_field(rec, self.column)):
             where = f"{self.column}[{i}]"
@@ -149,10 +257,34 @@ class Chat:
             if role is None:
                 raise ValueError(f"{where}: unknown role {tag!r} (expected one of {', '.join(self.roles)})")
             try:
-                out.append({"role": role, "content": text_field(m, self.content_tag)})
+                out.append(self._message(m, tag, role))
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
         return with_system(with_system(out, _optional_text(rec, self.system)), opts.system)
+
+    def _message(self, m: dict[str, Any], tag: str, role: str) -> Message:
+        if tag == self.call_tag:
+            value = text_field(m, self.content_tag)
+            try:
+                calls = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{self.content_tag!r} of a {tag} is not valid JSON: {e.msg}") from None
+            return {"role": "assistant", "content": "", "tool_calls": tool_calls_field(calls, self.content_tag)}
+        if role == "assistant" and m.get("tool_calls"):  # OpenAI's calls; the text beside them may be empty
+            content = m.get(self.content_tag)
+            if content is not None and not isinstance(content, str):
+                raise ValueError(f"field {self.content_tag!r} must be a string, not {type(content).__name__}")
+            return {
+                "role": role,
+                "content": content or "",
+                "tool_calls": tool_calls_field(m["tool_calls"], "tool_calls"),
+            }
+        message = {"role": role, "content": text_field(m, self.content_tag)}
+        if role == "tool" and m.get("tool_call_id") is not None:
+            if not isinstance(m["tool_call_id"], str):
+                raise ValueError("field 'tool_call_id' must be a string")
+            message["tool_call_id"] = m["tool_call_id"]
+        return message
 
 
 @dataclass(frozen=True)
@@ -168,7 +300,11 @@ class ShareGPTTags:
     system_tag: str = "system"
 
     def chat(
-        self, column: str = "conversations", system: str | None = "system", extra_roles: Mapping[str, str] | None = None
+        self,
+        column: str = "conversations",
+        system: str | None = "system",
+        extra_roles: Mapping[str, str] | None = None,
+        tools: str | None = None,
     ) -> Chat:
         # A function call is something the assistant says; an observation is the tool's answer.
         roles = {
@@ -179,7 +315,7 @@ class ShareGPTTags:
             self.observation_tag: "tool",
             **(extra_roles or {}),
         }
-        return Chat(column, self.role_tag, self.content_tag, roles, system)
+        return Chat(column, self.role_tag, self.content_tag, roles, system, tools, self.function_tag)
 
 
 @dataclass(frozen=True)
@@ -192,9 +328,11 @@ class Alpaca:
     response: str = "output"
     system: str | None = "system"
     history: str | None = "history"
+    tools: str | None = None  # column with the tools offered (LLaMA-Factory's `tools`)
 
     def __call__(self, rec: dict[str, Any], opts: Options) -> Content:
-        return [*self.prompt_messages(rec, opts), {"role": "assistant", "content": text_field(rec, self.response)}]
+        answer = {"role": "assistant", "content": text_field(rec, self.response)}
+        return Conversation([*self.prompt_messages(rec, opts), answer], tools_field(rec, self.tools))
 
     def prompt_messages(self, rec: dict[str, Any], opts: Options) -> list[Message]:
         """The conversation up to the answer: system, history, and the prompt as the last user message."""
@@ -227,21 +365,22 @@ class Text:
         return text_field(rec, self.column)
 
 
-PromptOf = Callable[[dict[str, Any], Options], list[Message]]
+PromptOf = Callable[[dict[str, Any], Options], list[Message] | Conversation]
 
-OPENAI_CHAT = Chat("messages", "role", "content", {r: r for r in ROLES})
-SHAREGPT_CHAT = ShareGPTTags().chat(extra_roles={"function": "tool"})  # files in the wild call tool results "function"
+OPENAI_CHAT = Chat("messages", "role", "content", {r: r for r in ROLES}, tools="tools")
+# Files in the wild call tool results "function".
+SHAREGPT_CHAT = ShareGPTTags().chat(extra_roles={"function": "tool"}, tools="tools")
 
 
-def _preference_prompt(rec: dict[str, Any], opts: Options) -> list[Message]:
+def _preference_prompt(rec: dict[str, Any], opts: Options) -> list[Message] | Conversation:
     """The conversation a preference pair answers: `messages` (OpenAI), `conversations` (ShareGPT), `prompt` (a
     text, or a list of OpenAI messages) or alpaca's `instruction` + `input`."""
     if "messages" in rec:
-        return typing.cast(list[Message], OPENAI_CHAT(rec, opts))
+        return typing.cast(Conversation, OPENAI_CHAT(rec, opts))
     if "conversations" in rec:
-        return typing.cast(list[Message], SHAREGPT_CHAT(rec, opts))
+        return typing.cast(Conversation, SHAREGPT_CHAT(rec, opts))
     if isinstance(rec.get("prompt"), list):
-        return typing.cast(list[Message], dataclasses.replace(OPENAI_CHAT, column="prompt")(rec, opts))
+        return typing.cast(Conversation, dataclasses.replace(OPENAI_CHAT, column="prompt")(rec, opts))
     if "prompt" in rec:
         return with_system([{"role": "user", "content": text_field(rec, "prompt")}], opts.system)
     if "instruction" in rec:
@@ -264,7 +403,9 @@ class Preference:
     chat: Chat | None = None
 
     def __call__(self, rec: dict[str, Any], opts: Options) -> Content:
-        prompt = self.prompt_of(rec, opts)
+        prompt, tools = self.prompt_of(rec, opts), None
+        if isinstance(prompt, Conversation):
+            prompt, tools = prompt.messages, prompt.tools
         if self.chosen in rec:
             chosen = self._answer(rec, self.chosen)
         elif prompt and prompt[-1]["role"] == "assistant":
@@ -272,9 +413,9 @@ class Preference:
         else:
             raise ValueError(f"missing field {self.chosen!r}")
         rejected = self._answer(rec, self.rejected)
-        if rejected["content"].strip() == chosen["content"].strip():
+        if _answer_key(rejected) == _answer_key(chosen):
             raise ValueError(f"{self.chosen!r} and {self.rejected!r} are the same answer: nothing to prefer")
-        return Pair([*prompt, chosen], rejected)
+        return Pair([*prompt, chosen], rejected, tools)
 
     def _answer(self, rec: dict[str, Any], key: str) -> Message:
         value = rec.get(key)
@@ -286,12 +427,17 @@ class Preference:
             raise ValueError(f"field {key!r} must be an answer: a string, or one assistant message")
         chat = self.chat or (SHAREGPT_CHAT if "from" in value else OPENAI_CHAT)
         try:
-            (message,) = dataclasses.replace(chat, column=key, system=None)({key: [value]}, Options())
+            (message,) = dataclasses.replace(chat, column=key, system=None).messages({key: [value]}, Options())
         except ValueError as e:
             raise ValueError(f"field {key!r}: {str(e).removeprefix(f'{key}[0]: ')}") from None
         if message["role"] != "assistant":
             raise ValueError(f"field {key!r} must be an assistant message, not a {message['role']} one")
         return message
+
+
+def _answer_key(message: Message) -> str:
+    """What makes two answers the same: their text and their calls."""
+    return json.dumps([message["content"].strip(), message.get("tool_calls")], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -331,21 +477,28 @@ def detect_format(rec: Any) -> str | None:
 
 def check_conversation(messages: list[Message]) -> None:
     """Optional system message first, then user, alternating with assistant (tool results after an assistant's
-    call), ending with the assistant: what chat templates and prompt masking expect."""
+    tool calls, and only there), ending with the assistant: what chat templates and prompt masking expect."""
     roles = [m["role"] for m in messages]
     if "system" in roles[1:]:
         raise ValueError("a system message may only come first")
-    turns = roles[1:] if roles and roles[0] == "system" else roles
-    if not turns or turns[-1] != "assistant":
+    turns = messages[1:] if roles and roles[0] == "system" else messages
+    if not turns or turns[-1]["role"] != "assistant":
         raise ValueError("the conversation must end with an assistant message")
-    for a, b in zip(turns, turns[1:]):
+    for m, n in zip(turns, turns[1:]):
+        a, b = m["role"], n["role"]
         if b not in NEXT_ROLES[a]:
             raise ValueError(f"two {a} messages in a row" if a == b else f"a {b} message cannot follow a {a} message")
-    if turns[0] != "user":
+        if a == "assistant" and (b == "tool") != bool(m.get("tool_calls")):
+            raise ValueError(
+                "a tool message must follow an assistant message with tool_calls"
+                if b == "tool"
+                else "an assistant message with tool_calls must be followed by their tool results"
+            )
+    if turns[0]["role"] != "user":
         raise ValueError("the conversation must start with a user message (after an optional system message)")
 
 
-CONTENT_KEYS = ("messages", "text", "rejected")  # what a prepared line holds besides its metadata
+CONTENT_KEYS = ("messages", "text", "rejected", "tools")  # what a prepared line holds besides its metadata
 
 
 def meta_fields(rec: Mapping[str, Any], keep: Iterable[str]) -> dict[str, Any]:
@@ -359,6 +512,9 @@ def to_example(where: str, content: Content, meta: dict[str, Any] | None = None)
         return Example(where, [], content, meta or {})
     if isinstance(content, Pair):
         check_conversation(content.messages)
-        return Example(where, content.messages, meta=meta or {}, rejected=content.rejected)
+        return Example(where, content.messages, meta=meta or {}, rejected=content.rejected, tools=content.tools)
+    if isinstance(content, Conversation):
+        check_conversation(content.messages)
+        return Example(where, content.messages, meta=meta or {}, tools=content.tools)
     check_conversation(content)
     return Example(where, content, meta=meta or {})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlx_ft.data.formats import Alpaca, Convert, Preference, ShareGPTTags, Text
+from mlx_ft.data.formats import Alpaca, Chat, Convert, Preference, ShareGPTTags, Text
 from mlx_ft.errors import UserError
 
 MAX_REPORTED = 20
@@ -183,7 +183,7 @@ IGNORED_KEYS = ("subset", "split", "folder")  # they choose among a hub reposito
 COLUMNS = {
     "alpaca": ("prompt", "query", "response", "history", "system", "tools"),
     "sharegpt": ("messages", "system", "tools"),
-}  # tools: accepted, not carried over (see README)
+}
 RANKING_COLUMNS = ("chosen", "rejected")  # the two answers of a `"ranking": true` entry's pairs
 UNSUPPORTED_COLUMNS = {"images": "multimodal", "videos": "multimodal", "audios": "multimodal", "kto_tag": "KTO"}
 TAGS = tuple(f.name for f in dataclasses.fields(ShareGPTTags))
@@ -238,15 +238,22 @@ def _entry_source(info: Path, name: str, entry: Any) -> Source:
     if ranking:
         answers = {c: columns.get(c, c) for c in RANKING_COLUMNS}
         if formatting == "sharegpt":
-            chat = ShareGPTTags(**tags).chat(columns.get("messages", "conversations"), columns.get("system"))
+            chat = _sharegpt(tags, columns)
             return Source(path, "preference", Preference(chat, **answers, chat=chat), name)
         return Source(path, "preference", Preference(_alpaca(columns).prompt_messages, **answers), name)
     if formatting == "sharegpt":
-        chat = ShareGPTTags(**tags).chat(columns.get("messages", "conversations"), columns.get("system"))
-        return Source(path, "sharegpt", chat, name)
+        return Source(path, "sharegpt", _sharegpt(tags, columns), name)
     if set(columns) == {"prompt"}:  # LLaMA-Factory's pre-training entries name only the text column
         return Source(path, "text", Text(columns["prompt"]), name)
     return Source(path, "alpaca", _alpaca(columns), name)
+
+
+def _sharegpt(tags: dict[str, str], columns: dict[str, str]) -> Chat:
+    """A sharegpt entry's tags and columns, LLaMA-Factory's defaults for those it does not name (tools are read only
+    when `columns.tools` names their column, as LLaMA-Factory does)."""
+    return ShareGPTTags(**tags).chat(
+        columns.get("messages", "conversations"), columns.get("system"), tools=columns.get("tools")
+    )
 
 
 def _alpaca(columns: dict[str, str]) -> Alpaca:
@@ -257,6 +264,7 @@ def _alpaca(columns: dict[str, str]) -> Alpaca:
         response=columns.get("response", "output"),
         system=columns.get("system"),
         history=columns.get("history"),
+        tools=columns.get("tools"),
     )
 
 

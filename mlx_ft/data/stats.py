@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +84,8 @@ def token_length(tokenizer: Any, example: Example) -> int:
     if example.text is not None:
         return len(chat_template.text_tokens(tokenizer, example.text)[0])  # as training sees it: EOS appended
     if example.rejected is not None:
-        return max(len(chat_template.encode(tokenizer, side)) for side in pair_sides(example))
-    return len(chat_template.encode(tokenizer, example.messages))
+        return max(len(chat_template.encode(tokenizer, side, tools=example.tools)) for side in pair_sides(example))
+    return len(chat_template.encode(tokenizer, example.messages, tools=example.tools))
 
 
 def pair_sides(example: Example) -> tuple[list[Any], list[Any]]:
@@ -99,13 +99,25 @@ def prompt_problem(tokenizer: Any, example: Example, max_seq_length: int) -> str
     and counted instead; a pair cut to its prompt compares nothing)."""
     if example.rejected is None:
         return None
-    n = len(chat_template.prompt_ids(tokenizer, example.messages[:-1]))
+    n = len(chat_template.prompt_ids(tokenizer, example.messages[:-1], example.tools))
     if n < max_seq_length:
         return None
     return (
         f"the prompt of this pair takes {n} tokens, and max_seq_length {max_seq_length} leaves no room for its "
         "answers; shorten the prompt or raise --max-seq-length"
     )
+
+
+def require_tool_support(tokenizer: Any, examples: Iterable[Example], model: str) -> None:
+    """Refuse tool conversations for a model whose chat template cannot write them: it would drop the tools and
+    calls silently (plain ChatML) or fail on them, and the model would learn answers to questions it never saw."""
+    first = next((ex for ex in examples if ex.uses_tools()), None)
+    if first is not None and not chat_template.supports_tools(tokenizer):
+        raise UserError(
+            f"{first.where} uses tools (tool definitions, calls or results), but the chat template of {model!r} "
+            "cannot render them; use a model whose template supports tools (Qwen2.5, Qwen3, Llama 3.1), or one "
+            "whose tokenizer_config.json has such a chat_template"
+        )
 
 
 def _nearest_rank(ordered: list[int], q: float) -> int:
@@ -138,6 +150,7 @@ def compute(splits: Mapping[str, Sequence[Example]], how: StatsSettings, tokeniz
             f"model {how.model!r} has no chat template to measure chat examples with; "
             "name a chat model with --model, or use --no-stats"
         )
+    require_tool_support(tokenizer, (ex for examples in splits.values() for ex in examples), how.model)
     out, problems = {}, []
     total = sum(map(len, splits.values()))
     with tqdm(total=total, desc="token lengths", unit="ex", leave=False, disable=None) as bar:

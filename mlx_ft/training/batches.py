@@ -47,7 +47,7 @@ class TokenizedChats:
                 if ex.text is not None:
                     ids, mask = chat_template.text_tokens(tokenizer, ex.text)
                 else:
-                    ids, mask = chat_template.training_tokens(tokenizer, ex.messages, mask_prompt)
+                    ids, mask = chat_template.training_tokens(tokenizer, ex.messages, mask_prompt, tools=ex.tools)
             except ValueError as e:
                 problems.append(f"{ex.where}: {e}")
                 continue
@@ -95,7 +95,10 @@ class TokenizedPairs:
                 )
                 continue
             try:
-                sides = [chat_template.training_tokens(tokenizer, m, last_only=True) for m in data_stats.pair_sides(ex)]
+                sides = [
+                    chat_template.training_tokens(tokenizer, m, last_only=True, tools=ex.tools)
+                    for m in data_stats.pair_sides(ex)
+                ]
             except ValueError as e:
                 problems.append(f"{ex.where}: {e}")
                 continue

@@ -30,6 +30,7 @@ from mlx_lm.tuner.utils import build_schedule, print_trainable_parameters
 from mlx_ft import chat_template, data, models
 from mlx_ft import config as config_mod
 from mlx_ft.atomic import write_json, write_text
+from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.models import adapters
 from mlx_ft.models.loader import load_model
@@ -155,6 +156,7 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
             f"model {cfg.model!r} has no chat template: fine-tune an instruct/chat model on chat data "
             "(or give it plain text examples)"
         )
+    data_stats.require_tool_support(tokenizer, train_chats + valid_chats, cfg.model)
     preference = cfg.train_mode != "sft"
     train_set: TokenizedChats | TokenizedPairs
     valid_set: TokenizedChats | TokenizedPairs

@@ -213,6 +213,7 @@ def test_sharegpt_roles_tools_and_system(write_jsonl, tmp_path):
         [
             {
                 "system": "You call tools.",
+                "tools": '[{"name": "weather", "parameters": {"type": "object"}}]',
                 "conversations": [
                     {"from": "human", "value": "weather in Paris?"},
                     {"from": "function_call", "value": '{"name": "weather", "arguments": {"city": "Paris"}}'},
@@ -226,8 +227,9 @@ def test_sharegpt_roles_tools_and_system(write_jsonl, tmp_path):
                     {"from": "human", "value": "hi"},
                     {"from": "gpt", "value": "hello"},
                     {"from": "human", "value": "time?"},
-                    {"from": "function_call", "value": "{}"},
+                    {"from": "function_call", "value": '[{"name": "clock"}, {"name": "date", "arguments": "{}"}]'},
                     {"from": "function", "value": "noon"},
+                    {"from": "function", "value": "Monday"},
                     {"from": "gpt", "value": "noon"},
                 ]
             },
@@ -237,7 +239,14 @@ def test_sharegpt_roles_tools_and_system(write_jsonl, tmp_path):
     first, second = sorted(_read(tmp_path / "out" / "train.jsonl"), key=lambda r: len(r["messages"]))
     assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
     assert first["messages"][0]["content"] == "You call tools."
+    # The call and the tools stay structure, in OpenAI's shape (arguments a JSON string), never flattened to text.
+    assert first["messages"][2] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}],
+    }
     assert first["messages"][3] == {"role": "tool", "content": "18C, sunny"}
+    assert first["tools"] == [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
     assert [m["role"] for m in second["messages"]] == [
         "system",
         "user",
@@ -245,9 +254,15 @@ def test_sharegpt_roles_tools_and_system(write_jsonl, tmp_path):
         "user",
         "assistant",
         "tool",
+        "tool",
         "assistant",
     ]
     assert second["messages"][0]["content"] == "Own system."
+    assert [c["function"] for c in second["messages"][4]["tool_calls"]] == [
+        {"name": "clock", "arguments": "{}"},
+        {"name": "date", "arguments": "{}"},
+    ]
+    assert "tools" not in second
 
 
 def test_sharegpt_unknown_role_and_bad_order(write_jsonl, tmp_path):
@@ -282,9 +297,10 @@ def test_sharegpt_unknown_role_and_bad_order(write_jsonl, tmp_path):
 
 
 def test_messages_accept_tool_results_after_an_assistant_turn():
+    calls = [{"type": "function", "function": {"name": "calc", "arguments": f'{{"x": "{x}"}}'}} for x in ("2+2", "3+3")]
     chat = [
         {"role": "user", "content": "2+2 and 3+3?"},
-        {"role": "assistant", "content": "calc(2+2); calc(3+3)"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
         {"role": "tool", "content": "4"},
         {"role": "tool", "content": "6"},
         {"role": "assistant", "content": "4 and 6"},
@@ -297,6 +313,8 @@ def test_messages_accept_tool_results_after_an_assistant_turn():
         (chat[:3] + [{"role": "user", "content": "?"}, chat[4]], "a user message cannot follow a tool"),
         ([chat[1], chat[4]], "two assistant messages in a row"),
         ([chat[2], chat[4]], "must start with a user message"),
+        ([chat[0], {"role": "assistant", "content": "calc"}, *chat[2:]], "must follow an assistant message with tool"),
+        ([chat[0], chat[1], {"role": "user", "content": "?"}, chat[4]], "must be followed by their tool results"),
     ]:
         with pytest.raises(ValueError, match=msg):
             data.check_conversation(bad)
@@ -486,7 +504,7 @@ def test_dataset_info_maps_columns_and_tags(write_jsonl, tmp_path):
                     {"who": "me", "say": "hi"},
                     {"who": "bot", "say": "hello"},
                     {"who": "me", "say": "temp?"},
-                    {"who": "fn", "say": "get_temp()"},
+                    {"who": "fn", "say": '{"name": "get_temp", "arguments": {}}'},
                     {"who": "result", "say": "21"},
                     {"who": "bot", "say": "21C"},
                 ]
@@ -803,3 +821,135 @@ def test_common_system_is_the_prompt_every_conversation_shares():
     assert data.common_system([ex("你是观赏鱼专家。"), ex("你是观赏鱼专家。")]) == "你是观赏鱼专家。"
     assert data.common_system([ex("你是观赏鱼专家。"), ex(None)]) is None
     assert data.common_system([ex("a"), ex("b")]) is None
+
+
+# ------------------------------------------------------------------------------------------------------- tool calls
+
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+def test_openai_tool_calls_and_tools_are_kept_as_structure(write_jsonl, tmp_path):
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Köln"}}}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Weather in Köln?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "12C"},
+            {"role": "assistant", "content": "12C.", "tool_calls": []},
+        ],
+        "tools": [WEATHER],
+    }
+    src = write_jsonl("chat.jsonl", [row])
+    data.prepare([src], tmp_path / "out", valid=0, test=0)
+    (out,) = _read(tmp_path / "out" / "train.jsonl")
+    assert out["tools"] == [WEATHER]
+    assert out["messages"][1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Köln"}'}}
+        ],
+    }
+    assert out["messages"][2] == {"role": "tool", "tool_call_id": "c1", "content": "12C"}
+    assert out["messages"][3] == {"role": "assistant", "content": "12C."}
+    # A prepared split reads back to the same example: training sees what prepare wrote.
+    (ex,) = data.load_split(tmp_path / "out", "train")
+    assert ex.tools == [WEATHER] and ex.messages == out["messages"] and ex.uses_tools()
+
+
+def test_bad_tools_and_calls_are_reported_at_their_line(write_jsonl, tmp_path):
+    def chat(call, tools=None):
+        row = {
+            "messages": [
+                {"role": "user", "content": "?"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": "r"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+        return {**row, "tools": tools} if tools is not None else row
+
+    ok = {"type": "function", "function": {"name": "f", "arguments": "{}"}}
+    src = write_jsonl(
+        "chat.jsonl",
+        [
+            chat({"type": "function", "function": {"arguments": "{}"}}),
+            chat({"type": "function", "function": {"name": "f", "arguments": "{oops"}}),
+            chat({"type": "function", "function": {"name": "f", "arguments": "[1]"}}),
+            chat(ok, tools="not json"),
+            chat(ok, tools=[{"description": "no name"}]),
+            chat(ok, tools=[{"type": "retrieval"}]),
+            chat({"type": "code", "function": {"name": "f"}}),
+        ],
+    )
+    with pytest.raises(data.DataError) as err:
+        data.prepare([src], tmp_path / "out")
+    assert err.value.problems == [
+        f"{src}:1: messages[1]: tool_calls.function needs a 'name'",
+        f"{src}:2: messages[1]: tool_calls.function.arguments is not valid JSON: Expecting property name enclosed in "
+        "double quotes (column 2)",
+        f"{src}:3: messages[1]: tool_calls.function.arguments must be a JSON object",
+        f"{src}:4: field 'tools' is not valid JSON: Expecting value (column 1)",
+        f"{src}:5: tools[0] needs a 'name'",
+        f'{src}:6: tools[0] must be {{"type": "function", "function": {{"name", …}}}}',
+        f'{src}:7: messages[1]: tool_calls must be {{"type": "function", "function": {{"name", "arguments"}}}}',
+    ]
+
+
+LLAMA_FACTORY = Path(__file__).parent / "llamafactory"  # samples of its glaive_toolcall demos (see its README.md)
+
+
+def test_llama_factory_glaive_toolcall_demos_keep_tools_and_calls(tmp_path):
+    """The real-world check: LLaMA-Factory's own dataset_info.json entries and records. Its function_call turns
+    become OpenAI tool_calls, observations tool messages, the `tools` column (a JSON string of bare schemas) the
+    row's tools; a record whose observation follows a plain answer (two of the zh demo's 300) is refused at its
+    line."""
+    info = LLAMA_FACTORY / "dataset_info.json"
+    with pytest.raises(data.DataError) as err:
+        data.prepare([info], tmp_path / "out")
+    zh = LLAMA_FACTORY / "glaive_toolcall_zh_demo.json"
+    second = [n for n, line in enumerate(zh.read_text().splitlines(), start=1) if line == "  {"][1]
+    assert err.value.problems == [f"{zh}:{second}: a tool message must follow an assistant message with tool_calls"]
+
+    report = data.prepare([info], tmp_path / "out", valid=0, test=0, skip_invalid=True)
+    assert report.skipped == 1 and report.format == "sharegpt"
+    rows = _read(tmp_path / "out" / "train.jsonl")
+    source = json.loads((LLAMA_FACTORY / "glaive_toolcall_en_demo.json").read_text())
+    assert report.duplicates == 1, "the en demo repeats one record"
+    kept = [r for i, r in enumerate(source) if r not in source[:i]] + json.loads(zh.read_text())[:1]
+    assert len(rows) == len(kept)
+    assert sum("tools" in r for r in rows) == sum(r["tools"] not in ("", "[]") for r in kept)
+    first = next(r for r in rows if r["messages"][0]["content"] == source[0]["conversations"][0]["value"])
+    roles = ["user", "assistant", "user", "assistant", "tool", "assistant", "user", "assistant"]
+    assert [m["role"] for m in first["messages"]] == roles
+    call = json.loads(source[0]["conversations"][3]["value"])
+    assert first["messages"][3]["tool_calls"] == [
+        {"type": "function", "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}
+    ]
+    assert first["messages"][4] == {"role": "tool", "content": source[0]["conversations"][4]["value"]}
+    assert first["tools"] == [{"type": "function", "function": t} for t in json.loads(source[0]["tools"])]
+    calls = sum(m["from"] == "function_call" for r in kept for m in r["conversations"])
+    assert calls and sum(len(m.get("tool_calls", [])) for r in rows for m in r["messages"]) == calls
+    assert not any("<tool_call>" in m["content"] or '"arguments"' in m["content"] for r in rows for m in r["messages"])
+
+
+def test_stats_measure_tool_conversations_with_their_tools(tmp_path, qwen2_dir, qwen3_dir):
+    from mlx_ft import chat_template
+    from mlx_ft.data import stats as data_stats
+    from mlx_ft.errors import UserError
+
+    info = LLAMA_FACTORY / "dataset_info.json"
+    picked = dict(datasets=["glaive_toolcall_en_demo"], valid=0, test=0)
+    report = data.prepare([info], tmp_path / "out", stats=data_stats.StatsSettings(str(qwen3_dir), 4096), **picked)
+    tok = data_stats.load_tokenizer(str(qwen3_dir))
+    examples = data.load_split(tmp_path / "out", "train")
+    lengths = sorted(len(chat_template.encode(tok, ex.messages, tools=ex.tools)) for ex in examples)
+    assert report.stats is not None and (report.stats.splits["train"].min, report.stats.splits["train"].max) == (
+        lengths[0],
+        lengths[-1],
+    )
+    without = sorted(len(chat_template.encode(tok, ex.messages)) for ex in examples)
+    assert sum(lengths) > sum(without), "the tool schemas count"
+    with pytest.raises(UserError, match=r"glaive_toolcall_en_demo.json:\d+ uses tools .* cannot render them"):
+        data.prepare([info], tmp_path / "two", stats=data_stats.StatsSettings(str(qwen2_dir), 4096), **picked)
+    assert not (tmp_path / "two").exists()
