@@ -106,7 +106,12 @@ def _score_column(
     column.update(split_preferences(loaded, examples, batch_size))
     loaded.fuse()
     outputs = generation.answer_many(
-        loaded.model, loaded.tokenizer, [t.prompt for t in todo], sampling, desc=f"answering ({name})"
+        loaded.model,
+        loaded.tokenizer,
+        [t.prompt for t in todo],
+        sampling,
+        desc=f"answering ({name})",
+        tools=[t.example.tools for t in todo],  # the model answers with the tools it was offered in training
     )
     if todo:
         column.update(scores.score(outputs, [t.expected for t in todo]))

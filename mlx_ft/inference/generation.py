@@ -42,7 +42,7 @@ class _SeededSampler:
     """mlx_lm's filters (top-p, min-p, top-k) and a categorical draw from this answer's own key, split per token."""
 
     def __init__(self, sampling: Sampling) -> None:
-        self._key = mx.random.key(sampling.seed)
+        self._key = mx.random.key(sampling.seed % (1 << 64))  # any integer: OpenAI's seeds may be negative
         self._temp = sampling.temp
         self._filters: list[Any] = []
         if top_p := _top_p(sampling):
@@ -197,10 +197,12 @@ def answer_many(
     sampling: Sampling,
     max_tokens: Sequence[int] | None = None,
     desc: str = "generating",
+    tools: Sequence[Sequence[dict[str, Any]] | None] | None = None,
 ) -> list[str]:
     """Answers to many conversations, generated in batches (continuous batching: a finished answer's slot is refilled
-    at once). `max_tokens` may be given per conversation."""
-    prompts = [chat_template.prompt_ids(tokenizer, c) for c in conversations]
+    at once). `max_tokens` may be given per conversation, and so may the `tools` offered in each."""
+    offered = list(tools) if tools is not None else [None] * len(conversations)
+    prompts = [chat_template.prompt_ids(tokenizer, c, tools=t) for c, t in zip(conversations, offered, strict=True)]
     return answer_many_ids(model, tokenizer, prompts, sampling, max_tokens, desc)
 
 

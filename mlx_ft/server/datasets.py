@@ -365,7 +365,7 @@ def preview(
                 {"where": where, "segments": _segments(tokenizer, ids, mask), "truncated": bool(chats.truncated)}
             )
         else:  # cut so short that no answer token is left: training leaves it out
-            text = ex.text if ex.text is not None else chat_template.render(tokenizer, ex.messages)
+            text = ex.text if ex.text is not None else chat_template.render(tokenizer, ex.messages, tools=ex.tools)
             out.append(
                 {"where": where, "segments": [{"text": text, "learned": False}], "truncated": True, "left_out": True}
             )

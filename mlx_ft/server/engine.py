@@ -251,11 +251,7 @@ class Engine:
         """The prompt ids for `messages` (and the `tools` the model may call), refused when the prompt plus
         `max_tokens` exceeds the context window."""
         tokenizer = self.tokenizer_for(ref)
-        ids = (
-            chat_template.prompt_ids(tokenizer, messages, tools=tools)
-            if tools
-            else chat_template.prompt_ids(tokenizer, messages)
-        )
+        ids = chat_template.prompt_ids(tokenizer, messages, tools=tools)
         self.check_fits(len(ids), max_tokens)
         return ids
 
