@@ -181,49 +181,67 @@ def prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[Tool
     return _ids(tokenizer, prompt_text(tokenizer, messages, tools))
 
 
-def assistant_spans(
-    tokenizer: Any, messages: Sequence[Message], tools: Sequence[Tool] | None = None
-) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans the model should learn to write: each assistant turn (its
-    text and its tool calls, in the template's own format), its end-of-turn marker included, and nothing of the
-    system, user or tool turns.
+@dataclass(frozen=True)
+class Turns:
+    """Where a conversation's assistant turns are learned. `spans`: character spans in `text`, the whole rendered
+    conversation. `apart`: turns the whole rendering writes differently from what inference asks the model to write,
+    each as (its prompt as inference gives it + its answer, where the answer starts), to be learned in a sequence of
+    its own."""
 
-    A turn's answer is what the template writes after the generation prompt (and the answer preamble) when the
-    conversation ends with that turn: exactly what inference asks the model to write. It is learned where the whole
-    conversation has that prompt as a prefix followed by that answer, with the preamble or without it: Qwen3 writes
-    its empty think block only in the turns after the last user message, and not in an assistant turn that a
-    tool result follows. A turn the template writes differently in the whole conversation (a template that rewrites
-    earlier turns) is not learned; the last turn always is.
+    text: str
+    spans: list[tuple[int, int]]
+    apart: list[tuple[str, int]]
+
+
+def assistant_turns(tokenizer: Any, messages: Sequence[Message], tools: Sequence[Tool] | None = None) -> Turns:
+    """What the model should learn to write: each assistant turn (its text and its tool calls, in the template's own
+    format), its end-of-turn marker included, and nothing of the system, user or tool turns.
+
+    A turn's answer is what the template writes after the generation prompt and the answer preamble when the
+    conversation ends with that turn: exactly what inference asks the model to write. Where the whole conversation
+    has that prompt and answer as a prefix, the turn is learned there. Qwen3 writes its empty think block (the
+    preamble) only in the last turns, not in an assistant turn that a tool result follows: such a turn is learned
+    apart, after the prompt inference gives (preamble included), or the model would learn to call tools only where
+    it is never asked to. A turn a template rewrites otherwise (dropping old reasoning) is not learned; the last one
+    always is.
     """
     text = render(tokenizer, messages, tools=tools)
     preamble = answer_frame(tokenizer).preamble
     spans: list[tuple[int, int]] = []
+    apart: list[tuple[str, int]] = []
     for k, m in enumerate(messages):
         if m.get("role") != "assistant":
             continue
         prompt = render(tokenizer, messages[:k], add_generation_prompt=True, tools=tools) if k else ""
         through = render(tokenizer, messages[: k + 1], tools=tools)
-        span = _locate(text, prompt, preamble, through)
-        if span is None and k == len(messages) - 1 and text.startswith(prompt + preamble):
-            span = (len(prompt + preamble), len(text))
-        if span is not None:
-            spans.append(span)
-    if not spans:
+        answer = through[len(prompt) :].removeprefix(preamble) if through.startswith(prompt) else ""
+        asked = prompt + preamble  # what inference feeds the model before this answer
+        if answer and text.startswith(asked + answer):
+            spans.append((len(asked), len(asked) + len(answer)))
+        elif answer and text.startswith(prompt + answer):
+            apart.append((asked + answer, len(asked)))
+        elif k == len(messages) - 1 and text.startswith(asked):
+            spans.append((len(asked), len(text)))
+    if not spans and not apart:
         raise ValueError("the conversation has no assistant turn the chat template renders")
-    return text, spans
+    return Turns(text, spans, apart)
 
 
-def _locate(text: str, prompt: str, preamble: str, through: str) -> tuple[int, int] | None:
-    """Where in `text` the answer that `through` adds to `prompt` (after the preamble, if it writes one) stands."""
-    if not through.startswith(prompt):
-        return None
-    answer = through[len(prompt) :].removeprefix(preamble)
-    if not answer:
-        return None
-    for before in (prompt + preamble, prompt):
-        if text.startswith(before + answer):
-            return len(before), len(before) + len(answer)
-    return None
+def _masked(
+    tokenizer: Any, text: str, spans: Sequence[tuple[int, int]], mask_prompt: bool
+) -> tuple[list[int], list[int]]:
+    """Ids of `text` and a 0/1 weight per id: 1 on the tokens that start inside a span. The mask comes from character
+    offsets of one tokenization of the whole text, so tokens that BPE merges across a turn boundary are handled the
+    way the model will actually see them."""
+    enc = hf_tokenizer(tokenizer)(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    if not mask_prompt:
+        return ids, [1] * len(ids)
+    mask = [0] * len(ids)
+    for i, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > start and any(s <= start < e for s, e in spans):
+            mask[i] = 1
+    return ids, mask
 
 
 def training_tokens(
@@ -235,22 +253,25 @@ def training_tokens(
 ) -> tuple[list[int], list[int]]:
     """Ids of the whole conversation (with the `tools` it was offered) and a 0/1 weight per id: 1 where the loss
     applies (with `last_only`, on the final assistant turn alone: a preference pair compares its two answers, not
-    the turns they share).
+    the turns they share). Turns learned apart (`assistant_turns`) are not learned here: `training_sequences` has
+    them."""
+    turns = assistant_turns(tokenizer, messages, tools)
+    spans = turns.spans[-1:] if last_only else turns.spans
+    return _masked(tokenizer, turns.text, spans, mask_prompt)
 
-    The mask is taken from character offsets of one tokenization of the full text, so tokens that BPE merges across
-    a turn boundary are handled the way the model will actually see them.
-    """
-    text, spans = assistant_spans(tokenizer, messages, tools)
-    spans = spans[-1:] if last_only else spans
-    enc = hf_tokenizer(tokenizer)(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    if not mask_prompt:
-        return ids, [1] * len(ids)
-    mask = [0] * len(ids)
-    for i, (start, end) in enumerate(enc["offset_mapping"]):
-        if end > start and any(s <= start < e for s, e in spans):
-            mask[i] = 1
-    return ids, mask
+
+def training_sequences(
+    tokenizer: Any, messages: Sequence[Message], mask_prompt: bool = True, tools: Sequence[Tool] | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """What one conversation trains on: the whole conversation with the turns learned in it, then one sequence per
+    turn learned apart (its prompt as inference gives it, then the answer), each as (ids, 0/1 weights)."""
+    turns = assistant_turns(tokenizer, messages, tools)
+    if not mask_prompt:  # every token is learned: the whole conversation holds them all
+        return [_masked(tokenizer, turns.text, [], mask_prompt)]
+    out = [_masked(tokenizer, turns.text, turns.spans, mask_prompt)] if turns.spans else []
+    for text, at in turns.apart:
+        out.append(_masked(tokenizer, text, [(at, len(text))], mask_prompt))
+    return out
 
 
 def text_ids(tokenizer: Any, text: str) -> list[int]:

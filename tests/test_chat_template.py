@@ -129,18 +129,27 @@ def test_tool_conversation_is_the_templates_own_rendering(qwen3_dir):
 
 
 def test_the_call_and_the_answer_are_learned_and_the_tool_result_is_not(qwen3_dir):
+    """Qwen3 writes no empty think block in a call that a tool result follows, but inference always asks for an
+    answer after one: the call is learned in a sequence of its own, after exactly the prompt inference gives."""
     tok = load_tokenizer(Path(qwen3_dir))
-    ids, mask = ct.training_tokens(tok, TOOL_CHAT, tools=TOOLS)
+    (ids, mask), (call_ids, call_mask) = ct.training_sequences(tok, TOOL_CHAT, tools=TOOLS)
+    assert (ids, mask) == ct.training_tokens(tok, TOOL_CHAT, tools=TOOLS)
+    assert _learned(tok, ids, mask) == "18°C, sunny.<|im_end|>\n"
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "巴黎"}}\n</tool_call><|im_end|>\n'
-    assert _learned(tok, ids, mask) == call + "18°C, sunny.<|im_end|>\n"
+    assert _learned(tok, call_ids, call_mask) == call
+    prompt = ct.prompt_ids(tok, TOOL_CHAT[:2], tools=TOOLS)
+    assert call_ids[: len(prompt)] == prompt and not any(call_mask[: len(prompt)])
     unlearned = tok.decode([i for i, m in zip(ids, mask) if not m])
     for text in ("Answer briefly.", "巴黎天气怎么样？", '{"temp_c": 18, "sky": "sunny"}', "The weather in a city"):
         assert text in unlearned
     # The call's tokens carry the loss (the system prompt's instructions mention <tool_call> too: those do not).
-    marks = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("<tool_call>")]
-    assert [mask[i] for i in marks] == [0] * (len(marks) - 1) + [1]
+    marks = [i for i, t in enumerate(call_ids) if t == tok.convert_tokens_to_ids("<tool_call>")]
+    assert [call_mask[i] for i in marks] == [0] * (len(marks) - 1) + [1]
     response = ids.index(tok.convert_tokens_to_ids("<tool_response>"))
     assert not any(mask[response : ids.index(tok.convert_tokens_to_ids("</tool_response>")) + 1])
+    assert ct.training_sequences(tok, TOOL_CHAT, mask_prompt=False, tools=TOOLS) == [(ids, [1] * len(ids))], (
+        "unmasked, the whole conversation already holds every token"
+    )
 
 
 def test_parallel_calls_are_learned_together(qwen3_dir):
@@ -153,9 +162,10 @@ def test_parallel_calls_are_learned_together(qwen3_dir):
         {"role": "tool", "tool_call_id": "call_2", "content": "25"},
         {"role": "assistant", "content": "18 and 25."},
     ]
-    ids, mask = ct.training_tokens(tok, chat, tools=TOOLS)
-    learned = _learned(tok, ids, mask)
-    assert learned.count("<tool_call>") == 2 and '"Rome"' in learned and learned.endswith("18 and 25.<|im_end|>\n")
+    (ids, mask), (call_ids, call_mask) = ct.training_sequences(tok, chat, tools=TOOLS)
+    learned = _learned(tok, call_ids, call_mask)
+    assert learned.count("<tool_call>") == 2 and '"Rome"' in learned
+    assert _learned(tok, ids, mask) == "18 and 25.<|im_end|>\n"
 
 
 def test_which_templates_render_tools(qwen2_dir, qwen3_dir):

@@ -45,19 +45,20 @@ class TokenizedChats:
         for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="ex", leave=False, disable=None):
             try:
                 if ex.text is not None:
-                    ids, mask = chat_template.text_tokens(tokenizer, ex.text)
+                    sequences = [chat_template.text_tokens(tokenizer, ex.text)]
                 else:
-                    ids, mask = chat_template.training_tokens(tokenizer, ex.messages, mask_prompt, tools=ex.tools)
+                    sequences = chat_template.training_sequences(tokenizer, ex.messages, mask_prompt, tools=ex.tools)
             except ValueError as e:
                 problems.append(f"{ex.where}: {e}")
                 continue
-            if data_stats.is_truncated(len(ids), max_seq_length):
-                self.truncated += 1
-                ids, mask = ids[: max_seq_length + 1], mask[: max_seq_length + 1]
-            if not any(mask[1:]):
-                self.dropped += 1
-                continue
-            self.items.append((ids, mask))
+            for ids, mask in sequences:  # one, or more when a turn is learned apart (chat_template.assistant_turns)
+                if data_stats.is_truncated(len(ids), max_seq_length):
+                    self.truncated += 1
+                    ids, mask = ids[: max_seq_length + 1], mask[: max_seq_length + 1]
+                if not any(mask[1:]):
+                    self.dropped += 1
+                    continue
+                self.items.append((ids, mask))
         if problems:
             raise data.DataError(problems)
 

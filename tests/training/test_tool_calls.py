@@ -29,12 +29,13 @@ def test_training_rows_carry_the_tools_and_learn_the_calls(qwen3_dir, tool_data)
     tok = load_tokenizer(Path(qwen3_dir))
     examples = data.load_split(tool_data, "train")
     chats = TokenizedChats(examples, tok, mask_prompt=True, max_seq_length=4096, desc="train")
-    assert len(chats) == len(examples)
+    per_example = [chat_template.training_sequences(tok, ex.messages, tools=ex.tools) for ex in examples]
+    assert chats.items == [seq for seqs in per_example for seq in seqs]
     with_calls = 0
-    for ex, (ids, mask) in zip(examples, chats.items):
-        assert ids == chat_template.encode(tok, ex.messages, tools=ex.tools)
-        learned = tok.decode([i for i, m in zip(ids, mask) if m])
-        unlearned = tok.decode([i for i, m in zip(ids, mask) if not m])
+    for ex, seqs in zip(examples, per_example):
+        assert seqs[0][0] == chat_template.encode(tok, ex.messages, tools=ex.tools), "the whole conversation first"
+        learned = "".join(tok.decode([i for i, m in zip(ids, mask) if m]) for ids, mask in seqs)
+        unlearned = tok.decode([i for i, m in zip(*seqs[0]) if not m])
         for tool in ex.tools or []:
             assert f'"name": "{tool["function"]["name"]}"' in unlearned, "the tools are in the prompt, not learned"
         for m in ex.messages:
