@@ -160,12 +160,16 @@ def aggregate(streams: list[Stream]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="a run folder or any model source")
-    ap.add_argument("--levels", default="1,2,4,8", help="simultaneous streams to measure, comma-separated")
+    ap.add_argument(
+        "--levels",
+        default="1,2,4,8",
+        help="simultaneous streams to measure, comma-separated, 1 to 8 (1 is always measured: the others are compared with it)",
+    )
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens each answer may have (the same for all)")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; each row is the median over them")
     args = ap.parse_args()
     levels = sorted({1, *(int(x) for x in args.levels.split(","))})  # one stream: the reference for the others
-    if not 1 <= levels[-1] <= len(QUESTIONS):
+    if levels[0] < 1 or levels[-1] > len(QUESTIONS):
         ap.error(f"--levels: 1 to {len(QUESTIONS)} streams (one question each)")
     questions = QUESTIONS[: levels[-1]]
 
