@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument(
         "--levels",
         default="1,2,4,8",
-        help="simultaneous streams to measure, comma-separated, 1 to 8 (1 is always measured: the others are compared with it)",
+        help="simultaneous streams to measure, comma-separated, 1 to 8 (1 is always measured: the reference)",
     )
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens each answer may have (the same for all)")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; each row is the median over them")
