@@ -1,14 +1,20 @@
 """A real `mlx_ft serve` process for tests, and plain HTTP calls to it."""
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import REPO
+
+if TYPE_CHECKING:
+    import openai
 
 
 def free_port() -> int:
@@ -62,3 +68,22 @@ def call(port: int, method: str, path: str, body: dict | None = None):
     with urllib.request.urlopen(req, timeout=600) as resp:
         raw = resp.read().decode()
     return raw if resp.headers.get_content_type() == "text/event-stream" else json.loads(raw)
+
+
+@contextlib.contextmanager
+def serving(models: list[Path], db: Path, *extra: str) -> Iterator[int]:
+    """A `serve` process for the length of the block; yields its port."""
+    port = free_port()
+    proc = start_server(models, port, db, *extra)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def openai_client(port: int) -> "openai.OpenAI":
+    """The official OpenAI client pointed at a test server (no retries: a failure shows at once)."""
+    import openai
+
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)

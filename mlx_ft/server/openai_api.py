@@ -184,18 +184,23 @@ def _usage(prompts: list[list[int]], completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _request(body: dict[str, Any], chat: bool) -> tuple[str, ModelRef | None, Any, Sampling]:
+    """The model a request names, its tokenizer, and the sampling the request asks of it."""
+    model, ref = _model(body)
+    try:
+        tokenizer = current().engine.tokenizer_for(ref)
+    except (ValueError, UserError) as e:  # a base that cannot load
+        raise ApiError(400, str(e)) from None
+    return model, ref, tokenizer, openai_request.sampling(body, _vocab_size(tokenizer), chat=chat)
+
+
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
     body = json_body()
-    model, ref = _model(body)
     messages = openai_request.messages(body)
     tools = openai_request.tools(body)
+    model, ref, tokenizer, sampling = _request(body, chat=True)
     engine = current().engine
-    try:
-        tokenizer = engine.tokenizer_for(ref)
-    except (ValueError, UserError) as e:
-        raise ApiError(400, str(e)) from None
-    sampling = openai_request.sampling(body, _vocab_size(tokenizer), chat=True)
     n, usage_chunk = openai_request.choices(body), openai_request.include_usage(body)
     if tools and not chat_template.supports_tools(tokenizer):
         raise ApiError(400, f"model {model!r}: its chat template cannot render tools; serve one whose template can")
@@ -300,13 +305,7 @@ def _prompts(body: dict[str, Any], tokenizer: Any) -> tuple[list[list[int]], lis
 def completions() -> Response:
     """Text continuation of a plain prompt, no chat template (what the model does with raw text)."""
     body = json_body()
-    model, ref = _model(body)
-    engine = current().engine
-    try:
-        tokenizer = engine.tokenizer_for(ref)
-    except (ValueError, UserError) as e:
-        raise ApiError(400, str(e)) from None
-    sampling = openai_request.sampling(body, _vocab_size(tokenizer), chat=False)
+    model, ref, tokenizer, sampling = _request(body, chat=False)
     n, usage_chunk = openai_request.choices(body), openai_request.include_usage(body)
     echo = body.get("echo", False)
     if not isinstance(echo, bool):

@@ -13,7 +13,7 @@ from typing import Any
 
 from mlx_ft.data import check_conversation
 from mlx_ft.inference.sampling import MAX_TOKENS, OPENAI_TEMPERATURE, Sampling
-from mlx_ft.server.http import ApiError
+from mlx_ft.server.http import ApiError, number_field
 
 MAX_CHOICES = 8  # `n`: answers generated together for one request
 MAX_STOPS = 4  # as OpenAI
@@ -39,15 +39,6 @@ def _int(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) 
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ApiError(400, f"field {key!r} must be an integer from {lo} to {hi}")
     return value
-
-
-def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ApiError(400, f"field {key!r} must be a number from {lo} to {hi}")
-    return float(value)
 
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
@@ -115,15 +106,15 @@ def sampling(body: dict[str, Any], vocab_size: int, chat: bool) -> Sampling:
         max_tokens = _int(body, "max_tokens", COMPLETIONS_MAX_TOKENS, 1, 1 << 20)
         top_logprobs = _int(body, "logprobs", None, 0, 5)
     return Sampling(
-        temp=_number(body, "temperature", OPENAI_TEMPERATURE, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        temp=number_field(body, "temperature", OPENAI_TEMPERATURE, 0.0, 2.0),
+        top_p=number_field(body, "top_p", 1.0, 0.0, 1.0),
         max_tokens=max_tokens or MAX_TOKENS,
         seed=_int(body, "seed", None, -(1 << 63), (1 << 64) - 1),
         top_k=_int(body, "top_k", 0, 0, vocab_size) or 0,  # mlx_lm's server's extension
-        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),  # mlx_lm's server's extension
-        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0),  # mlx_lm's server's extension
+        min_p=number_field(body, "min_p", 0.0, 0.0, 1.0),  # mlx_lm's server's extension
+        presence_penalty=number_field(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=number_field(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=number_field(body, "repetition_penalty", 1.0, 0.0, 10.0),  # mlx_lm's server's extension
         logit_bias=_logit_bias(body, vocab_size),
         stop=_stop(body),
         top_logprobs=top_logprobs,

@@ -14,7 +14,7 @@ from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
 from mlx_ft.server.engine import Engine
 from mlx_ft.training.run import train
-from tests.serving import free_port, start_server
+from tests.serving import openai_client, serving
 
 QUESTION = [{"role": "user", "content": "金鱼要多久换一次水？"}]
 GREEDY = {"temperature": 0, "max_tokens": 24}
@@ -42,17 +42,14 @@ def run_a(runs):
 
 @pytest.fixture(scope="module")
 def server(qwen2_dir, runs, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("openai_server")
-    port = free_port()
-    proc = start_server([qwen2_dir, runs / "A", runs / "Q"], port, tmp / "chat.db", "--runs", str(runs))
-    yield port
-    proc.terminate()
-    proc.wait(timeout=60)
+    db = tmp_path_factory.mktemp("openai_server") / "chat.db"
+    with serving([qwen2_dir, runs / "A", runs / "Q"], db, "--runs", str(runs)) as port:
+        yield port
 
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai_client(server)
 
 
 def _chat(client, model, **kw):

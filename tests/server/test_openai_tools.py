@@ -9,7 +9,7 @@ import pytest
 
 from mlx_ft import config, data
 from mlx_ft.training.run import train
-from tests.serving import free_port, start_server
+from tests.serving import openai_client, serving
 
 TOOLS = [
     {
@@ -40,16 +40,13 @@ def port(qwen3_dir, tmp_path_factory):
     cfg.update(fine_tune_type="full", num_layers=-1, batch_size=1, iters=160, learning_rate=1e-3)
     cfg.update(steps_per_report=40, steps_per_eval=1000, max_seq_length=512)
     run = train(config.build(cfg))
-    port = free_port()
-    proc = start_server([run], port, tmp / "chat.db", "--runs", str(tmp / "runs"))
-    yield port
-    proc.terminate()
-    proc.wait(timeout=60)
+    with serving([run], tmp / "chat.db", "--runs", str(tmp / "runs")) as port:
+        yield port
 
 
 @pytest.fixture
 def client(port):
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai_client(port)
 
 
 def _ask(client, messages, **kw):
