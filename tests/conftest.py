@@ -21,6 +21,17 @@ MODEL_FIXTURES = {"smollm2_dir", "qwen2_dir", "qwen3_dir"}
 PROCESS_MODULES = {"test_blas", "test_doctor", "test_browser", "test_llama_cpp", "test_packaging", "test_style"}
 
 
+# The tool the tool-calling tests offer, in OpenAI's shape.
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = Path(str(item.fspath)).stem

@@ -6,6 +6,7 @@ import pytest
 from mlx_lm.utils import load_tokenizer
 
 from mlx_ft import chat_template as ct
+from tests.conftest import WEATHER_TOOL
 
 CHAT = [
     {"role": "system", "content": "你是观赏鱼专家。"},
@@ -88,16 +89,7 @@ def test_inference_sends_exactly_the_tokens_training_saw(request, model, chat):
     assert all(mask[len(prompt) : len(prompt) + answer.index(eot) + 1])
 
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
+TOOLS = [WEATHER_TOOL]
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "巴黎"}'}}
 TOOL_CHAT = [
     {"role": "system", "content": "Answer briefly."},

@@ -24,20 +24,14 @@ from mlx_ft.inference.tool_calls import (
     parse_llama3_calls,
     parser_for,
 )
+from tests.conftest import WEATHER_TOOL
 
 HERE = Path(__file__).resolve().parent
 LLAMA31_TEMPLATE = (HERE / "llama3.1_chat_template.jinja").read_text(encoding="utf-8")
 MISTRAL_TEMPLATE = (HERE / "mistral_v0.3_chat_template.jinja").read_text(encoding="utf-8")
 
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    },
+    WEATHER_TOOL,
     {
         "type": "function",
         "function": {

@@ -9,18 +9,10 @@ import pytest
 
 from mlx_ft import config, data
 from mlx_ft.training.run import train
+from tests.conftest import WEATHER_TOOL
 from tests.serving import openai_client, serving
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "今天的天气",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
+TOOLS = [WEATHER_TOOL]
 QUESTION = {"role": "user", "content": "杭州天气怎么样？"}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "杭州"}'}}
 RESULT = {"role": "tool", "tool_call_id": "call_1", "content": "晴，22度"}
