@@ -22,8 +22,10 @@ Tool = dict[str, Any]
 
 
 def hf_tokenizer(tokenizer: Any) -> Any:
-    """The Hugging Face tokenizer inside mlx_lm's TokenizerWrapper (or the tokenizer itself)."""
-    return getattr(tokenizer, "_tokenizer", tokenizer)
+    """The Hugging Face tokenizer inside mlx_lm's TokenizerWrapper (or the tokenizer itself). A bare fast tokenizer
+    has a `_tokenizer` too, its Rust core, which knows no chat template: only a wrapper's is taken."""
+    inner = getattr(tokenizer, "_tokenizer", None)
+    return inner if hasattr(inner, "apply_chat_template") else tokenizer
 
 
 def has_template(tokenizer: Any) -> bool:

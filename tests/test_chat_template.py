@@ -170,3 +170,11 @@ def test_for_template_gives_templates_arguments_as_objects():
     out = ct.for_template([{"role": "assistant", "content": "", "tool_calls": [CALL, bad]}, TOOL_CHAT[1]])
     assert out[0]["tool_calls"][0]["function"]["arguments"] == {"city": "巴黎"}
     assert out[0]["tool_calls"][1] == bad and out[1] is TOOL_CHAT[1]
+
+
+def test_a_bare_hugging_face_tokenizer_renders_as_its_wrapper_does(qwen3_dir):
+    from transformers import AutoTokenizer
+
+    bare, wrapped = AutoTokenizer.from_pretrained(str(qwen3_dir)), load_tokenizer(Path(qwen3_dir))
+    assert ct.hf_tokenizer(bare) is bare and ct.has_template(bare)
+    assert ct.prompt_ids(bare, TOOL_CHAT[:2], tools=TOOLS) == ct.prompt_ids(wrapped, TOOL_CHAT[:2], tools=TOOLS)
