@@ -234,3 +234,21 @@ def test_closing_one_stream_leaves_the_others_alone(client):
     stream.close()  # the client goes away mid-answer
     t.join()
     assert result["text"] == expected
+
+
+def test_concurrent_requests_for_different_models_each_get_their_models_answer(client, qwen2_dir):
+    """Answers for one model are batched; one for another model waits for the batch to drain, then the engine
+    switches: asked all at once, every model still answers as it does alone."""
+    models = [str(qwen2_dir), "A", "Q", "A", str(qwen2_dir), "Q"]
+    alone = {m: _chat(client, m).choices[0].message.content for m in set(models)}
+    got: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        got[i] = _streamed(client, models[i])[0]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(models))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(models))] == [alone[m] for m in models]
