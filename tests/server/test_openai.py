@@ -199,8 +199,16 @@ def test_completions_plain_streamed_echo_several_prompts_and_logprobs(client, qw
     assert lp.text_offset[0] == 0
     stopped = client.completions.create(model=model, prompt="金鱼", temperature=0, stop=text[2:4]).choices[0]
     assert stopped.text == text[: text.find(text[2:4])] and stopped.finish_reason == "stop"
+    usage = list(
+        client.completions.create(
+            model=model, prompt="金鱼", temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert usage[-1].choices == [] and usage[-1].usage.completion_tokens == one.usage.completion_tokens
     with pytest.raises(openai.BadRequestError, match="suffix"):
         client.completions.create(model=model, prompt="a", suffix="b")
+    with pytest.raises(openai.BadRequestError, match="context window"):
+        client.completions.create(model=model, prompt="a", max_tokens=1 << 20)
 
 
 def test_concurrent_streams_are_generated_together_and_stay_separate(client):
