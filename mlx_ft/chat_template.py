@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
 # The one vocabulary of a conversation, everywhere in mlx_ft: OpenAI's chat roles and {"role", "content"} messages.
 # An assistant message may carry OpenAI's `tool_calls` ([{"id"?, "type": "function", "function": {"name",
 # "arguments": JSON string}}]); a tool result is {"role": "tool", "tool_call_id"?, "content"}; the tools offered are
@@ -66,12 +68,15 @@ def render(
     hf = hf_tokenizer(tokenizer)
     if not has_template(tokenizer):
         raise ValueError("this tokenizer has no chat template")
-    return hf.apply_chat_template(
-        for_template(messages),
-        tools=list(tools) if tools else None,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
+    try:
+        return hf.apply_chat_template(
+            for_template(messages),
+            tools=list(tools) if tools else None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except TemplateError as e:  # the template refuses the conversation (Llama 3.1: one call per turn)
+        raise ValueError(f"the chat template refuses this conversation: {e}") from None
 
 
 def encode(

@@ -178,3 +178,15 @@ def test_a_bare_hugging_face_tokenizer_renders_as_its_wrapper_does(qwen3_dir):
     bare, wrapped = AutoTokenizer.from_pretrained(str(qwen3_dir)), load_tokenizer(Path(qwen3_dir))
     assert ct.hf_tokenizer(bare) is bare and ct.has_template(bare)
     assert ct.prompt_ids(bare, TOOL_CHAT[:2], tools=TOOLS) == ct.prompt_ids(wrapped, TOOL_CHAT[:2], tools=TOOLS)
+
+
+def test_a_template_that_refuses_a_conversation_is_a_value_error(qwen3_dir):
+    tok = load_tokenizer(Path(qwen3_dir))
+    hf = ct.hf_tokenizer(tok)
+    saved = hf.chat_template
+    hf.chat_template = "{{ raise_exception('This model only supports single tool-calls at once!') }}"
+    try:
+        with pytest.raises(ValueError, match="refuses this conversation: This model only supports single"):
+            ct.render(tok, TOOL_CHAT)
+    finally:
+        hf.chat_template = saved

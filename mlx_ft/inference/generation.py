@@ -4,6 +4,7 @@ Prompts always come from `chat_template.prompt_ids`, the ids training put before
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,6 +25,8 @@ def sampler(sampling: Sampling) -> Any:
     """The sampler for `sampling`: mlx_lm's, shared by every answer with the same settings (a batch of answers that
     share one sampler is sampled in one call), or, with a seed, one with its own random key, so that a seeded answer
     is the same whichever other answers are generated beside it."""
+    if sampling.top_p == 0:  # nucleus of probability 0: the likeliest token alone (OpenAI's meaning)
+        sampling = dataclasses.replace(sampling, temp=0.0)
     if sampling.seed is None or sampling.temp == 0:
         return _shared_sampler(sampling.temp, _top_p(sampling), sampling.min_p, sampling.top_k)
     return _SeededSampler(sampling)
@@ -143,8 +146,16 @@ class AnswerText:
             return out
         if final or not self._stop:
             return self._take(len(text))
-        held = max((k for s in self._stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        held = max((self._held(s, text) for s in self._stop), default=0)
         return self._take(len(text) - held)
+
+    @staticmethod
+    def _held(stop: str, text: str) -> int:
+        """How much of the end of `text` may be the start of `stop` (the longest such part)."""
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                return k
+        return 0
 
     def _take(self, n: int) -> tuple[str, list[TokenLogprob]]:
         """The first `n` characters of the pending text and the entries of the tokens that start in them."""

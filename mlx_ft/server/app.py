@@ -37,12 +37,13 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     more = _more_runs(config)
     if engine is None:
         # Bare, with the adapter worn as a swappable variant: the base and the other runs on it can answer too.
-        engine = task_service.engine = Engine(
-            loader.load(config.source, adapter=False), [loader.load(str(p), adapter=False) for p in more.values()]
-        )
-    served_models = {_name(config.source): None, **{name: ModelRef(name, path) for name, path in more.items()}}
-    if len(served_models) < 1 + len(more):
-        raise UserError("two of the served models have the same folder name; serve one of them by another path")
+        engine = task_service.engine = Engine(loader.load(config.source, adapter=False))
+    served_models: dict[str, ModelRef | None] = {_name(config.source): None}
+    for name, path in more.items():
+        if name in served_models:
+            raise UserError(f"two of the served models are named {name!r}; serve one of them from another folder")
+        served_models[name] = ModelRef(name, path)
+        engine.pin(ModelRef(name, path))
     app = Flask("mlx_ft.server", template_folder=str(resource("templates")), static_folder=str(resource("static")))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     jobs = JobRunner(JobStore(config.db), config.runs_dir)
@@ -124,12 +125,14 @@ def _name(source: str) -> str:
 
 def _more_runs(config: ServeConfig) -> dict[str, Path]:
     """The other runs `serve` was given, by name; each must be a run (an adapter on a base)."""
-    out = {}
+    out: dict[str, Path] = {}
     for source in config.more_runs:
         path = Path(source).expanduser()
         if not (path.is_dir() and loader.find_run(path)):
             raise UserError(f"{source}: not a run folder (only the first model of `serve` may be a plain model)")
-        out[_name(source)] = path
+        if (name := _name(source)) in out:
+            raise UserError(f"two of the served runs are named {name!r}; serve one of them from another folder")
+        out[name] = path
     return out
 
 

@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_ft import chat_template
 from mlx_ft import config as config_mod
 from mlx_ft.chat_template import Message
+from mlx_ft.data import stats as data_stats
 from mlx_ft.inference import generation
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader, sources
@@ -144,26 +145,22 @@ class _Base:
 
 
 class Engine:
-    def __init__(self, loaded: loader.Loaded, pinned: Sequence[loader.Loaded] = ()) -> None:
+    def __init__(self, loaded: loader.Loaded) -> None:
         """Serve `loaded`. A run loaded without its adapter (`loader.load(run, adapter=False)`) is served as a
         variant of its base, so the base and other runs on it can answer too; a run loaded with its adapter fused
-        in has no bare base left, and other models then load their own. `pinned`: bases of other models to keep
-        loaded for good (the other runs `serve` was given), loaded without their adapters."""
+        in has no bare base left, and other models then load their own (`pin` keeps one loaded for good)."""
         self.loaded = loaded
         args = getattr(loaded.model, "args", None)
         self.context = int(getattr(args, "max_position_embeddings", None) or FALLBACK_CONTEXT)
         quantize = loaded.cfg.quantize if loaded.cfg else None
         self._main = _Base(loaded.model, loaded.tokenizer, _base_key(loaded.base, quantize))
         self._fixed = loaded.adapted  # the model already wears its adapter for good
-        self._pinned: dict[BaseKey, _Base] = {}
-        for other in pinned:
-            key = _base_key(other.base, other.cfg.quantize if other.cfg else None)
-            if key != self._main.key:
-                self._pinned.setdefault(key, _Base(other.model, other.tokenizer, key))
+        self._pinned: dict[BaseKey, _Base] = {}  # bases kept loaded for good (`pin`)
         # MLX streams belong to the thread that made them: evaluate every weight here, so that no lazy array of
         # this thread is left for the scheduler's thread to compute ("There is no Stream(cpu, 0) in current thread").
-        mx.eval([b.model.parameters() for b in (self._main, *self._pinned.values())])
+        mx.eval(loaded.model.parameters())
         self._other: _Base | None = None  # one more base, for a run on none of the above
+        self._tokenizers: dict[BaseKey, Any] = {}  # of bases not loaded: prompts are built without the weights
         self._configs: dict[Path, tuple[tuple[int, int], config_mod.TrainConfig]] = {}
         self.served = ModelRef("served", loaded.adapter_file.parent) if loaded.adapter_file is not None else BASE
         if loaded.adapter_file is not None and not loaded.adapted:
@@ -235,11 +232,30 @@ class Engine:
             base.wear(adapter_dir, self._cfg(ref) if ref is not None else self.loaded.cfg)
         return base, (time.perf_counter() - start) * 1000
 
-    def tokenizer_for(self, ref: ModelRef | None) -> Any:
+    def pin(self, ref: ModelRef) -> None:
+        """Keep the base of `ref` loaded for good (a run `serve` was given), loading it now unless it is loaded
+        already: runs on one base share one copy. Called before serving starts."""
         key, _ = self.model_key(ref)
-        if key == self._main.key:
-            return self._main.tokenizer
-        return self.scheduler.call(lambda: self._base(key, ref)).tokenizer
+        if key == self._main.key or key in self._pinned:
+            return
+        assert ref.adapter_dir is not None
+        base = loader.load(str(ref.adapter_dir), adapter=False)
+        mx.eval(base.model.parameters())  # in this thread: see __init__
+        self._pinned[key] = _Base(base.model, base.tokenizer, key)
+
+    def tokenizer_for(self, ref: ModelRef | None) -> Any:
+        """The tokenizer prompts for `ref` are built with. A base that is not loaded is not loaded for it (that is
+        the generation thread's, when the answer's turn comes): only its tokenizer is read."""
+        key, _ = self.model_key(ref)
+        other = self._other
+        for base in (self._main, *self._pinned.values(), *([other] if other else [])):
+            if base.key == key:
+                return base.tokenizer
+        if key not in self._tokenizers:
+            cfg = self._cfg(ref) if ref is not None else None
+            assert cfg is not None
+            self._tokenizers[key] = data_stats.load_tokenizer(cfg.model)
+        return self._tokenizers[key]
 
     def prompt(
         self,

@@ -114,7 +114,21 @@ def _seeded(sampling: Sampling, i: int) -> Sampling:
     return Sampling(**{**sampling.__dict__, "seed": sampling.seed + i})
 
 
+def _reporting(events: Iterator[str]) -> Iterator[str]:
+    """A stream that fails midway ends with an error event, which OpenAI's clients raise, not a cut connection."""
+    try:
+        yield from events
+    except Exception as e:  # noqa: BLE001 - the status line is sent already: the error can only be an event
+        yield sse(
+            {"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None, "code": None}}
+        )
+
+
 def _submit(prompts: list[list[int]], sampling: Sampling, n: int, ref: ModelRef | None) -> list[Job]:
+    if len(prompts) * n > openai_request.MAX_ANSWERS:
+        raise ApiError(
+            400, f"prompts × n is {len(prompts) * n}; at most {openai_request.MAX_ANSWERS} answers a request"
+        )
     engine = current().engine
     for p in prompts:
         try:
@@ -213,7 +227,7 @@ def chat_completions() -> Response:
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "created": created, "model": model, "system_fingerprint": None}
 
-    if not body.get("stream"):
+    if not openai_request.stream(body):
         out = []
         answers = _collect(jobs)
         for i, a in enumerate(answers):
@@ -274,7 +288,7 @@ def chat_completions() -> Response:
             )
         yield "data: [DONE]\n\n"
 
-    return event_stream(events())
+    return event_stream(_reporting(events()))
 
 
 def _prompts(body: dict[str, Any], tokenizer: Any) -> tuple[list[list[int]], list[str]]:
@@ -317,7 +331,7 @@ def completions() -> Response:
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None}
 
-    if not body.get("stream"):
+    if not openai_request.stream(body):
         answers = _collect(jobs)
         out = []
         for i, a in enumerate(answers):
@@ -346,4 +360,4 @@ def completions() -> Response:
             yield sse({**head, "choices": [], "usage": _usage(prompts, completion)})
         yield "data: [DONE]\n\n"
 
-    return event_stream(events())
+    return event_stream(_reporting(events()))

@@ -17,6 +17,8 @@ from mlx_ft.server.http import ApiError, number_field
 
 MAX_CHOICES = 8  # `n`: answers generated together for one request
 MAX_STOPS = 4  # as OpenAI
+MAX_STOP_CHARS = 256  # each is looked for at every token: a long one would slow every answer being generated
+MAX_ANSWERS = 64  # prompts × n of one request
 MAX_TOP_LOGPROBS = 20  # as OpenAI (chat); the legacy completions API allows 5
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -62,8 +64,14 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     if stop is None:
         return ()
     stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
-        raise ApiError(400, f"field 'stop' must be a non-empty string or a list of up to {MAX_STOPS} of them")
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOPS
+        or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops)
+    ):
+        raise ApiError(
+            400, f"field 'stop' must be a string of 1 to {MAX_STOP_CHARS} characters or a list of up to {MAX_STOPS}"
+        )
     return tuple(stops)
 
 
@@ -114,11 +122,26 @@ def sampling(body: dict[str, Any], vocab_size: int, chat: bool) -> Sampling:
         min_p=number_field(body, "min_p", 0.0, 0.0, 1.0),  # mlx_lm's server's extension
         presence_penalty=number_field(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=number_field(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        repetition_penalty=number_field(body, "repetition_penalty", 1.0, 0.0, 10.0),  # mlx_lm's server's extension
+        repetition_penalty=_repetition_penalty(body),
         logit_bias=_logit_bias(body, vocab_size),
         stop=_stop(body),
         top_logprobs=top_logprobs,
     )
+
+
+def _repetition_penalty(body: dict[str, Any]) -> float:
+    """mlx_lm's server's extension: a multiplicative penalty above 0 (1: off)."""
+    penalty = number_field(body, "repetition_penalty", 1.0, 0.0, 10.0)
+    if penalty <= 0:
+        raise ApiError(400, "field 'repetition_penalty' must be above 0 (1: no penalty)")
+    return penalty
+
+
+def stream(body: dict[str, Any]) -> bool:
+    value = body.get("stream", False)
+    if not isinstance(value, bool) and value is not None:
+        raise ApiError(400, "field 'stream' must be true or false")
+    return bool(value)
 
 
 def choices(body: dict[str, Any]) -> int:
@@ -136,7 +159,7 @@ def include_usage(body: dict[str, Any]) -> bool:
         return False
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise ApiError(400, "field 'stream_options' must be an object like {\"include_usage\": true}")
-    if not body.get("stream"):
+    if not stream(body):
         raise ApiError(400, "field 'stream_options' is only allowed with 'stream': true")
     return bool(options.get("include_usage"))
 

@@ -120,13 +120,13 @@ class Scheduler:
         stream = mx.default_stream(mx.default_device())  # this thread's stream, for every step it runs
         with mx.stream(stream):
             while True:
-                self._take_inbox(block=not self._active and not self._waiting)
-                self._admit()
-                if self._active:
-                    try:
+                try:
+                    self._take_inbox(block=not self._active and not self._waiting)
+                    self._admit()
+                    if self._active:
                         self._step()
-                    except Exception as e:  # noqa: BLE001 - reported to the requests it broke
-                        self._fail_all(e)
+                except Exception as e:  # noqa: BLE001 - reported to the requests it broke; the thread goes on
+                    self._fail_all(e)
 
     def _take_inbox(self, block: bool) -> None:
         while True:
@@ -164,6 +164,9 @@ class Scheduler:
 
     def _switch(self, job: Job) -> None:
         """Make the job's model the one answering (the batch is empty, or already runs on it)."""
+        if self._active and job.key == self._model:
+            job.switch_ms = 0.0  # already answering: never touch the model under a running batch
+            return
         base, job.switch_ms = self._engine.activate(job.ref)
         if self._gen is None or self._gen.model is not base.model:
             self._close()
@@ -219,6 +222,7 @@ class Scheduler:
                 elif reason == "length":
                     more, more_infos = a.text.finish()
                     text, infos = text + more, infos + more_infos
+                    reason = "stop" if a.text.stopped else reason  # the last piece held a stop string
             if text or infos or reason is not None:
                 elapsed = time.perf_counter() - a.started
                 a.job.events.put(
@@ -240,8 +244,13 @@ class Scheduler:
         for a in self._active.values():
             a.job.events.put(error)
         self._active.clear()
-        self._close()
         self._model = None
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            try:
+                gen.close()
+            except Exception:  # noqa: BLE001, S110 - the generator is dropped anyway
+                pass
 
     def _close(self) -> None:
         if self._gen is not None:

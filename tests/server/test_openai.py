@@ -162,6 +162,9 @@ def test_penalties_and_logit_bias_change_the_answer(client):
         ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
         ({"n": 9}, "'n'"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "'stop'"),
+        ({"stop": "x" * 257}, "'stop'"),
+        ({"n": 8, "extra_body": {"stream": "yes"}}, "'stream'"),
+        ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
         ({"top_logprobs": 2}, "logprobs"),
         ({"stream_options": {"include_usage": True}}, "stream"),
         ({"logit_bias": {"99999999": 1}}, "vocabulary"),
@@ -174,6 +177,13 @@ def test_what_cannot_be_honoured_is_a_400_naming_it(client, kw, words):
     with pytest.raises(openai.BadRequestError) as e:
         _chat(client, "A", **kw)
     assert words in e.value.body["message"]
+
+
+def test_top_p_0_keeps_the_likeliest_token_alone(client):
+    assert (
+        _chat(client, "A", temperature=1.0, top_p=0).choices[0].message.content
+        == _chat(client, "A").choices[0].message.content
+    )
 
 
 def test_unknown_extra_fields_are_ignored(client):
@@ -207,6 +217,8 @@ def test_completions_plain_streamed_echo_several_prompts_and_logprobs(client, qw
     assert usage[-1].choices == [] and usage[-1].usage.completion_tokens == one.usage.completion_tokens
     with pytest.raises(openai.BadRequestError, match="suffix"):
         client.completions.create(model=model, prompt="a", suffix="b")
+    with pytest.raises(openai.BadRequestError, match="at most 64 answers"):
+        client.completions.create(model=model, prompt=["a"] * 9, n=8, max_tokens=1)
     with pytest.raises(openai.BadRequestError, match="context window"):
         client.completions.create(model=model, prompt="a", max_tokens=1 << 20)
 
