@@ -289,3 +289,25 @@ def test_a_qlora_run_answers_from_its_own_quantized_base(client, runs, truth):
     fresh = _fresh_answer(str(runs / "C"))
     answers = _compare(client, "run:C", "base", "run:C", "run:A")
     assert [a["text"] for a in answers] == [fresh, truth["base"], fresh, truth["run:A"]]
+
+
+def test_a_prompt_for_a_third_base_leaves_a_running_answer_on_another_alone(engine, runs, tmp_path):
+    """C (4-bit QLoRA) answers from the one extra base kept; D (8-bit) needs another. Building D's prompt while C
+    is answering reads D's tokenizer only: C's base stays loaded under its batch, and C's answers are whole."""
+    cfg = config.load(runs / "C" / "config.yaml")
+    train(config.build({**cfg.__dict__, "adapter_path": str(tmp_path / "D"), "quantize": 8}))
+    from mlx_ft.server.engine import ModelRef
+
+    c, d = ModelRef("C", runs / "C"), ModelRef("D", tmp_path / "D")
+    long = Sampling(temp=0.0, max_tokens=32, top_logprobs=0)  # a piece per token
+    messages = [{"role": "user", "content": QUESTION}]
+    alone_c = engine.answer(engine.prompt(messages, 32, c), long, c)[0]
+    first = engine.submit(engine.prompt(messages, 32, c), long, c)
+    pieces = first.pieces()
+    head = [next(pieces)]
+    d_prompt = engine.prompt(messages, 32, d)  # D's tokenizer, while C generates
+    second = engine.submit(engine.prompt(messages, 32, c), long, c)
+    assert "".join(p.text for p in second.pieces()) == alone_c
+    assert "".join(p.text for p in head + list(pieces)) == alone_c
+    fresh = Engine(loader.load(str(tmp_path / "D")))
+    assert engine.answer(d_prompt, long, d)[0] == fresh.answer(fresh.prompt(messages, 32), long)[0]
