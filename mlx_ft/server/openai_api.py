@@ -50,10 +50,12 @@ def models_served() -> dict[str, ModelRef | None]:
 
 
 def _model(body: dict[str, Any]) -> tuple[str, ModelRef | None]:
-    served = models_served()
-    name = body.get("model")
+    name, first = body.get("model"), current().served_models
     if name is None:
-        return next(iter(served)), None
+        return next(iter(first)), None
+    if isinstance(name, str) and name in first:  # the models serve was started with: no runs folder to read
+        return name, first[name]
+    served = models_served()
     if not isinstance(name, str) or name not in served:
         known = ", ".join(list(served)[:10]) + (" …" if len(served) > 10 else "")
         raise ApiError(404, f"model {name!r} is not served here; GET /v1/models lists them: {known}")
