@@ -8,6 +8,7 @@ their folder names, the base, and the studio's runs and checkpoints under their 
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -113,7 +114,7 @@ def _seeded(sampling: Sampling, i: int) -> Sampling:
     """The sampling of choice `i` of n: its own seed, so the choices differ yet each is reproducible."""
     if sampling.seed is None or i == 0:
         return sampling
-    return Sampling(**{**sampling.__dict__, "seed": sampling.seed + i})
+    return dataclasses.replace(sampling, seed=sampling.seed + i)
 
 
 def _reporting(events: Iterator[str]) -> Iterator[str]:

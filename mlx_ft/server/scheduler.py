@@ -8,9 +8,8 @@ cancelled one leaves it, and the others go on undisturbed. Each job keeps its ow
 and detokenizer, so a stream never sees another's tokens.
 
 A batch runs on one model. A job for another model (another run's adapter, another base) waits until the batch
-has drained, then the engine switches (swapping the adapter in, which takes a millisecond) and that model's jobs
-are generated together. Work that must touch MLX outside generation (loading another base) is run by this thread
-too, between steps (`call`).
+has drained, then the engine switches (swapping the adapter in, which takes a millisecond, or loading another
+base) and that model's jobs are generated together.
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
@@ -32,7 +31,6 @@ from mlx_ft.inference.sampling import Sampling
 if TYPE_CHECKING:
     from mlx_ft.server.engine import Engine, ModelRef
 
-T = TypeVar("T")
 MAX_BATCH = 16  # answers decoded together; more wait for a free place (memory grows with each one's cache)
 PREFILL_BATCH = 8  # prompts processed together when several arrive at once
 
@@ -64,14 +62,6 @@ class Job:
 
 
 @dataclass
-class _Call:
-    fn: Callable[[], Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: BaseException | None = None
-
-
-@dataclass
 class _Active:
     job: Job
     text: generation.AnswerText
@@ -82,7 +72,7 @@ class _Active:
 class Scheduler:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._inbox: queue.Queue[list[Job] | _Call] = queue.Queue()
+        self._inbox: queue.Queue[list[Job]] = queue.Queue()
         self._waiting: deque[Job] = deque()
         self._active: dict[int, _Active] = {}
         self._gen: BatchGenerator | None = None
@@ -96,18 +86,6 @@ class Scheduler:
         request are computed alike."""
         self._ensure_thread()
         self._inbox.put(list(jobs))
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """`fn()` run by the generation thread between steps (MLX work that must not overlap generation)."""
-        if threading.current_thread() is self._thread:
-            return fn()
-        self._ensure_thread()
-        item = _Call(fn)
-        self._inbox.put(item)
-        item.done.wait()
-        if item.error is not None:
-            raise item.error
-        return item.result
 
     def _ensure_thread(self) -> None:
         with self._start_lock:
@@ -135,14 +113,7 @@ class Scheduler:
             except queue.Empty:
                 return
             block = False
-            if isinstance(item, _Call):
-                try:
-                    item.result = item.fn()
-                except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
-                    item.error = e
-                item.done.set()
-            else:
-                self._waiting.extend(item)
+            self._waiting.extend(item)
 
     def _admit(self) -> None:
         """Move waiting jobs into the batch: those for the batch's model, in order, until one is for another model
