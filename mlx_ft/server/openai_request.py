@@ -8,10 +8,10 @@ that change nothing in the answer (`user`, `metadata`, `store`, `service_tier`) 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mlx_ft.data import check_conversation
+from mlx_ft.data.formats import tool_calls_field, tools_field
 from mlx_ft.inference.sampling import MAX_TOKENS, OPENAI_TEMPERATURE, Sampling
 from mlx_ft.server.http import ApiError, number_field
 
@@ -180,22 +180,19 @@ def _content(m: dict[str, Any], i: int) -> str | None:
 
 
 def _tool_calls(m: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    """An assistant message's calls in OpenAI's shape, checked and normalised as prepared data's are (arguments a
+    JSON object, kept as its JSON text)."""
     calls = m.get("tool_calls")
     if not isinstance(calls, list) or not calls:
         raise ApiError(400, f"messages[{i}]: tool_calls must be a non-empty list")
-    out = []
     for k, call in enumerate(calls):
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise ApiError(400, f"messages[{i}].tool_calls[{k}]: needs a function with a name")
-        arguments = fn.get("arguments", "{}")
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments, ensure_ascii=False)
-        entry = {"type": "function", "function": {"name": fn["name"], "arguments": arguments}}
-        if isinstance(call.get("id"), str):
-            entry["id"] = call["id"]
-        out.append(entry)
-    return out
+    try:
+        return tool_calls_field(calls, "tool_calls")
+    except ValueError as e:
+        raise ApiError(400, f"messages[{i}].{e}") from None
 
 
 def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -243,4 +240,8 @@ def tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
         fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise ApiError(400, f"tools[{i}] must be {{type: function, function: {{name, description, parameters}}}}")
-    return None if choice == "none" else raw
+    try:
+        offered = tools_field(body, "tools")  # checked as prepared data's tools are: the template renders both
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    return None if choice == "none" else offered

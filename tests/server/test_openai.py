@@ -165,6 +165,19 @@ def test_penalties_and_logit_bias_change_the_answer(client):
         ({"stop": "x" * 257}, "'stop'"),
         ({"n": 8, "extra_body": {"stream": "yes"}}, "'stream'"),
         ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{x"}}],
+                    },
+                    {"role": "tool", "content": "b"},
+                ]
+            },
+            "arguments is not valid JSON",
+        ),
         ({"top_logprobs": 2}, "logprobs"),
         ({"stream_options": {"include_usage": True}}, "stream"),
         ({"logit_bias": {"99999999": 1}}, "vocabulary"),
