@@ -162,6 +162,10 @@ def test_openai_chat_completions_plain_and_streamed(client):
             "temperature",
         ),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "max_tokens": 0}, 400, "max_tokens"),
+        ("/v1/completions", {"prompt": []}, 400, "'prompt'"),
+        ("/v1/completions", {"prompt": "a", "echo": "yes"}, 400, "'echo'"),
+        ("/v1/completions", {"prompt": [[10**9]]}, 400, "vocabulary"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "model": "nope"}, 404, "not served"),
     ],
 )
 def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, path, body, status, words):

@@ -145,6 +145,13 @@ def test_a_foreign_host_is_refused_on_pages_apis_and_v1(client, host, path):
     assert _refused(resp, "Host", "--allow-host"), (host, path, resp.data)
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_the_openai_routes_refuse_foreign_origins_and_hosts(client, path):
+    body = {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "max_tokens": 1}
+    assert _refused(client.post(path, json=body, headers={"Origin": EVIL}), "cross-origin")
+    assert _refused(client.post(path, json=body, headers={"Host": "evil.example:5001"}), "Host", "--allow-host")
+
+
 def test_a_foreign_host_post_changes_nothing(client):
     client.post("/api/chat", json={"message": "你好"})
     resp = client.post("/api/clear", headers={"Host": "evil.example:5001"})
