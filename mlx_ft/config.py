@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mlx_ft import checks
 from mlx_ft.errors import UserError
 from mlx_ft.resources import local_or_shipped
 
@@ -39,8 +41,22 @@ RESUMABLE_KEYS = (
 )
 
 
-def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    meta = {"help": help, "choices": choices}
+@dataclass(frozen=True)
+class Bounds:
+    """What a numeric key takes, checked by `checks` for YAML, flags and the studio's form alike: the whole range a
+    run can use, so an absurd value (rank 1e12, dropout 5) is refused before it starts a job that fails inside."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is refused (a learning rate of 0)
+    also: tuple[int, ...] = ()  # special values outside [lo, hi]: -1 for "all"
+
+
+BIG = 100_000_000  # steps, reports, batches: past any run on one machine
+
+
+def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None, bounds: Bounds | None = None) -> Any:
+    meta = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: typing.cast(Any, type(default))(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -57,40 +73,54 @@ class TrainConfig:
         "base with the adapter off, or reference_adapter_file) or orpo (no reference)",
         TRAIN_MODES,
     )
-    beta: float = _f(0.1, "dpo: strength of the pull towards the reference; orpo: weight of the odds-ratio term")
+    beta: float = _f(
+        0.1,
+        "dpo: strength of the pull towards the reference; orpo: weight of the odds-ratio term",
+        bounds=Bounds(0, 1000, lo_open=True),
+    )
     reference_adapter_file: str | None = _f(
         None, "dpo: adapters.safetensors whose model is the reference (default: the base with the adapter off)"
     )
-    num_layers: int = _f(16, "how many of the last layers get adapters (-1: all)")
+    num_layers: int = _f(16, "how many of the last layers get adapters (-1: all)", bounds=Bounds(1, 1000, also=(-1,)))
     quantize: int | None = _f(None, "quantize the base model to 4 or 8 bits before training (QLoRA)", (None, 4, 8))
     lora_parameters: dict = _f({"rank": 8, "scale": 20.0, "dropout": 0.0}, "rank, scale, dropout, keys")
-    batch_size: int = _f(4, "examples per step")
-    iters: int = _f(1000, "steps to train for")
-    epochs: float | None = _f(None, "passes over the training data; when set, it decides iters")
-    learning_rate: float = _f(1e-5, "peak learning rate")
+    batch_size: int = _f(4, "examples per step", bounds=Bounds(1, 1024))
+    iters: int = _f(1000, "steps to train for", bounds=Bounds(1, BIG))
+    epochs: float | None = _f(
+        None, "passes over the training data; when set, it decides iters", bounds=Bounds(0, 10_000, lo_open=True)
+    )
+    learning_rate: float = _f(1e-5, "peak learning rate", bounds=Bounds(0, lo_open=True))
     lr_schedule: dict | None = _f(None, "mlx-lm schedule: {name, arguments, warmup, warmup_init}")
     optimizer: str = _f("adam", "optimizer", OPTIMIZERS)
     optimizer_config: dict = _f({}, "extra optimizer arguments per optimizer name")
-    grad_accumulation_steps: int = _f(1, "micro-batches per optimizer update")
+    grad_accumulation_steps: int = _f(1, "micro-batches per optimizer update", bounds=Bounds(1, 1024))
     grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
-    max_seq_length: int = _f(2048, "longer examples are truncated to this many tokens")
+    max_seq_length: int = _f(2048, "longer examples are truncated to this many tokens", bounds=Bounds(1, 1 << 20))
     pack: bool = _f(
         False,
         "pack several examples into each row of max_seq_length tokens (attention kept inside "
         "each example); batch_size then counts rows",
     )
     mask_prompt: bool = _f(True, "learn only the assistant turns (never system/user text)")
-    seed: int = _f(0, "random seed (data order, adapter init)")
-    steps_per_report: int = _f(10, "steps between training-loss reports")
-    steps_per_eval: int = _f(200, "steps between validation-loss reports")
-    val_batches: int = _f(25, "validation batches per evaluation (-1: the whole split)")
-    save_every: int = _f(100, "steps between checkpoints (adapter, optimizer state and counters)")
-    keep_checkpoints: int = _f(3, "newest checkpoints kept on disk (0: all)")
+    seed: int = _f(0, "random seed (data order, adapter init)", bounds=Bounds(0, (1 << 32) - 1))
+    steps_per_report: int = _f(10, "steps between training-loss reports", bounds=Bounds(1, BIG))
+    steps_per_eval: int = _f(200, "steps between validation-loss reports", bounds=Bounds(1, BIG))
+    val_batches: int = _f(
+        25, "validation batches per evaluation (-1: the whole split)", bounds=Bounds(1, BIG, also=(-1,))
+    )
+    save_every: int = _f(
+        100, "steps between checkpoints (adapter, optimizer state and counters)", bounds=Bounds(1, BIG)
+    )
+    keep_checkpoints: int = _f(3, "newest checkpoints kept on disk (0: all)", bounds=Bounds(0, BIG))
     early_stopping_patience: int | None = _f(
-        None, "stop after this many evaluations without a better validation loss, keeping the best adapter"
+        None,
+        "stop after this many evaluations without a better validation loss, keeping the best adapter",
+        bounds=Bounds(1, BIG),
     )
     clear_cache_threshold: int = _f(
-        0, "free MLX's allocator cache after a step once it holds more than this many bytes (0: every step, as mlx-lm)"
+        0,
+        "free MLX's allocator cache after a step once it holds more than this many bytes (0: every step, as mlx-lm)",
+        bounds=Bounds(0, 1 << 50),
     )
     resume_adapter_file: str | None = _f(None, "adapters.safetensors to start from (mlx-lm's warm start)")
     adapter_path: str | None = _f(None, "run folder to write (default: runs/<date-time>)")
@@ -139,33 +169,44 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     raise UserError(f"config key {key!r}: expected {getattr(base, '__name__', base)}, got {value!r}")
 
 
+LORA_BOUNDS = {"rank": Bounds(1, 2048), "scale": Bounds(0, 10_000, lo_open=True), "dropout": Bounds(0, 0.9)}
+
+
+def check_bounds(label: str, value: Any, bounds: Bounds, kind: type) -> Any:
+    """`value` (of type `kind`) within `bounds`, by `checks`: the words the server uses for its own fields too."""
+    if kind is int:
+        lo, hi = (None if x is None else int(x) for x in (bounds.lo, bounds.hi))
+        return checks.integer(value, label, lo, hi, also=bounds.also)
+    return checks.number(value, label, bounds.lo, bounds.hi, lo_open=bounds.lo_open)
+
+
+def _finite_inside(key: str, value: Any) -> None:
+    """No NaN or infinity anywhere in a mapping or list key (YAML spells them .nan and .inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise checks.FieldError(f"config key {key!r}", "must hold finite numbers only")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite_inside(f"{key}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _finite_inside(f"{key}[{i}]", v)
+
+
 def _validate(cfg: TrainConfig) -> TrainConfig:
     for name, f in FIELDS.items():
+        value = getattr(cfg, name)
         choices = f.metadata.get("choices")
-        if choices and getattr(cfg, name) not in choices:
-            raise UserError(f"config key {name!r}: {getattr(cfg, name)!r} is not one of {', '.join(map(str, choices))}")
-    for name in (
-        "batch_size",
-        "iters",
-        "grad_accumulation_steps",
-        "max_seq_length",
-        "steps_per_report",
-        "steps_per_eval",
-        "save_every",
-    ):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"config key {name!r} must be at least 1")
+        if choices and value not in choices:
+            raise UserError(f"config key {name!r}: {value!r} is not one of {', '.join(map(str, choices))}")
+        if (bounds := f.metadata.get("bounds")) is not None and value is not None:
+            check_bounds(f"config key {name!r}", value, bounds, base_type(HINTS[name]))
+        if name != "lora_parameters":  # checked key by key below, with its bounds
+            _finite_inside(name, value)
     if cfg.save_every % cfg.grad_accumulation_steps:
         raise UserError(
             "config key 'save_every' must be a multiple of grad_accumulation_steps (a checkpoint cannot "
             "hold a half-accumulated gradient)"
         )
-    if cfg.epochs is not None and cfg.epochs <= 0:
-        raise UserError("config key 'epochs' must be positive")
-    if cfg.early_stopping_patience is not None and cfg.early_stopping_patience < 1:
-        raise UserError("config key 'early_stopping_patience' must be at least 1")
-    if cfg.keep_checkpoints < 0:
-        raise UserError("config key 'keep_checkpoints' must be 0 (keep all) or more")
     if cfg.quantize and cfg.fine_tune_type == "full":
         raise UserError(
             "config key 'quantize' needs fine_tune_type lora or dora: a full fine-tune cannot train quantized weights"
@@ -174,25 +215,17 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(
             f"train_mode {cfg.train_mode} compares whole answers row by row and cannot pack; set pack: false"
         )
-    if cfg.beta <= 0:
-        raise UserError("config key 'beta' must be positive")
     if cfg.reference_adapter_file and cfg.train_mode != "dpo":
         raise UserError("config key 'reference_adapter_file' is for train_mode dpo (only DPO has a reference model)")
-    if cfg.learning_rate <= 0:
-        raise UserError("config key 'learning_rate' must be positive")
-    if cfg.val_batches == 0 or cfg.val_batches < -1:
-        raise UserError("config key 'val_batches' must be a positive number of batches, or -1 for the whole split")
-    if cfg.num_layers == 0 or cfg.num_layers < -1:
-        raise UserError("config key 'num_layers' must be a positive number of layers, or -1 for all")
     lora = dict(cfg.lora_parameters)
     for key, value in lora.items():
         if key not in LORA_KEYS:
             raise UserError(f"config key 'lora_parameters.{key}' is unknown; known: {', '.join(LORA_KEYS)}")
         lora[key] = _coerce(f"lora_parameters.{key}", value, LORA_KEYS[key])
+        if key in LORA_BOUNDS:
+            check_bounds(f"config key 'lora_parameters.{key}'", lora[key], LORA_BOUNDS[key], LORA_KEYS[key])
     defaults = TrainConfig().lora_parameters
     cfg.lora_parameters = {**defaults, **lora}
-    if cfg.lora_parameters["rank"] < 1:
-        raise UserError("config key 'lora_parameters.rank' must be at least 1")
     return cfg
 
 
