@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -124,6 +125,53 @@ def with_system(messages: list[Message], system: str | None) -> list[Message]:
     return messages
 
 
+# ------------------------------------------------------------------------------------------------------------- json
+
+# How deep a tool's schema or a call's arguments may nest. Real schemas stay within a dozen levels; the cap keeps every
+# later walk over the value (hashing, json.dumps, the chat template, the server's answers) far from Python's
+# recursion limit, whose depth left depends on where it runs.
+MAX_DEPTH = 100
+
+
+class JSONLimit(ValueError):
+    """JSON past one of Python's limits (nesting, a number's digits): a data problem, said in words, not the
+    RecursionError or the "use sys.set_int_max_str_digits()" ValueError that json.loads raises."""
+
+
+def json_value(text: str) -> Any:
+    """json.loads for data users give: a syntax error stays json.JSONDecodeError (the caller says where), Python's
+    own limits become JSONLimit."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise JSONLimit("JSON nested too deeply to read") from None
+    except ValueError:  # the only other one json.loads raises: an integer past the digits Python converts
+        raise JSONLimit(f"a number longer than {sys.get_int_max_str_digits()} digits") from None
+
+
+def check_depth(value: Any, where: str) -> None:
+    """Raise ValueError when `value` nests deeper than MAX_DEPTH; walked level by level, so it cannot recurse."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    for _ in range(MAX_DEPTH):
+        if not level:
+            return
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, (dict, list))]
+    if level:  # containers below MAX_DEPTH containers
+        raise JSONLimit(f"{where} nests deeper than {MAX_DEPTH} levels")
+
+
+def _json_field(text: str, where: str) -> Any:
+    """A JSON string inside a record, parsed; ValueError names `where`."""
+    try:
+        return json_value(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not valid JSON: {e.msg} (column {e.colno})") from None
+    except JSONLimit as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
 # ------------------------------------------------------------------------------------------------------------ tools
 
 
@@ -135,15 +183,15 @@ def tools_field(rec: Mapping[str, Any], key: str | None) -> list[Tool] | None:
     if isinstance(value, str):
         if not value.strip():
             return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"field {key!r} is not valid JSON: {e.msg} (column {e.colno})") from None
+        value = _json_field(value, f"field {key!r}")
     if value is None or value == []:
         return None
     if not isinstance(value, list):
         raise ValueError(f"field {key!r} must be a list of function schemas")
-    return [_tool(t, f"{key}[{i}]") for i, t in enumerate(value)]
+    tools = [_tool(t, f"{key}[{i}]") for i, t in enumerate(value)]
+    for i, tool in enumerate(tools):  # as stored (wrapped), so a prepared line passes the same check when read back
+        check_depth(tool, f"{key}[{i}]")
+    return tools
 
 
 def _tool(value: Any, where: str) -> Tool:
@@ -191,15 +239,16 @@ def _tool_call(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{where} needs a 'name'")
     if isinstance(arguments, str):
-        try:
-            parsed = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}.arguments is not valid JSON: {e.msg} (column {e.colno})") from None
+        parsed = _json_field(arguments, f"{where}.arguments") if arguments.strip() else {}
         arguments = arguments if arguments.strip() else "{}"
     else:
-        parsed, arguments = arguments, json.dumps(arguments, ensure_ascii=False)
+        parsed = arguments
+    # Checked in both spellings: json.dumps below walks them, and so does the chat template, which parses them back.
+    check_depth(parsed, f"{where}.arguments")
     if not isinstance(parsed, dict):
         raise ValueError(f"{where}.arguments must be a JSON object")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
     return {**call, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
@@ -264,11 +313,7 @@ class Chat:
 
     def _message(self, m: dict[str, Any], tag: str, role: str) -> Message:
         if tag == self.call_tag:
-            value = text_field(m, self.content_tag)
-            try:
-                calls = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.content_tag!r} of a {tag} is not valid JSON: {e.msg}") from None
+            calls = _json_field(text_field(m, self.content_tag), f"{self.content_tag!r} of a {tag}")
             return {"role": "assistant", "content": "", "tool_calls": tool_calls_field(calls, self.content_tag)}
         if role == "assistant" and m.get("tool_calls"):  # OpenAI's calls; the text beside them may be empty
             content = m.get(self.content_tag)

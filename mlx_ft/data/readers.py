@@ -1,6 +1,7 @@
 """Raw files → records, each with the line it starts on: `.json` (an array), `.jsonl`, `.csv` (the header row gives
 the keys), `.txt` (each non-empty line one `{"text": …}` record, for continued pre-training), and LLaMA-Factory's
-`dataset_info.json`, which names local data files and how to read their columns.
+`dataset_info.json`, which names local data files and how to read their columns. It may name only files in its own
+folder: one that reaches outside (absolute, `..`, a symlink) is refused, before anything looks at that file.
 
 Problems in the data come back as records too (their value is the message), so that all of them can be reported
 at once, in file order.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlx_ft.data.formats import Alpaca, Chat, Convert, Preference, ShareGPTTags, Text
+from mlx_ft.data.formats import Alpaca, Chat, Convert, JSONLimit, Preference, ShareGPTTags, Text, json_value
 from mlx_ft.errors import UserError
 
 MAX_REPORTED = 20
@@ -70,24 +71,60 @@ def _json_items(path: Path, text: str, opener: str = "[") -> Iterator[tuple[int,
     # The whole file is judged by the strict parser first, so a stray, missing or trailing comma is an error at its
     # own line, exactly as json.load would say; the walk below then only has to find where each item starts.
     try:
-        whole = json.loads(text)
+        whole = json_value(text)
     except json.JSONDecodeError as e:
         raise DataError([f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})"]) from None
+    except JSONLimit as e:  # nesting or a number past Python's limits: told at the item that holds it
+        raise DataError([f"{path}:{line(_limit_start(text, opener))}: {e}"]) from None
     if not isinstance(whole, list if opener == "[" else dict):
         hint = " of examples (or use .jsonl, one example per line)" if opener == "[" else ""
         raise DataError([f"{path}:{line(len(text) - len(text.lstrip()))}: expected a JSON {kind}{hint}"])
-    dec = json.JSONDecoder()
-    pos = _skip(text, text.index(opener) + 1)
-    while text[pos] != ("]" if opener == "[" else "}"):
-        start, key = pos, None
-        if opener == "{":
-            key, pos = dec.raw_decode(text, pos)
-            pos = _skip(text, _skip(text, pos) + 1)  # past the colon
-        value, pos = dec.raw_decode(text, pos)
+    for start, key, value in _walk(text, opener):
         yield line(start), key, value
+
+
+class _Unreadable(Exception):
+    """An item of a JSON array or object that json cannot read, and where it starts."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__(start)
+        self.start = start
+
+
+def _walk(text: str, opener: str) -> Iterator[tuple[int, str | None, Any]]:
+    """(start, key, value) for each item of the top-level array or object that `text` holds. An item that cannot be
+    read raises _Unreadable: only when json.loads could not read the whole either, as the walk then goes past what
+    it checked."""
+    dec = json.JSONDecoder()
+    closer = "]" if opener == "[" else "}"
+    pos = _skip(text, _skip(text, 0) + 1)
+    while pos < len(text) and text[pos] != closer:
+        start, key = pos, None
+        try:
+            if opener == "{":
+                key, pos = dec.raw_decode(text, pos)
+                pos = _skip(text, _skip(text, pos) + 1)  # past the colon
+            value, pos = dec.raw_decode(text, pos)
+        except (RecursionError, ValueError):
+            raise _Unreadable(start) from None
+        yield start, key, value
         pos = _skip(text, pos)
-        if text[pos] == ",":
+        if text.startswith(",", pos):
             pos = _skip(text, pos + 1)
+
+
+def _limit_start(text: str, opener: str) -> int:
+    """Where the item that json.loads met a limit in starts (the walk meets it there again); the top level's start
+    when the top level is not the array or object expected, or the walk reads every item (the limit depends on how
+    deep the stack already is)."""
+    top = _skip(text, 0)
+    if text.startswith(opener, top):
+        try:
+            for _ in _walk(text, opener):
+                pass
+        except _Unreadable as e:
+            return e.start
+    return top
 
 
 def _skip(text: str, pos: int) -> int:
@@ -107,11 +144,13 @@ def _read_jsonl(path: Path, raw: bytes) -> tuple[list[Record], list[Record]]:
         if not line.strip():
             continue
         try:
-            records.append(Record(path, n, json.loads(line.decode("utf-8-sig" if n == 1 else "utf-8"))))
+            records.append(Record(path, n, json_value(line.decode("utf-8-sig" if n == 1 else "utf-8"))))
         except UnicodeDecodeError:
             problems.append(Record(path, n, "not UTF-8 text"))
         except json.JSONDecodeError as e:
             problems.append(Record(path, n, f"invalid JSON: {e.msg} (column {e.colno})"))
+        except JSONLimit as e:
+            problems.append(Record(path, n, str(e)))
     return records, problems
 
 
@@ -198,6 +237,28 @@ class Unsupported(ValueError):
         self.hub = hub
 
 
+class Outside(ValueError):
+    """A dataset_info.json entry whose file_name leads out of the folder of that dataset_info.json (absolute, `..`,
+    or a symlink). Always an error, chosen or not, never a skipped note; and said the same whether that file exists
+    or not, so a dataset_info.json (an upload) cannot learn anything about the rest of the disk."""
+
+
+def _entry_path(info: Path, entry: Any) -> Path | None:
+    """The data file an entry names, inside the folder of `info` (symlinks resolved); None when it names none.
+    Raises Outside before anything looks at the file, so whether it exists cannot show."""
+    file_name = entry.get("file_name") if isinstance(entry, dict) else None
+    if not isinstance(file_name, str) or not file_name:
+        return None
+    folder, path = info.parent, info.parent / file_name  # an absolute file_name replaces the folder
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: nothing to follow anywhere
+        raise Outside(f"file_name {file_name!r} is not a path to a file; put the file beside {DATASET_INFO}") from None
+    if not inside:
+        raise Outside(f"file_name {file_name!r} points outside the folder of {DATASET_INFO}; put the file beside it")
+    return path
+
+
 def _names(entry: dict[str, Any], key: str, allowed: tuple[str, ...]) -> dict[str, str]:
     """entry[key] (columns or tags) as a {name: string} mapping whose names are all in `allowed`."""
     value = entry.get(key) or {}
@@ -224,8 +285,8 @@ def _entry_source(info: Path, name: str, entry: Any) -> Source:
         raise ValueError("'ranking' must be true or false")
     if extra := sorted(set(entry) - {"file_name", "formatting", "columns", "tags", "ranking", *IGNORED_KEYS}):
         raise ValueError(f"key {extra[0]!r} is not supported")
-    file_name = entry.get("file_name")
-    if not isinstance(file_name, str) or not file_name:
+    path = _entry_path(info, entry)
+    if path is None:
         raise ValueError("needs a 'file_name'")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in COLUMNS:
@@ -234,7 +295,6 @@ def _entry_source(info: Path, name: str, entry: Any) -> Source:
     if not ranking and (pair := [c for c in RANKING_COLUMNS if c in columns]):
         raise ValueError(f'columns.{pair[0]} belongs to preference pairs: the entry needs "ranking": true')
     tags = _names(entry, "tags", TAGS if formatting == "sharegpt" else ())
-    path = info.parent / file_name
     if ranking:
         answers = {c: columns.get(c, c) for c in RANKING_COLUMNS}
         if formatting == "sharegpt":
@@ -269,9 +329,13 @@ def _alpaca(columns: dict[str, str]) -> Alpaca:
 
 
 def _local(info: Path, entry: Any) -> bool:
-    """Whether a dataset_info.json entry names a data file that is here."""
-    file_name = entry.get("file_name") if isinstance(entry, dict) else None
-    return isinstance(file_name, str) and bool(file_name) and (info.parent / file_name).is_file()
+    """Whether a dataset_info.json entry names a data file that is here (inside its folder: one outside is never
+    looked at)."""
+    try:
+        path = _entry_path(info, entry)
+    except Outside:
+        return False
+    return path is not None and path.is_file()
 
 
 @dataclass
@@ -297,9 +361,16 @@ def _dataset_info_sources(info: Path, wanted: list[str] | None) -> _Info:
     out = _Info(names={name for _, name, _ in entries if name})
     for line, name, entry in entries:
         assert name is not None  # _json_items gives every item of an object its key
+        where = f"{info}:{line}: dataset {name!r}"
+        try:
+            # Every entry, chosen or not, and first: a dataset_info.json that reaches outside its folder is refused
+            # as a whole, before any file is looked at.
+            _entry_path(info, entry)
+        except Outside as e:
+            out.problems.append(f"{where}: {e}")
+            continue
         if wanted and name not in wanted:
             continue
-        where = f"{info}:{line}: dataset {name!r}"
         try:
             src = _entry_source(info, name, entry)
         except Unsupported as e:

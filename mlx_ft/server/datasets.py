@@ -3,8 +3,8 @@ through `prepare` itself, and previews with the learned tokens marked by trainin
 
 An upload is written into a fresh hidden folder inside the data folder, prepared there (every problem reported as
 `file:line: what` with the names the user uploaded), measured, and only then renamed to `data/<name>/` in one step:
-a bad upload, a dry run or an interrupted one leaves nothing behind. Names are checked against one pattern and
-looked up, never joined onto a path as they come.
+a bad upload, a dry run or an interrupted one leaves nothing behind (what a killed one left, `remove_scratch`
+sweeps away). Names are checked against one pattern and looked up, never joined onto a path as they come.
 """
 
 from __future__ import annotations
@@ -185,6 +185,30 @@ def _scratch(data_dir: Path) -> Iterable[Path]:
         if created:  # a data folder made only for an upload that stored nothing goes too
             with contextlib.suppress(OSError):
                 data_dir.rmdir()
+
+
+def remove_scratch(data_dir: Path) -> int:
+    """Remove the scratch folders of uploads that never finished (a SIGKILL or a power cut skips `_scratch`'s
+    cleanup): every `UPLOAD_PREFIX*` folder directly inside `data_dir`, and nothing else. An entry that is a symlink
+    is unlinked, never followed, so a planted link cannot turn this into deleting elsewhere. It removes an upload in
+    progress too: call it before the server takes requests. Returns how many it removed."""
+    try:
+        entries = [p for p in Path(data_dir).iterdir() if p.name.startswith(UPLOAD_PREFIX)]
+    except OSError:  # no data folder yet: nothing was left
+        return 0
+    removed = 0
+    for p in entries:
+        try:
+            if p.is_symlink():
+                p.unlink()
+            elif p.is_dir():
+                shutil.rmtree(p)  # does not follow the symlinks inside either
+            else:
+                continue  # a plain file with our prefix was not made by an upload
+        except OSError:  # gone meanwhile, or not ours to remove: the next start tries again
+            continue
+        removed += 1
+    return removed
 
 
 def _relative_problems(problems: Iterable[str], raw: Path) -> list[str]:

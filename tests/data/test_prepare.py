@@ -707,6 +707,153 @@ def test_dataset_info_records_report_their_own_file(write_jsonl, tmp_path):
     assert err.value.problems == [f"{bad}:1: the conversation must end with an assistant message"]
 
 
+def _outside(info: Path, name: str, file_name: str) -> str:
+    """The refusal of an entry whose file_name leads out of the folder of `info` (entries one a line)."""
+    line = next(n for n, text in enumerate(info.read_text().splitlines(), 1) if text.startswith(f'  "{name}"'))
+    return (
+        f"{info}:{line}: dataset {name!r}: file_name {file_name!r} points outside the folder of dataset_info.json; "
+        "put the file beside it"
+    )
+
+
+def test_dataset_info_file_names_stay_in_its_folder_whether_the_outside_file_exists_or_not(tmp_path, capsys):
+    """Absolute, `..` and symlinked file_names are refused before anything looks at the file: the same one error
+    for an outside file that exists and one that does not (no skipped note that would tell them apart), whether
+    --dataset names the entry or not."""
+    from mlx_ft import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("a private note\n")
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "ok.jsonl").write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    (folder / "link.txt").symlink_to(home / "notes.txt")
+    (folder / "gone_link.txt").symlink_to(home / "gone.txt")
+    (folder / "homedir").symlink_to(home, target_is_directory=True)
+    text = {"columns": {"prompt": "text"}}
+    entries = {
+        "ok": {"file_name": "ok.jsonl"},
+        "notes": {"file_name": str(home / "notes.txt"), **text},
+        "gone": {"file_name": str(home / "gone.txt"), **text},
+        "up": {"file_name": "../home/notes.txt", **text},
+        "up_gone": {"file_name": "../home/gone.txt", **text},
+        "odd": {"file_name": "../home/notes.txt", "formatting": "odd"},  # broken too: the outside comes first
+        "odd_gone": {"file_name": "../home/gone.txt", "formatting": "odd"},
+        "link": {"file_name": "link.txt", **text},
+        "gone_link": {"file_name": "gone_link.txt", **text},
+        "in_linked_dir": {"file_name": "homedir/notes.txt", **text},
+    }
+    info = folder / "dataset_info.json"
+    info.write_text("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in entries.items()) + "\n}\n")
+    refusals = [_outside(info, name, entry["file_name"]) for name, entry in entries.items() if name != "ok"]
+    out = tmp_path / "out"
+
+    with pytest.raises(data.DataError) as err:
+        data.prepare([info], out)
+    assert err.value.problems == refusals
+    # An existing outside file and a missing one read the same, but for the entry and file_name they were given.
+    assert {r.split(".txt' ", 1)[1] for r in refusals} == {
+        "points outside the folder of dataset_info.json; put the file beside it"
+    }
+    for picked in (["notes"], ["gone"], ["ok"]):  # named or not, an entry reaching outside refuses the file
+        with pytest.raises(data.DataError) as err:
+            data.prepare([info], out, datasets=picked)
+        assert err.value.problems == refusals
+    assert cli.main(["prepare", str(info), "--out", str(out), "--no-stats"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"mlx_ft: error: {refusals[0]}", *refusals[1:]]
+    assert not out.exists()
+
+    # Inside the folder, symlinks and `..` that stay in it are fine.
+    (folder / "sub").mkdir()
+    (folder / "alias.jsonl").symlink_to(folder / "ok.jsonl")
+    inside = {"ok": {"file_name": "sub/../ok.jsonl"}, "alias": {"file_name": "alias.jsonl"}}
+    info.write_text(json.dumps(inside, indent=2))
+    report = data.prepare([info], out, valid=0, test=0)
+    assert report.counts["train"] == 1 and report.duplicates == 1
+
+
+def test_json_past_pythons_limits_is_a_file_line_problem(write_jsonl, tmp_path, capsys):
+    """Nesting json cannot read (a RecursionError) and numbers longer than Python converts (a ValueError that says
+    to call sys.set_int_max_str_digits) are data problems at their line, like any other; a tool or a call's
+    arguments nesting past MAX_DEPTH too, so no later walk over them can hit the recursion limit."""
+    import sys
+
+    from mlx_ft import cli
+    from mlx_ft.data.formats import MAX_DEPTH
+
+    deep, digits = 100_000, sys.get_int_max_str_digits()
+    long_number = "9" * (digits + 700)
+
+    def nested(levels: int) -> dict:
+        value: dict = {"type": "string"}
+        for _ in range(levels):
+            value = {"p": value}
+        return value
+
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    call = {**chat, "messages": [chat["messages"][0], {"role": "assistant", "content": "", "tool_calls": []}]}
+    call["messages"] += [{"role": "tool", "content": "r"}, {"role": "assistant", "content": "ok"}]
+
+    def with_call(arguments) -> dict:
+        msgs = [dict(m) for m in call["messages"]]
+        msgs[1]["tool_calls"] = [{"name": "f", "arguments": arguments}]
+        return {"messages": msgs}
+
+    src = write_jsonl(
+        "deep.jsonl",
+        [
+            {"question": "q", "answer": "a"},
+            "[" * deep + "]" * deep,
+            '{"a":' * deep + "1" + "}" * deep,
+            '{"question": "q", "answer": "a", "task": ' + long_number + "}",
+            {**chat, "tools": "[" * deep + "]" * deep},
+            {**chat, "tools": '[{"name": "f", "parameters": {"max": ' + long_number + "}}]"},
+            {**chat, "tools": [{"name": "f", "parameters": nested(MAX_DEPTH)}]},
+            with_call(nested(MAX_DEPTH + 1)),
+            with_call(json.dumps(nested(MAX_DEPTH + 1))),
+        ],
+    )
+    with pytest.raises(data.DataError) as err:
+        data.prepare([src], tmp_path / "out")
+    assert err.value.problems == [
+        f"{src}:2: JSON nested too deeply to read",
+        f"{src}:3: JSON nested too deeply to read",
+        f"{src}:4: a number longer than {digits} digits",
+        f"{src}:5: field 'tools': JSON nested too deeply to read",
+        f"{src}:6: field 'tools': a number longer than {digits} digits",
+        f"{src}:7: tools[0] nests deeper than {MAX_DEPTH} levels",
+        f"{src}:8: messages[1]: tool_calls.arguments nests deeper than {MAX_DEPTH} levels",
+        f"{src}:9: messages[1]: tool_calls.arguments nests deeper than {MAX_DEPTH} levels",
+    ]
+
+    # A .json array and a dataset_info.json stop at the item, on its line; the terminal says it on one line.
+    items = [json.dumps({"question": "q", "answer": "a"})] * 2
+    for name, bad, said in [
+        ("deep.json", '{"question": "q", "answer": ' + "[" * deep + "]" * deep + "}", "JSON nested too deeply to read"),
+        ("long.json", '{"question": "q", "answer": ' + long_number + "}", f"a number longer than {digits} digits"),
+    ]:
+        path = tmp_path / name
+        path.write_text("[\n" + ",\n".join([*items, bad]) + "\n]\n")
+        with pytest.raises(data.DataError) as err:
+            data.prepare([path], tmp_path / "out")
+        assert err.value.problems == [f"{path}:4: {said}"]
+        assert cli.main(["prepare", str(path), "--out", str(tmp_path / "out"), "--no-stats"]) == 2
+        assert capsys.readouterr().err == f"mlx_ft: error: {path}:4: {said}\n"
+    info = tmp_path / "dataset_info.json"
+    info.write_text('{\n  "a": {"file_name": "deep.json"},\n  "b": ' + '{"a":' * deep + "1" + "}" * deep + "\n}\n")
+    with pytest.raises(data.DataError) as err:
+        data.prepare([info], tmp_path / "out")
+    assert err.value.problems == [f"{info}:3: JSON nested too deeply to read"]
+    assert not (tmp_path / "out").exists()
+
+    # A tool nesting exactly MAX_DEPTH levels (wrapped, as stored) is kept, and its prepared line reads back.
+    tool = {"name": "f", "parameters": nested(MAX_DEPTH - 3)}
+    data.prepare([write_jsonl("ok.jsonl", [{**chat, "tools": [tool]}])], tmp_path / "out", valid=0, test=0)
+    (ex,) = data.load_split(tmp_path / "out", "train")
+    assert ex.tools == [{"type": "function", "function": tool}]
+
+
 # ------------------------------------------------------------------------------------------------------ stats
 
 
