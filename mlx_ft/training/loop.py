@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from mlx_ft.atomic import atomic_dir, atomic_path
 from mlx_ft.config import TrainConfig
+from mlx_ft.errors import UserError
 from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.system import devices
 from mlx_ft.training import checkpoints, flops, loss_plot
@@ -67,6 +68,8 @@ def loop(
 ) -> str:
     """Train from step `state.step` to `cfg.iters`, writing into the run folder `run`; return why training ended:
     "finished", or the early stop's explanation. Ctrl-C raises `TrainingInterrupted` after saving a checkpoint.
+    A NaN or infinite training or validation loss raises `UserError` at once, before anything is saved from that
+    step on: the run's adapter and best/ are never written from diverged weights (earlier checkpoints stay).
     With a preference `objective` (DPO, ORPO) the sets are pairs, each batch gets its reference log-probabilities
     before the step, and the reports carry the rewards, margin and accuracy too."""
     world = mx.distributed.init()
@@ -78,6 +81,9 @@ def loop(
         grad_checkpoint(model.layers[0])  # every layer of that class recomputes its activations in the backward pass
     step_fn, step_state = compiled_step(model, optimizer, accumulate, objective.loss if objective else masked_loss)
     log = RunLog(run, model, state, cfg.iters, world)
+    # Whether the weights may differ from those the run started from (a resumed run's were trained): a loss that
+    # is already non-finite before that cannot be the learning rate's fault.
+    trained = state.step > 0
     order = dict(loop=True, seed=cfg.seed, comm_group=world, skip=state.step, on_batch=log.count_batch)
     if objective is not None:
         assert isinstance(train_set, TokenizedPairs)
@@ -99,6 +105,8 @@ def loop(
         else:
             assert isinstance(valid_set, TokenizedChats)
             val, extra = evaluate(model, valid_set, *sizes), {}
+        if kind := nonfinite(world, val):
+            raise diverged("validation loss", kind, step, optimizer.learning_rate.item(), trained)
         model.train()
         improved = state.best_val_loss is None or val < state.best_val_loss
         if improved:
@@ -124,8 +132,12 @@ def loop(
             loss, aux, grad = step_fn(batch, grad, update)
             mx.eval(step_state, loss, aux, grad)
             clear_cache(cfg.clear_cache_threshold)
+            # Checked before anything below saves: this step's update has already applied the non-finite gradient.
+            if kind := nonfinite(world, loss_value := loss.item()):
+                raise diverged("loss", kind, step, optimizer.learning_rate.item(), trained)
+            trained = trained or update
             state.step = step
-            log.step(loss.item(), time.perf_counter() - tic, aux.tolist() if objective is not None else None)
+            log.step(loss_value, time.perf_counter() - tic, aux.tolist() if objective is not None else None)
 
             last = step == cfg.iters
             if step % cfg.steps_per_report == 0 or last:
@@ -250,6 +262,27 @@ def agreed(world: Any, local: bool) -> bool:
     if world.size() == 1:
         return local
     return mx.distributed.all_sum(mx.array(int(local)), stream=mx.cpu).item() > 0
+
+
+def nonfinite(world: Any, value: float) -> str | None:
+    """Whether `value` is NaN or infinite on some worker ("NaN", "inf"; None when finite everywhere). Every worker
+    gets the same answer, so all of them stop at the same step; one that went on would wait forever in its next
+    collective."""
+    nan, inf = math.isnan(value), math.isinf(value)
+    if world.size() > 1:
+        nan, inf = (n > 0 for n in mx.distributed.all_sum(mx.array([nan, inf], mx.int32), stream=mx.cpu).tolist())
+    return "NaN" if nan else "inf" if inf else None
+
+
+def diverged(what: str, kind: str, step: int, lr: float, trained: bool) -> UserError:
+    """The one-line error for a non-finite loss. Before any update it is the model's (or the data's) doing, and
+    lowering the learning rate would not help."""
+    if not trained:
+        return UserError(
+            f"{what} became {kind} at step {step}, before any update: the model gives non-finite outputs on this "
+            "data, so the learning rate is not the cause"
+        )
+    return UserError(f"{what} became {kind} at step {step} (learning rate {lr:.3g}): lower it")
 
 
 def seed_for_step(seed: int, step: int) -> int:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -351,6 +352,114 @@ def test_early_stopping_keeps_the_best_adapter(qwen2_dir, tiny_data, tmp_path):
     assert len(list((run / "checkpoints").iterdir())) == 2, "keep_checkpoints prunes older checkpoints"
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     load(str(qwen2_dir), adapter_path=str(run / "best"))  # best/ is itself an adapter folder
+
+
+def _finite_checkpoints(run: Path) -> list[int]:
+    """The steps of the run's checkpoints, each checked to hold only finite weights and optimizer state."""
+    steps = []
+    for ckpt in sorted((run / "checkpoints").glob("step-*")):
+        for f in ckpt.glob("*.safetensors"):
+            assert all(bool(mx.isfinite(v).all()) for v in mx.load(str(f)).values()), f
+        steps.append(json.loads((ckpt / "state.json").read_text())["step"])
+    return steps
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_no_adapter(qwen2_dir, tiny_data, tmp_path):
+    """Adam at lr 1e30 takes the fixture's weights to ~1e30 in one update, and step 2's forward pass overflows.
+    The CLI stops there with one line (exit 2; the studio's job shows the same line), and neither the run's adapter
+    nor best/ is written; the checkpoint of step 1, taken before the loss went bad, stays."""
+    from mlx_ft.server.job_runner import failure
+
+    run = tmp_path / "run"
+    flags = {"model": qwen2_dir, "data": tiny_data, "adapter-path": run, "fine-tune-type": "lora", "num-layers": 2}
+    flags |= {"batch-size": 2, "iters": 6, "learning-rate": 1e30, "steps-per-report": 1, "steps-per-eval": 100}
+    flags |= {"save-every": 1, "max-seq-length": 64}
+    args = [str(x) for k, v in flags.items() for x in (f"--{k}", v)]
+    r = subprocess.run(
+        [sys.executable, "-m", "mlx_ft", "train", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"mlx_ft: error: loss became (NaN|inf) at step 2 \(learning rate 1e\+30\): lower it", last)
+    assert "Traceback" not in r.stderr
+    log = tmp_path / "job.log"
+    log.write_text(r.stdout + r.stderr)
+    assert failure(log, r.returncode) == f"exit status 2: {last.removeprefix('mlx_ft: error: ')}"
+    assert not (run / "adapters.safetensors").exists() and not (run / "best").exists()
+    assert _finite_checkpoints(run) == [1], "no checkpoint after the non-finite step"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == [1], "the non-finite step is not reported as a result"
+
+
+@pytest.mark.parametrize(
+    "settings, message, kept",
+    [
+        # The first update (step 2) diverges; step 3 is the first micro-batch of the next, not an update.
+        ({"grad_accumulation_steps": 2, "save_every": 2}, r"loss became (NaN|inf) at step 3", [2]),
+        # The update of step 1 diverges and the validation right after it sees so first, before step 1's checkpoint.
+        ({"steps_per_eval": 1}, r"validation loss became (NaN|inf) at step 1", []),
+        ({"train_mode": "dpo"}, r"loss became (NaN|inf) at step 2", [1]),
+    ],
+    ids=["grad_accumulation", "validation", "dpo"],
+)
+def test_non_finite_losses_stop_accumulation_validation_and_preference_runs(
+    qwen2_dir, tiny_data, tmp_path, settings, message, kept
+):
+    if settings.get("train_mode") == "dpo":  # the facts as pairs: each answer preferred to itself reversed
+        rows = [{"prompt": q + "?" * i, "chosen": a, "rejected": a[::-1]} for i, (q, a) in enumerate(FACTS * 2)]
+        (tmp_path / "pairs.json").write_text(json.dumps(rows, ensure_ascii=False))
+        tiny_data = tmp_path / "pairs"
+        data.prepare([tmp_path / "pairs.json"], tiny_data, valid=0.25, test=0.0)
+    cfg = _cfg(qwen2_dir, tiny_data, tmp_path / "run", learning_rate=1e30, save_every=1, steps_per_eval=100)
+    with pytest.raises(UserError, match=message + r" \(learning rate 1e\+30\): lower it$"):
+        train(config.build({**cfg.to_dict(), **settings}))
+    assert not (tmp_path / "run" / "adapters.safetensors").exists() and not (tmp_path / "run" / "best").exists()
+    assert _finite_checkpoints(tmp_path / "run") == kept
+
+
+def test_a_model_with_non_finite_outputs_is_not_blamed_on_the_learning_rate(qwen2_dir, tiny_data, tmp_path):
+    """Before any update the weights are the model's own: a non-finite loss then is no reason to lower the rate."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in qwen2_dir.iterdir():
+        if f.suffix != ".safetensors":
+            (broken / f.name).symlink_to(f)
+    weights = mx.load(str(qwen2_dir / "model.safetensors"))
+    weights["model.norm.weight"] = mx.full(weights["model.norm.weight"].shape, float("inf"))
+    mx.save_safetensors(str(broken / "model.safetensors"), weights)
+    with pytest.raises(UserError, match=r"^validation loss became NaN at step 0, before any update: .* not the cause"):
+        train(_cfg(broken, tiny_data, tmp_path / "run"))
+    (tiny_data / "valid.jsonl").unlink()
+    with pytest.raises(UserError, match=r"^loss became NaN at step 1, before any update: .* not the cause"):
+        train(_cfg(broken, tiny_data, tmp_path / "run2"))
+
+
+@pytest.mark.slow  # starts two worker processes
+def test_every_worker_agrees_on_a_loss_that_is_non_finite_on_one_of_them(tmp_path):
+    """One worker's NaN or inf stops them all at the same step: a worker that went on would hang in its next
+    collective. Two workers over MLX's ring backend on 127.0.0.1, each with its own loss."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import math\n"
+        "import mlx.core as mx\n"
+        "from mlx_ft.training.loop import nonfinite\n"
+        "world = mx.distributed.init()\n"
+        "r = world.rank()\n"
+        "losses = [[math.nan, 1.0], [1.0, math.inf], [math.inf, math.nan], [1.0, 2.0]]\n"
+        "print(r, *(nonfinite(world, v[r]) for v in losses), flush=True)\n"
+    )
+    launch = Path(sys.executable).parent / "mlx.launch"
+    r = subprocess.run(
+        [str(launch), "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", sys.executable, str(script)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(x for x in r.stdout.splitlines() if x[:2] in ("0 ", "1 "))
+    assert lines == ["0 NaN inf NaN None", "1 NaN inf NaN None"], r.stdout + r.stderr
 
 
 def test_qlora_quantizes_the_base_in_the_same_command(qwen2_dir, tiny_data, tmp_path):
