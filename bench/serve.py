@@ -1,7 +1,7 @@
 """Streaming speed of `serve` with 1, 2, 4, 8 simultaneous chats, through `POST /v1/chat/completions` with
-`stream: true`, against bare `mlx_lm.stream_generate` for one, on the same loaded model, in one process (the server
-runs in a thread of this process, on the same Engine; each client thread reads its own SSE stream over real HTTP on
-127.0.0.1).
+`stream: true`, against bare `mlx_lm.stream_generate` for one, on the same loaded model, in one process (the server,
+waitress built as `serve` builds it, runs in a thread of this process, on the same Engine; each client thread reads
+its own SSE stream over real HTTP on 127.0.0.1).
 
 Stream i asks question i (every stream a different question), greedy (temperature 0), the same max_tokens for all.
 The streams of a level are started together behind a barrier. Per level: aggregate tokens/s (every stream's
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import logging
 import statistics
 import tempfile
 import threading
@@ -37,11 +36,10 @@ import mlx_ft  # noqa: F401  (first: it binds MLX to OpenBLAS on Linux, which on
 
 # isort: split
 from mlx_lm.generate import stream_generate
-from werkzeug.serving import make_server
 
 from mlx_ft import chat_template
 from mlx_ft.models import loader
-from mlx_ft.server.app import create_app
+from mlx_ft.server.app import create_app, make_wsgi_server
 from mlx_ft.server.engine import Engine
 from mlx_ft.server.state import ServeConfig
 from mlx_ft.system import blas
@@ -173,14 +171,14 @@ def main() -> None:
         ap.error(f"--levels: 1 to {len(QUESTIONS)} streams (one question each)")
     questions = QUESTIONS[: levels[-1]]
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request in the figures
     loaded = loader.load(args.model)
     engine = Engine(loaded)
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(ServeConfig(args.model, Path(tmp) / "chat.db", Path(tmp)), engine)
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        port = server.server_port
+        config = ServeConfig(args.model, Path(tmp) / "chat.db", Path(tmp))
+        # The server `serve` runs (waitress, with serve's settings), without serve's access log.
+        server = make_wsgi_server(create_app(config, engine), "127.0.0.1", 0, config)
+        threading.Thread(target=server.run, daemon=True).start()
+        port = server.effective_port
         conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.request("GET", "/v1/models")
         model = json.loads(conn.getresponse().read())["data"][0]["id"]  # the served model's name
@@ -205,7 +203,7 @@ def main() -> None:
                 streams = together(port, model, questions[:n], args.max_tokens)
                 runs[n].append(streams)
                 mismatches += [(n, i) for i, s in enumerate(streams) if s.text != alone[i]]
-        server.shutdown()
+        server.task_dispatcher.shutdown()  # its loop thread, a daemon, idles until the process ends
 
     one = statistics.median(aggregate(r) for r in runs[1])
     print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,9 +136,11 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     from mlx_ft.server.app import serve
+    from mlx_ft.server.guard import TOKEN_ENV, server_token
     from mlx_ft.server.state import ServeConfig
 
     runs = args.run or []
+    token = server_token(args.host, args.token)
     config = ServeConfig(
         runs[0] if runs else config_mod.TrainConfig.model,
         Path(args.db),
@@ -151,6 +154,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         allowed_hosts=args.allow_host or [],
         more_runs=runs[1:],
         home="chat" if runs else "studio",
+        token=token,
+        token_generated=token is not None and args.token is None and not os.environ.get(TOKEN_ENV),
     )
     serve(config, args.port)
 
@@ -443,8 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
         "by its folder name (GET /v1/models lists them), runs on one base share it, and concurrent requests for "
         "the same model are generated together",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; on any other address every request must "
+        "carry the token, see --token)",
+    )
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    p.add_argument(
+        "--token",
+        help="ask every request for this token (a page opened with ?token=TOKEN keeps it in a cookie; API clients "
+        "send 'Authorization: Bearer TOKEN', the openai client's api_key). Off loopback one is always asked: this, "
+        "else $MLX_FT_TOKEN, else a new one printed with the URL. Prefer MLX_FT_TOKEN: a command line is visible to "
+        "every user of the machine",
+    )
     p.add_argument(
         "--db",
         default="chat_history.db",

@@ -331,21 +331,22 @@ def _flow(value: Any) -> str:
 
 def to_argv(changes: dict[str, Any], base: dict[str, Any]) -> list[str]:
     """`train` arguments that turn the config `base` into one with `changes`: a key's own flag where it has one
-    (`--iters 5`, `--no-pack`), `--set key.sub=VALUE` for each changed entry of a mapping, `--set key=VALUE`
-    otherwise (VALUE in YAML's flow style, which `--set` reads back exactly)."""
+    (`--iters=5`, `--no-pack`), `--set=key.sub=VALUE` for each changed entry of a mapping, `--set=key=VALUE`
+    otherwise (VALUE in YAML's flow style, which `--set` reads back exactly). Every value is joined to its flag
+    with `=`, so none can be read as an option of its own (a model named `-h/x` stays a value)."""
     argv: list[str] = []
     for key, value in changes.items():
         flag = _flag(key)
         if flag is not None and isinstance(value, bool):
             argv.append(flag if value else f"--no-{flag[2:]}")
         elif flag is not None and value is not None:
-            argv += [flag, str(value)]
+            argv.append(f"{flag}={value}")
         elif isinstance(value, dict) and isinstance(base.get(key), dict) and value.keys() >= base[key].keys():
             for sub, v in value.items():
                 if base[key].get(sub) != v or sub not in base[key]:
-                    argv += ["--set", f"{key}.{sub}={_flow(v)}"]
+                    argv.append(f"--set={key}.{sub}={_flow(v)}")
         else:
-            argv += ["--set", f"{key}={_flow(value)}"]
+            argv.append(f"--set={key}={_flow(value)}")
     return argv
 
 

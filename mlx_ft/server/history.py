@@ -11,7 +11,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import enum
-import math
 import sqlite3
 import threading
 import time
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlx_ft import checks
 from mlx_ft.errors import UserError
 from mlx_ft.inference.sampling import CHAT_TEMPERATURE, MAX_TOKENS
 
@@ -132,36 +132,16 @@ def _check_model(model: object) -> str | None:
     return model
 
 
-def _number(name: str, value: object) -> float:
-    # bool is an int subclass: `True` as a temperature is a client bug, not 1.0.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number")
-    return float(value)
-
-
 def _check_temperature(value: object) -> float:
-    t = _number("temperature", value)
-    if not 0.0 <= t <= 2.0:
-        raise ValueError(f"temperature must be between 0 and 2 (got {t})")
-    return t
+    return checks.number(value, "field 'temperature'", 0.0, 2.0)
 
 
 def _check_top_p(value: object) -> float:
-    p = _number("top_p", value)
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (got {p})")
-    return p
+    return checks.number(value, "field 'top_p'", 0.0, 1.0, lo_open=True)
 
 
 def _check_max_tokens(value: object) -> int:
-    # Accept 256.0 from JSON clients, refuse 256.5.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("max_tokens must be an integer")
-    if not 1 <= value <= MAX_TOKENS_LIMIT:
-        raise ValueError(f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT} (got {value})")
-    return value
+    return checks.integer(value, "field 'max_tokens'", 1, MAX_TOKENS_LIMIT)
 
 
 _SETTING_CHECKS: dict[str, Callable[[object], Any]] = {

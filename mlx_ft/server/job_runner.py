@@ -40,6 +40,7 @@ from mlx_ft.training import checkpoints
 from mlx_ft.training.loss_plot import read_metrics
 
 POLL_S = 0.5  # how often a waiting process's log is looked after and an event stream looks for changes
+HEARTBEAT_S = 15.0  # an SSE comment this often while a job shows no change
 STOP_WAIT_S = 120.0  # how long a stopped process gets to finish its step and save its checkpoint
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 16 << 10
@@ -219,15 +220,20 @@ class JobRunner:
             "result": job.result,
         }
 
-    def events(self, job_id: str) -> Iterator[dict[str, Any]]:
-        """The job's view each time it changes, until it reaches a final state."""
-        last = None
+    def events(self, job_id: str) -> Iterator[dict[str, Any] | None]:
+        """The job's view each time it changes, until it reaches a final state; None after HEARTBEAT_S without a
+        change, for the stream to write something: only a write finds a viewer that went away, and until then it
+        holds one of the server's threads."""
+        last, quiet_since = None, time.monotonic()
         while True:
             job = self.job(job_id)
             view = self.view(job)
             if view != last:
                 yield view
-                last = view
+                last, quiet_since = view, time.monotonic()
+            elif time.monotonic() - quiet_since >= HEARTBEAT_S:
+                yield None
+                quiet_since = time.monotonic()
             if job.state in FINAL:
                 return
             time.sleep(POLL_S)

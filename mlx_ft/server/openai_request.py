@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlx_ft import checks
 from mlx_ft.data import check_conversation
 from mlx_ft.data.formats import tool_calls_field, tools_field
 from mlx_ft.inference.sampling import MAX_TOKENS, OPENAI_TEMPERATURE, Sampling
-from mlx_ft.server.http import ApiError, number_field
+from mlx_ft.server.http import ApiError, field
 
 MAX_CHOICES = 8  # `n`: answers generated together for one request
 MAX_STOPS = 4  # as OpenAI
@@ -35,12 +36,11 @@ UNSUPPORTED = {
 
 
 def _int(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ApiError(400, f"field {key!r} must be an integer from {lo} to {hi}")
-    return value
+    return field(body, key, checks.integer, default, lo=lo, hi=hi)
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    return field(body, key, checks.number, default, lo=lo, hi=hi)
 
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
@@ -89,9 +89,7 @@ def _logit_bias(body: dict[str, Any], vocab_size: int) -> tuple[tuple[int, float
             raise ApiError(400, f"logit_bias: {key!r} is not a token id") from None
         if not 0 <= token < vocab_size:
             raise ApiError(400, f"logit_bias: token id {token} is outside the vocabulary (0 to {vocab_size - 1})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-            raise ApiError(400, f"logit_bias[{key}] must be a number from -100 to 100")
-        out.append((token, float(value)))
+        out.append((token, checks.number(value, f"logit_bias[{key}]", -100, 100)))
     return tuple(out)
 
 
@@ -103,9 +101,7 @@ def sampling(body: dict[str, Any], vocab_size: int, chat: bool) -> Sampling:
         max_tokens = _int(body, "max_completion_tokens", None, 1, 1 << 20)
         if max_tokens is None:
             max_tokens = _int(body, "max_tokens", MAX_TOKENS, 1, 1 << 20)
-        logprobs = body.get("logprobs")
-        if logprobs is not None and not isinstance(logprobs, bool):
-            raise ApiError(400, "field 'logprobs' must be true or false")
+        logprobs = field(body, "logprobs", checks.boolean, None)
         top = _int(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
         if top is not None and not logprobs:
             raise ApiError(400, "field 'top_logprobs' needs 'logprobs': true")
@@ -114,14 +110,14 @@ def sampling(body: dict[str, Any], vocab_size: int, chat: bool) -> Sampling:
         max_tokens = _int(body, "max_tokens", COMPLETIONS_MAX_TOKENS, 1, 1 << 20)
         top_logprobs = _int(body, "logprobs", None, 0, 5)
     return Sampling(
-        temp=number_field(body, "temperature", OPENAI_TEMPERATURE, 0.0, 2.0),
-        top_p=number_field(body, "top_p", 1.0, 0.0, 1.0),
+        temp=_number(body, "temperature", OPENAI_TEMPERATURE, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         max_tokens=max_tokens or MAX_TOKENS,
         seed=_int(body, "seed", None, -(1 << 63), (1 << 64) - 1),
         top_k=_int(body, "top_k", 0, 0, vocab_size) or 0,  # mlx_lm's server's extension
-        min_p=number_field(body, "min_p", 0.0, 0.0, 1.0),  # mlx_lm's server's extension
-        presence_penalty=number_field(body, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=number_field(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),  # mlx_lm's server's extension
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         repetition_penalty=_repetition_penalty(body),
         logit_bias=_logit_bias(body, vocab_size),
         stop=_stop(body),
@@ -131,17 +127,14 @@ def sampling(body: dict[str, Any], vocab_size: int, chat: bool) -> Sampling:
 
 def _repetition_penalty(body: dict[str, Any]) -> float:
     """mlx_lm's server's extension: a multiplicative penalty above 0 (1: off)."""
-    penalty = number_field(body, "repetition_penalty", 1.0, 0.0, 10.0)
+    penalty = _number(body, "repetition_penalty", 1.0, 0.0, 10.0)
     if penalty <= 0:
         raise ApiError(400, "field 'repetition_penalty' must be above 0 (1: no penalty)")
     return penalty
 
 
 def stream(body: dict[str, Any]) -> bool:
-    value = body.get("stream", False)
-    if not isinstance(value, bool) and value is not None:
-        raise ApiError(400, "field 'stream' must be true or false")
-    return bool(value)
+    return field(body, "stream", checks.boolean, False)
 
 
 def choices(body: dict[str, Any]) -> int:

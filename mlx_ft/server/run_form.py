@@ -12,15 +12,18 @@ folder is `runs/<name>`.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlx_ft import checks
 from mlx_ft import config as config_mod
 from mlx_ft.errors import UserError
 from mlx_ft.models import sources
+from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.resources import local_or_shipped
 from mlx_ft.server import datasets
 from mlx_ft.server.state import ServeConfig
@@ -34,6 +37,9 @@ METHODS: dict[str, tuple[str, int | None]] = {
     "full": ("full", None),
 }
 FORM_ONLY = ("method", "name")  # form values that are not config keys
+# A Hugging Face repo id (owner/name), as the hub spells them: nothing else is fetched, and nothing that could pass
+# for a flag (`-h/x`, `--config=/x`) or a path (`../x`) is taken for one.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 SET_BY_METHOD = ("fine_tune_type", "quantize")
 SET_BY_FORM = ("adapter_path", "resume_adapter_file")  # the run folder is runs/<name>; a warm start names a path
 
@@ -123,18 +129,30 @@ def _model(value: Any, allowed_local: set[str], models_dir: Path) -> str:
         raise UserError("config key 'model': a built-in model, a Hugging Face repo id, or a model this server offers")
     if value in sources.BUILTINS or value in allowed_local:
         return value
-    if Path(value).expanduser().exists() or value.startswith(("/", ".", "~")) or value.endswith(".gguf"):
-        raise UserError(
-            f"config key 'model': {value!r} is a local path outside the models folder {models_dir}/; put the "
-            "model there (a folder with config.json, or a .gguf file), or start `serve --models DIR` on its folder"
-        )
-    if value.count("/") != 1:
+    if not HUB_ID.fullmatch(value) or value.lower().endswith(".gguf"):
         raise UserError(
             f"config key 'model': {value!r} is neither a built-in ({', '.join(sources.BUILTINS)}), a Hugging "
             f"Face repo id (owner/name), nor a model of the models folder {models_dir}/ (put it there, or start "
             "`serve --models DIR` on its folder)"
         )
+    if Path(value).exists():  # `owner/name` that is also a folder here would be loaded from disk, not the hub
+        raise UserError(
+            f"config key 'model': {value!r} is a local path outside the models folder {models_dir}/; put the "
+            "model there (a folder with config.json, or a .gguf file), or start `serve --models DIR` on its folder"
+        )
     return value
+
+
+def _reference(value: Any, runs_dir: Path) -> str:
+    """DPO's reference adapter, from the form: a run's name (its adapter), or an adapters.safetensors inside the runs
+    folder. Nothing else on disk can be named through the page."""
+    label = "config key 'reference_adapter_file'"
+    if isinstance(value, str) and checks.NAME.fullmatch(value) and (runs_dir / value / ADAPTERS).is_file():
+        return str(runs_dir / value / ADAPTERS)
+    path = checks.inside(value, label, runs_dir)
+    if path.name != ADAPTERS or not path.is_file():
+        raise checks.FieldError(label, f"must name a run of {runs_dir}/ that has an adapter ({ADAPTERS})")
+    return str(path)
 
 
 def _run_name(value: Any, runs_dir: Path) -> str:
@@ -175,6 +193,8 @@ def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | N
         if found.path is None:
             raise UserError(f"config key 'data': recipe {found.name!r} is not prepared yet; take it on the Data tab")
         overrides["data"] = str(found.path)
+    if overrides.get("reference_adapter_file") is not None:
+        overrides["reference_adapter_file"] = _reference(overrides["reference_adapter_file"], runs_dir)
     fine_tune_type, quantize = METHODS[method]
     overrides.update(fine_tune_type=fine_tune_type, quantize=quantize, adapter_path=str(runs_dir / name))
     if "lora_parameters" in overrides and isinstance(overrides["lora_parameters"], dict):
@@ -184,7 +204,7 @@ def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | N
     base = config_mod.load(defaults_file).to_dict()
     wanted = config_mod.load(defaults_file, overrides)  # train's validation, key by key
     changed = {k: v for k, v in wanted.to_dict().items() if base.get(k) != v}
-    argv = [*(["--config", str(defaults_file)] if defaults_file else []), *config_mod.to_argv(changed, base)]
+    argv = [*([f"--config={defaults_file}"] if defaults_file else []), *config_mod.to_argv(changed, base)]
     # What `train` will make of those arguments, parsed by train's own arguments: it must be the config shown.
     parser = argparse.ArgumentParser(exit_on_error=False)
     config_mod.add_arguments(parser)

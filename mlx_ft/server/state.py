@@ -36,6 +36,8 @@ class ServeConfig:
     allowed_hosts: list[str] = field(default_factory=list)  # more Host names to accept (`--allow-host`; "*": any)
     more_runs: list[str] = field(default_factory=list)  # more runs to answer with (`serve RUN RUN ...`)
     home: str = "chat"  # the page at /: "studio" when serve was started without a RUN (the chat is also at /chat)
+    token: str | None = None  # asked of every request when set (`--token`, MLX_FT_TOKEN; generated off loopback)
+    token_generated: bool = False  # made up at start (so printed whole), not given by the user
 
 
 @dataclass

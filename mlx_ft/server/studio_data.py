@@ -9,8 +9,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from mlx_ft import checks, data
 from mlx_ft import config as config_mod
-from mlx_ft import data
 from mlx_ft.errors import UserError
 from mlx_ft.server import datasets, run_form, studio_models
 from mlx_ft.server.http import ApiError, json_body
@@ -20,6 +20,7 @@ bp = Blueprint("studio_data", __name__, url_prefix="/api/studio")
 UPLOAD_FIELDS = ("files", "name", "format", "model", "max_seq_length", "dry_run", "group_field")
 JSON_FIELDS = ("shipped", "recipe", "name", "model", "max_seq_length", "dry_run", "group_field")
 MAX_PREVIEW = 20
+MAX_SEQ = int(config_mod.FIELDS["max_seq_length"].metadata["bounds"].hi)  # what a run can use: the config's bound
 
 
 @bp.before_request
@@ -45,23 +46,12 @@ def _tokenizer(model_id: Any) -> tuple[Any, str]:
 
 
 def _int(value: Any, key: str, default: int, lo: int, hi: int) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        number = int(value) if not isinstance(value, (bool, float)) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not lo <= number <= hi:
-        raise ApiError(400, f"field {key!r} must be an integer from {lo} to {hi}")
-    return number
+    """A form field or query parameter (text) or a JSON number."""
+    return default if value in (None, "") else checks.integer(value, f"field {key!r}", lo, hi, text=True)
 
 
 def _flag(value: Any, key: str) -> bool:
-    if value in (None, "", "0", 0, False, "false"):
-        return False
-    if value in ("1", 1, True, "true"):
-        return True
-    raise ApiError(400, f"field {key!r} must be 1 or 0")
+    return False if value in (None, "") else checks.boolean(value, f"field {key!r}", text=True)
 
 
 def _defaults() -> config_mod.TrainConfig:
@@ -89,7 +79,7 @@ def add_dataset() -> tuple[Response, int]:
         raise ApiError(400, f"unknown field(s) {', '.join(unknown)}")
     defaults = _defaults()
     tokenizer, label = _tokenizer(fields.get("model"))
-    max_seq_length = _int(fields.get("max_seq_length"), "max_seq_length", defaults.max_seq_length, 1, 1 << 20)
+    max_seq_length = _int(fields.get("max_seq_length"), "max_seq_length", defaults.max_seq_length, 1, MAX_SEQ)
     dry_run = _flag(fields.get("dry_run"), "dry_run")
     for key in ("name", "format", "group_field", "shipped", "recipe"):
         if fields.get(key) is not None and not isinstance(fields[key], str):
@@ -138,8 +128,8 @@ def preview(name: str) -> Response:
     if found.path is None:
         raise ApiError(400, f'recipe {name!r} is not prepared yet: POST /api/studio/datasets {{"recipe": ...}}')
     n = _int(request.args.get("n"), "n", 3, 1, MAX_PREVIEW)
-    max_seq_length = _int(request.args.get("max_seq_length"), "max_seq_length", defaults.max_seq_length, 1, 1 << 20)
-    mask_prompt = not request.args.get("mask_prompt") or _flag(request.args.get("mask_prompt"), "mask_prompt")
+    max_seq_length = _int(request.args.get("max_seq_length"), "max_seq_length", defaults.max_seq_length, 1, MAX_SEQ)
+    mask_prompt = request.args.get("mask_prompt") in (None, "") or _flag(request.args.get("mask_prompt"), "mask_prompt")
     tokenizer, _ = _tokenizer(request.args.get("model"))
     try:
         examples = datasets.preview(

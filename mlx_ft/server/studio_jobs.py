@@ -17,18 +17,18 @@ stop of a queued one): 409.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, send_file
 
+from mlx_ft import checks
 from mlx_ft.errors import UserError
 from mlx_ft.models import loader
 from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.server import run_form
-from mlx_ft.server.http import ApiError, event_stream, json_body, sse
+from mlx_ft.server.http import ApiError, event_stream, field, json_body, sse
 from mlx_ft.server.job_runner import command_line
 from mlx_ft.server.jobs import KINDS, Job
 from mlx_ft.server.state import ServeConfig, current
@@ -36,8 +36,7 @@ from mlx_ft.server.studio_data import local_models
 
 bp = Blueprint("studio_jobs", __name__, url_prefix="/api/studio/jobs")
 
-RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-SPLIT_NAME = RUN_NAME
+MAX_EVAL_LIMIT = 1_000_000
 EXPORT_FORMATS = ("gguf", "adapter", "hf")  # adapter: a LoRA adapter GGUF + a base GGUF (`--adapter-only`)
 DEFAULT_GGUF_TYPE = "q4_k_m"  # export gguf's own default
 DEFAULT_ADAPTER_TYPE = "f16"  # export gguf --adapter-only's own default for the adapter (its base: q4_k_m)
@@ -51,9 +50,9 @@ def _check_keys(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
 
 def _trained_run(body: dict[str, Any], cfg: ServeConfig) -> tuple[str, Path]:
     """The run a job names: a folder of the runs folder with an adapter (no path from the request goes further)."""
-    name = body.get("run")
-    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+    if body.get("run") is None:
         raise ApiError(400, "field 'run' is required: the name of a run folder")
+    name = field(body, "run", checks.name)
     run = Path(cfg.runs_dir) / name
     if not (run / "config.yaml").is_file():
         raise ApiError(404, f"no run {name!r} in {cfg.runs_dir}")
@@ -64,16 +63,12 @@ def _trained_run(body: dict[str, Any], cfg: ServeConfig) -> tuple[str, Path]:
 
 def _eval_argv(body: dict[str, Any], run: Path) -> list[str]:
     argv = ["eval", str(run), "--compare-base"]
-    split = body.get("split")
+    split = field(body, "split", checks.name, None)
     if split is not None:
-        if not isinstance(split, str) or not SPLIT_NAME.fullmatch(split):
-            raise ApiError(400, "field 'split' must be a split name such as 'test'")
-        argv += ["--split", split]
-    limit = body.get("limit")
+        argv.append(f"--split={split}")
+    limit = field(body, "limit", checks.integer, None, lo=1, hi=MAX_EVAL_LIMIT)
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ApiError(400, "field 'limit' must be a whole number of examples, at least 1")
-        argv += ["--limit", str(limit)]
+        argv.append(f"--limit={limit}")
     return argv
 
 
@@ -171,7 +166,7 @@ def events(job_id: str) -> Response:
 
     def stream() -> Iterator[str]:
         for view in jobs.events(job_id):
-            yield sse({"job": view})
+            yield sse({"job": view}) if view is not None else ": still running\n\n"  # a comment: EventSource skips it
 
     return event_stream(stream())
 

@@ -14,13 +14,14 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from mlx_ft import checks
 from mlx_ft import config as config_mod
 from mlx_ft.errors import UserError
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
 from mlx_ft.server.engine import BASE, ModelRef
 from mlx_ft.server.history import DEFAULT_SETTINGS, MAX_TOKENS_LIMIT
-from mlx_ft.server.http import ApiError, json_body, number_field, text_field
+from mlx_ft.server.http import ApiError, field, json_body, text_field
 from mlx_ft.server.state import current
 
 bp = Blueprint("studio_models", __name__, url_prefix="/api/studio")
@@ -138,10 +139,8 @@ def compare() -> Response:
     if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_COMPARED:
         raise ApiError(400, f"field 'models' must be a list of 1 to {MAX_COMPARED} model ids")
     entries = [entry(i) for i in ids]
-    max_tokens = int(number_field(body, "max_tokens", DEFAULT_SETTINGS["max_tokens"], 1, MAX_TOKENS_LIMIT))
-    if body.get("max_tokens") is not None and body["max_tokens"] != max_tokens:
-        raise ApiError(400, "field 'max_tokens' must be an integer")
-    temperature = number_field(body, "temperature", DEFAULT_SETTINGS["temperature"], 0.0, 2.0)
+    max_tokens = field(body, "max_tokens", checks.integer, DEFAULT_SETTINGS["max_tokens"], lo=1, hi=MAX_TOKENS_LIMIT)
+    temperature = field(body, "temperature", checks.number, DEFAULT_SETTINGS["temperature"], lo=0.0, hi=2.0)
     sampling = Sampling(temp=temperature, top_p=1.0, max_tokens=max_tokens)
     engine = current().engine
     answers = []

@@ -129,7 +129,7 @@ def test_every_error_of_the_jobs_api(studio, tmp_path):
         ({"kind": "bake"}, 400, "'kind' must be one of train, eval, export"),
         ({}, 400, "'kind'"),
         ({"kind": "eval"}, 400, "'run' is required"),
-        ({"kind": "eval", "run": "../untrained"}, 400, "'run' is required"),
+        ({"kind": "eval", "run": "../untrained"}, 400, "'run' must be a name"),
         ({"kind": "eval", "run": "nothere"}, 404, "no run 'nothere'"),
         ({"kind": "eval", "run": "untrained"}, 409, "has no adapter yet"),
         ({"kind": "eval", "run": "trained", "colour": 1}, 400, "unknown field(s) for a eval job: colour"),
@@ -174,7 +174,7 @@ def test_each_eval_job_writes_to_its_own_folder(studio, tmp_path, monkeypatch):
     assert first["id"] != second["id"]
     for job in (first, second):
         out = run / f"eval-job-{job['id']}"
-        assert job["command"].endswith(f"--compare-base{' --limit 1' if job is first else ''} --out {out}")
+        assert job["command"].endswith(f"--compare-base{' --limit=1' if job is first else ''} --out {out}")
         assert jobs.job(job["id"]).out_dir == str(out) and jobs.job(job["id"]).argv[-2:] == ["--out", str(out)]
 
 
@@ -294,7 +294,7 @@ def test_train_queue_stop_resume_then_eval_and_export(studio, qwen2_dir):
         "/api/studio/jobs", json={"kind": "export", "run": "first", "format": "adapter", "type": "q8_0"}
     ).get_json()["job"]
     assert ev["state"] == ev1["state"] == gguf["state"] == hf["state"] == lora["state"] == "queued"
-    assert ev["command"].endswith(f"eval {run} --compare-base --limit 2 --out {run / ('eval-job-' + ev['id'])}")
+    assert ev["command"].endswith(f"eval {run} --compare-base --limit=2 --out {run / ('eval-job-' + ev['id'])}")
     job = _wait(client, first["id"], lambda j: j["state"] == "done")
     assert job["progress"]["step"] == 40 and job["result"] is None
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

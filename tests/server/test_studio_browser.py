@@ -185,7 +185,7 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     }.items():
         page.fill(f'#run-keys input[data-key="{key}"]', str(value))
     page.wait_for_function(
-        f"() => document.getElementById('run-command').textContent.includes('--iters {ITERS}')"
+        f"() => document.getElementById('run-command').textContent.includes('--iters={ITERS}')"
         f" && document.getElementById('run-yaml').textContent.includes('iters: {ITERS}')"
     )
     command = page.inner_text("#run-command")

@@ -275,8 +275,8 @@ def test_the_forms_command_runs_exactly_the_config_it_shows(client, tmp_path):
     assert body["config"]["lora_parameters"] == {"rank": 4, "scale": 20.0, "dropout": 0.0}
     assert body["command"].startswith("python -m mlx_ft train ")
     # The command a user copies reads as one they would type: a key's own flag, --set only for nested entries.
-    assert "--iters 5" in body["command"] and "--quantize 4" in body["command"]
-    assert "--set lora_parameters.rank=4" in body["command"]
+    assert "--iters=5" in body["command"] and "--quantize=4" in body["command"]
+    assert "--set=lora_parameters.rank=4" in body["command"]
     args = cli.build_parser().parse_args(["train", *body["argv"]])
     assert config_mod.from_cli(args.config, config_mod.flags_of(args), args.set or []).to_dict() == body["config"]
     assert config_mod.build(__import__("yaml").safe_load(body["yaml"])).to_dict() == body["config"]
