@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlx_ft import __version__, data
+from mlx_ft import __version__, checks, data
 from mlx_ft import config as config_mod
 from mlx_ft.data import recipes
 from mlx_ft.data import stats as data_stats
@@ -238,18 +238,47 @@ class _GGUFTypes:
         return iter(self._names())
 
 
+def _integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type that checks as the config and the server do (`mlx_ft.checks`), in the same words."""
+
+    def parse(text: str) -> int:
+        try:
+            return checks.integer(text, "it", lo, hi, text=True)
+        except checks.FieldError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("it ")) from None
+
+    return parse
+
+
+def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    """A finite number in bounds, as argparse's type (NaN and inf are floats to `float()`, never here)."""
+
+    def parse(text: str) -> float:
+        try:
+            return checks.number(text, "it", lo, hi, lo_open=lo_open, text=True)
+        except checks.FieldError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("it ")) from None
+
+    return parse
+
+
 def _add_sampling_flags(p: argparse.ArgumentParser, temp: float) -> None:
-    p.add_argument("--temp", type=float, default=temp, help=f"sampling temperature; 0 is greedy (default {temp})")
+    p.add_argument(
+        "--temp", type=_number(0, 10), default=temp, help=f"sampling temperature; 0 is greedy (default {temp})"
+    )
     p.add_argument(
         "--top-p",
-        type=float,
+        type=_number(0, 1, lo_open=True),
         default=1.0,
         help="nucleus sampling: keep the most likely tokens whose probabilities sum to this (default 1.0: all)",
     )
     p.add_argument(
-        "--max-tokens", type=int, default=MAX_TOKENS, help=f"longest answer in tokens (default {MAX_TOKENS})"
+        "--max-tokens",
+        type=_integer(1, 1 << 20),
+        default=MAX_TOKENS,
+        help=f"longest answer in tokens (default {MAX_TOKENS})",
     )
-    p.add_argument("--seed", type=int, help="random seed, for repeatable sampled answers")
+    p.add_argument("--seed", type=_integer(0, (1 << 64) - 1), help="random seed, for repeatable sampled answers")
     p.add_argument(
         "--system", help="system prompt (default: the one every training example had, if any; --system '' for none)"
     )
@@ -301,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="carry this field of each record (a label such as a category) into the prepared splits, "
         "for `eval --by-field NAME` (repeatable; `task` is always carried)",
     )
-    p.add_argument("--valid", type=float, default=0.1, help="fraction for the validation split (default 0.1)")
-    p.add_argument("--test", type=float, default=0.1, help="fraction for the test split (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--valid", type=_number(0, 0.9), default=0.1, help="fraction for the validation split (default 0.1)")
+    p.add_argument("--test", type=_number(0, 0.9), default=0.1, help="fraction for the test split (default 0.1)")
+    p.add_argument("--seed", type=_integer(0, (1 << 32) - 1), default=0, help="seed of the split (default 0)")
     p.add_argument(
         "--group-field",
         metavar="NAME",
@@ -314,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model whose tokenizer measures the token lengths (default: the config's model)")
     p.add_argument(
         "--max-seq-length",
-        type=int,
+        type=_integer(1, 1 << 20),
         metavar="N",
         help="count the examples longer than this (default: the config's max_seq_length)",
     )
@@ -454,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1: this machine only; on any other address every request must "
         "carry the token, see --token)",
     )
-    p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    p.add_argument("--port", type=_integer(1, 65535), default=5001, help="port (default 5001)")
     p.add_argument(
         "--token",
         help="ask every request for this token (a page opened with ?token=TOKEN keeps it in a cookie; API clients "
@@ -490,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-upload-mb",
-        type=float,
+        type=_number(0, 1 << 20, lo_open=True),
         default=MAX_UPLOAD_MB,
         metavar="MB",
         help="largest data upload the studio accepts, in MiB (default %(default)g); chat requests keep a 1 MiB limit",
