@@ -44,24 +44,28 @@ def require() -> ModuleType:
     return sync_api
 
 
-def get_json(url: str, timeout: float = 5) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def get_json(url: str, timeout: float = 5, token: str | None = None) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read().decode("utf-8"))
 
 
 @contextmanager
-def serving(tmp: Path, *args: str) -> Iterator[dict[str, Any]]:
-    """`python -m mlx_ft serve ARGS --port P` running until the block ends: yields its base URL, /api/info, `tmp`
-    and a `log()` that returns the tail of its output (for failure messages)."""
+def serving(tmp: Path, *args: str, token: str | None = None) -> Iterator[dict[str, Any]]:
+    """`python -m mlx_ft serve ARGS --port P` running until the block ends: yields its base URL, port, /api/info,
+    `tmp` and a `log()` that returns the tail of its output (for failure messages). With `token`, the server asks
+    for it (MLX_FT_TOKEN), and /api/info is waited on with it."""
     port = free_port()
     log_path = tmp / "server.log"
     log = log_path.open("w+", encoding="utf-8")
+    env = {**os.environ, "MLX_FT_TOKEN": token} if token else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlx_ft", "serve", *args, "--port", str(port)],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=env,
     )
     base = f"http://127.0.0.1:{port}"
 
@@ -75,13 +79,13 @@ def serving(tmp: Path, *args: str) -> Iterator[dict[str, Any]]:
             if proc.poll() is not None:
                 pytest.fail(f"`mlx_ft serve` exited with {proc.returncode}:\n{server_log()}")
             try:
-                info = get_json(base + "/api/info", timeout=2)
+                info = get_json(base + "/api/info", timeout=2, token=token)
                 break
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
                 if time.monotonic() > deadline:
                     pytest.fail(f"`mlx_ft serve` did not answer /api/info within {START_TIMEOUT_S}s:\n{server_log()}")
                 time.sleep(0.3)
-        yield {"base": base, "info": info, "tmp": tmp, "log": server_log}
+        yield {"base": base, "port": port, "info": info, "tmp": tmp, "log": server_log, "token": token}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

@@ -15,23 +15,16 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.server import browser as bt
-from tests.serving import free_port
 
 bt.require()
 
@@ -83,60 +76,12 @@ def _get(url: str, token: str | None = None, timeout: float = 5) -> tuple[int, d
         return e.code, dict(e.headers), e.read().decode("utf-8", errors="replace")
 
 
-@contextmanager
-def _serving_with_token(tmp: Path, token: str, *args: str) -> Iterator[dict[str, Any]]:
-    """bt.serving for a server that asks for a token: MLX_FT_TOKEN in its environment, and /api/info waited on with
-    `Authorization: Bearer` (it answers everything else 401)."""
-    port = free_port()
-    log_path = tmp / "server.log"
-    log = log_path.open("w+", encoding="utf-8")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_ft", "serve", *args, "--port", str(port)],
-        cwd=bt.REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLX_FT_TOKEN": token},
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def server_log() -> str:
-        log.flush()
-        return log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-
-    try:
-        deadline = time.monotonic() + bt.START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`mlx_ft serve` exited with {proc.returncode}:\n{server_log()}")
-            try:
-                status, _, text = _get(base + "/api/info", token=token, timeout=2)
-                if status == 200:
-                    info = json.loads(text)
-                    break
-                pytest.fail(f"/api/info with the token answered {status}: {text}\n{server_log()}")
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"`mlx_ft serve` did not answer within {bt.START_TIMEOUT_S}s:\n{server_log()}")
-                time.sleep(0.3)
-        yield {"base": base, "port": port, "info": info, "tmp": tmp, "log": server_log, "token": token}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def token_server(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """`serve --host 0.0.0.0` with MLX_FT_TOKEN set: every route asks for the token."""
     tmp = tmp_path_factory.mktemp("token")
     args = [str(qwen2_dir), "--host", "0.0.0.0", "--db", str(tmp / "chat.db"), "--runs", str(tmp / "runs")]
-    with _serving_with_token(tmp, TOKEN, *args) as served:
+    with bt.serving(tmp, *args, token=TOKEN) as served:
         yield served
 
 
