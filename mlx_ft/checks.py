@@ -146,10 +146,3 @@ def inside(path: Any, label: str, root: Path) -> Path:
     if not resolved.is_relative_to(base):
         raise FieldError(label, f"must be a path inside {root}; {str(path)!r} is outside it")
     return resolved
-
-
-def not_a_flag(value: str, label: str) -> str:
-    """A value that goes into a command line: never one that starts like an option."""
-    if value.startswith("-"):
-        raise FieldError(label, f"must not start with '-' ({value!r} would be read as an option)")
-    return value
