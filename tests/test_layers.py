@@ -9,7 +9,8 @@ Layers, highest first; a module may import its own layer and the ones below, nev
     training | export                 the run | fused HF folders, GGUF, Modelfile (independent of each other)
     data                              raw formats -> messages JSONL, recipes, token statistics
     models                            model sources, GGUF import, the loader, adapters on a base
-    ground                            chat_template, config, checks, system.blas/devices, errors, atomic, resources
+    ground                            chat_template, config, checks, progress, system.blas/devices, errors,
+                                      atomic, resources
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ LAYERS: list[list[str]] = [
         "mlx_ft.chat_template",
         "mlx_ft.config",
         "mlx_ft.checks",
+        "mlx_ft.progress",
         "mlx_ft.system.blas",
         "mlx_ft.system.devices",
         "mlx_ft.errors",

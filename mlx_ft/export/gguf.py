@@ -17,13 +17,13 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 from tokenizers import normalizers
-from tqdm import tqdm
 
+from mlx_ft import progress
 from mlx_ft.atomic import atomic_path, write_text
 from mlx_ft.chat_template import hf_tokenizer
 from mlx_ft.errors import UserError
 from mlx_ft.export import modelfile, quants, tensor_types
-from mlx_ft.export.hf import Fused, fuse
+from mlx_ft.export.hf import Fused, compute_weights, fuse
 from mlx_ft.models import gguf_arch as arch_table
 from mlx_ft.models.gguf_tokenizer import PRE_TOKENIZERS, build_normalizer, build_pre_tokenizer
 
@@ -145,6 +145,8 @@ def write_model(f: Fused, file_type: str, out: Path) -> Path:
     """Write the plain float model `f` as a GGUF model file of `file_type` at `out` (atomically, read back)."""
     out = Path(out)
     arch = architecture(f.config)
+    reporter, mb = compute_weights(f.model, "fusing")  # the adapter's fold, with progress, before the copies below
+    reporter.finish(mb)
     tensors = _tensors(f, arch, file_type)
     n_vocab = next(w.shape[0] for name, w, _ in tensors if name == "token_embd.weight")
     print(f"mlx_ft: writing {f.label} as {file_type} GGUF to {out}", file=sys.stderr)
@@ -157,14 +159,21 @@ def write_model(f: Fused, file_type: str, out: Path) -> Path:
 
 
 def write_tensors(w: gguf.GGUFWriter, tensors: list[tuple[str, np.ndarray, Any]], file_type: str) -> None:
-    """Quantize and write `tensors` after the metadata already added to `w`, then close it."""
-    for name, data, qtype in tqdm(tensors, desc=f"quantizing to {file_type}", unit="tensor", leave=False, disable=None):
+    """Quantize and write `tensors` after the metadata already added to `w`, then close it. Progress lines count
+    tensors, with the rate and ETA in MB of float32 weights (tensors differ in size by 1000x)."""
+    all_mb = max(sum(data.nbytes for _, data, _ in tensors) / 1e6, 1e-9)
+    reporter = progress.Reporter(f"writing {file_type} GGUF", len(tensors), "tensors", "MB/s")
+    mb = 0.0
+    for i, (name, data, qtype) in enumerate(tensors):
         raw = quants.quantize(data, qtype)
         w.add_tensor(name, raw, raw_dtype=qtype)
+        mb += data.nbytes / 1e6
+        reporter.update(i + 1, mb, mb / all_mb)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file(progress=False)
     w.close()
+    reporter.finish(mb)  # the last line once the file is written
 
 
 def check(path: Path, names: list[str]) -> None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.utils import dequantize_model, save
 
-from mlx_ft import models
+from mlx_ft import models, progress
 from mlx_ft.atomic import atomic_dir
 from mlx_ft.errors import UserError
 from mlx_ft.models import loader
@@ -74,6 +75,23 @@ def export_hf(source: str, out: Path) -> Path:
         raise UserError(f"{out}: exists and is not a model folder; choose another --out")
     f = fuse(source)
     print(f"mlx_ft: writing {f.label} fused into {out}", file=sys.stderr)
+    reporter, mb = compute_weights(f.model, "writing HF folder")
     with atomic_dir(out) as tmp:
         save(tmp, f.base_dir, f.model, f.tokenizer, f.config, donate_model=False)
+    reporter.finish(mb)  # the last line once the folder is in place
     return out
+
+
+def compute_weights(model: nn.Module, stage: str) -> tuple[progress.Reporter, float]:
+    """Compute every weight of `model` now, one tensor at a time, with progress lines in tensors and MB/s: MLX is
+    lazy, so the adapter's fold and the dequantization would otherwise all run inside the save without a word.
+    Returns the stage's reporter (its last line is the caller's, once written) and the MB computed."""
+    weights = [v for _, v in tree_flatten(model.parameters())]
+    all_mb = max(sum(v.nbytes for v in weights) / 1e6, 1e-9)
+    reporter = progress.Reporter(stage, len(weights), "tensors", "MB/s")
+    mb = 0.0
+    for i, v in enumerate(weights):
+        mx.eval(v)  # the model holds this same array: it keeps the computed value
+        mb += v.nbytes / 1e6
+        reporter.update(i + 1, mb, mb / all_mb)
+    return reporter, mb

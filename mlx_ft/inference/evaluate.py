@@ -4,8 +4,9 @@ Loss and perplexity cover every learned token, exactly as validation in training
 loss); on a split of preference pairs they cover the chosen answers, and preference accuracy (the chosen answer's
 summed log-probability above the rejected one's) and the mean log-probability margin come beside them. Generation
 metrics score each example's final assistant turn (a pair's chosen answer), answered greedily in batches from the
-prompt training put before it. With `compare_base`, the base model is scored first and the adapter is then put on
-the same loaded model, so one load serves both columns.
+prompt training put before it, each answer stopped near its own reference's length (`budgets`). With `compare_base`,
+the base model is scored first and the adapter is then put on the same loaded model, so one load serves both columns.
+Every pass prints progress lines (`mlx_ft.progress`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlx_ft import data
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_ft import data, progress
 from mlx_ft.atomic import atomic_dir
 from mlx_ft.errors import UserError
 from mlx_ft.inference import generation, scores
@@ -25,11 +30,14 @@ from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
 from mlx_ft.resources import local_or_shipped
 from mlx_ft.training import loop as training_loop
-from mlx_ft.training.batches import TokenizedChats, TokenizedPairs
+from mlx_ft.training.batches import TokenizedChats, TokenizedPairs, iterate_batches
+from mlx_ft.training.loss import masked_loss
 from mlx_ft.training.preference import pair_scores
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
+DEFAULT_MAX_TOKENS = 1024  # the cap on every example's generation budget, unless --max-tokens sets another
 GROUP_FIELD = "task"  # examples carrying this field are scored per value as well
+SPLIT_HINT = " (choose another with --split or --data)"  # the terminal's words; the studio names no flags
 
 
 @dataclass
@@ -50,6 +58,31 @@ class EvalReport:
     columns: dict[str, dict[str, Any]]  # "base" / "tuned" (or "model" for a plain model) -> metrics
     group_field: str | None = None
     groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # column -> group value -> metrics
+    limit: int | None = None
+    plan: Plan | None = None
+    generated_tokens: dict[str, int] = field(default_factory=dict)  # column -> tokens its answers took
+    generation_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What an eval will generate: its examples, the ones with an answer to generate, and each one's budget."""
+
+    data_dir: Path
+    split: str
+    examples: list[data.Example]
+    todo: list[Target]
+    budgets: list[int]  # the most tokens each of `todo` may generate
+    cap: int
+
+    @property
+    def budget_tokens(self) -> int:
+        """The most tokens one pass (one column) can generate."""
+        return sum(self.budgets)
+
+    @property
+    def budget_text(self) -> str:
+        return f"per example: 2 x reference + 16 tokens (cap {self.cap})"
 
 
 def targets(examples: list[data.Example]) -> list[Target]:
@@ -68,18 +101,83 @@ def _data_dir(spec: str | None, loaded: loader.Loaded) -> Path:
     return local_or_shipped(spec if spec is not None else loaded.cfg.data)  # type: ignore[union-attr]
 
 
-def split_loss(loaded: loader.Loaded, examples: list[data.Example], batch_size: int) -> dict[str, float]:
+def budgets(tokenizer: Any, todo: list[Target], cap: int) -> list[int]:
+    """Each example's generation budget: twice its own reference answer's tokens + 16, at most `cap`. Room for any
+    right answer, while a rambling one stops near its reference's length: one long answer in the set no longer
+    lets every example generate that long."""
+    return [min(cap, 2 * len(tokenizer.encode(t.expected, add_special_tokens=False)) + 16) for t in todo]
+
+
+def make_plan(
+    tokenizer: Any, data_dir: Path, split: str, limit: int | None, max_tokens: int | None, hint: str = ""
+) -> Plan:
+    """The examples of `split` (the first `limit`) and their budgets under the cap `max_tokens`."""
+    if not (data_dir / f"{split}.jsonl").is_file():
+        raise UserError(f"{data_dir}: no {split}.jsonl to evaluate on{hint}")
+    examples = data.load_split(data_dir, split)[:limit]
+    if not examples:
+        raise UserError(f"{data_dir / f'{split}.jsonl'} has no examples")
+    todo = targets(examples)
+    cap = max_tokens or DEFAULT_MAX_TOKENS
+    return Plan(data_dir, split, examples, todo, budgets(tokenizer, todo, cap), cap)
+
+
+def plan_for_run(
+    run: Path, split: str = "test", limit: int | None = None, max_tokens: int | None = None, tokenizer: Any = None
+) -> Plan:
+    """What `eval RUN` would generate, without loading the model (only its tokenizer, unless one is given): for a
+    cost estimate before the eval starts."""
+    cfg = loader.run_config(str(run))
+    if cfg is None:
+        raise UserError(f"{run} is not a run folder")
+    if tokenizer is None:
+        from mlx_ft.data import stats as data_stats
+
+        tokenizer = data_stats.load_tokenizer(cfg.model)
+    return make_plan(tokenizer, local_or_shipped(cfg.data), split, limit, max_tokens)
+
+
+def split_loss(
+    loaded: loader.Loaded, examples: list[data.Example], batch_size: int, stage: str | None = None
+) -> dict[str, float]:
     """Mean loss over the learned tokens of `examples`, and its perplexity."""
     cfg = loaded.cfg
     max_len = cfg.max_seq_length if cfg else DEFAULT_MAX_SEQ_LENGTH
     chats = TokenizedChats(examples, loaded.tokenizer, cfg.mask_prompt if cfg else True, max_len, "eval")
     if not len(chats):
         return {}
-    loss = training_loop.evaluate(loaded.model, chats, min(batch_size, len(chats)), max_len, num_batches=-1)
+    loss = mean_loss(loaded.model, chats, min(batch_size, len(chats)), max_len, stage)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
 
-def split_preferences(loaded: loader.Loaded, examples: list[data.Example], batch_size: int) -> dict[str, Any]:
+def mean_loss(model: nn.Module, chats: TokenizedChats, batch_size: int, max_len: int, stage: str | None) -> float:
+    """Mean loss per learned token over all of `chats`: what validation in training computes
+    (`training.loop.evaluate`: the same batches, the same masked loss, on one worker), with progress lines."""
+    model.eval()
+    all_tokens = max(sum(len(ids) for ids, _ in chats.items), 1)
+    reporter = progress.Reporter(stage, len(chats), "examples", "tok/s") if stage else None
+    seen = tokens = 0
+
+    def counted(lengths: list[int], learned: int) -> None:
+        nonlocal seen, tokens
+        seen, tokens = seen + len(lengths), tokens + sum(lengths)
+
+    total, count = mx.array(0.0), mx.array(0.0)
+    for batch in iterate_batches(chats, batch_size, max_len, on_batch=counted):
+        loss, ntoks = masked_loss(model, *batch)  # eval batches are normalised by their own learned tokens
+        total, count = total + loss * ntoks, count + ntoks
+        mx.eval(total, count)
+        training_loop.clear_cache(0)
+        if reporter is not None:
+            reporter.update(seen, tokens, tokens / all_tokens)
+    if reporter is not None:
+        reporter.finish(tokens)
+    return (total / count).item()
+
+
+def split_preferences(
+    loaded: loader.Loaded, examples: list[data.Example], batch_size: int, stage: str | None = None
+) -> dict[str, Any]:
     """For a split of preference pairs: how often the model gives the chosen answer the higher log-probability, and
     the mean difference (empty for other data)."""
     pairs = [ex for ex in examples if ex.rejected is not None]
@@ -90,32 +188,42 @@ def split_preferences(loaded: loader.Loaded, examples: list[data.Example], batch
     if not len(tokenized):
         return {}
     loaded.model.eval()
-    return pair_scores(loaded.model, tokenized, min(batch_size, len(tokenized)), max_len)
+    # pair_scores is one call: a line before it and one after
+    reporter = progress.Reporter(stage, len(tokenized), "pairs") if stage else None
+    scored = pair_scores(loaded.model, tokenized, min(batch_size, len(tokenized)), max_len)
+    if reporter is not None:
+        reporter.finish()
+    return scored
 
 
-def _score_column(
-    loaded: loader.Loaded,
-    examples: list[data.Example],
-    todo: list[Target],
-    sampling: Sampling,
-    batch_size: int,
-    name: str,
-) -> tuple[dict[str, Any], list[str]]:
+@dataclass
+class Column:
+    """One model's scores on the split, its answers, and what generating them took."""
+
+    metrics: dict[str, Any]
+    outputs: list[str]
+    generated_tokens: int
+    seconds: float
+
+
+def _score_column(loaded: loader.Loaded, plan: Plan, sampling: Sampling, batch_size: int, name: str) -> Column:
     print(f"mlx_ft: scoring {name}: {loaded.label}", file=sys.stderr)
-    column: dict[str, Any] = split_loss(loaded, examples, batch_size)  # unfused: exactly the model training scored
-    column.update(split_preferences(loaded, examples, batch_size))
+    examples, todo = plan.examples, plan.todo
+    # Unfused: exactly the model training scored.
+    column: dict[str, Any] = split_loss(loaded, examples, batch_size, f"scoring {name} loss")
+    column.update(split_preferences(loaded, examples, batch_size, f"scoring {name} preferences"))
     loaded.fuse()
-    outputs = generation.answer_many(
-        loaded.model,
-        loaded.tokenizer,
-        [t.prompt for t in todo],
-        sampling,
-        desc=f"answering ({name})",
-        tools=[t.example.tools for t in todo],  # the model answers with the tools it was offered in training
+    # The model answers with the tools it was offered in training.
+    prompts = generation.prompts_for(loaded.tokenizer, [t.prompt for t in todo], [t.example.tools for t in todo])
+    tic = time.perf_counter()
+    answers = generation.generate_many(
+        loaded.model, loaded.tokenizer, prompts, sampling, plan.budgets, f"scoring {name}" if todo else None
     )
+    seconds = time.perf_counter() - tic
+    outputs = [loaded.tokenizer.decode(ids) for ids in answers]
     if todo:
         column.update(scores.score(outputs, [t.expected for t in todo]))
-    return column, outputs
+    return Column(column, outputs, sum(len(ids) for ids in answers), round(seconds, 3))
 
 
 def evaluate(
@@ -129,29 +237,24 @@ def evaluate(
     batch_size: int = 8,
     limit: int | None = None,
 ) -> EvalReport:
-    """Score `source` on `split` and write `metrics.json` and `predictions.jsonl` into `out` (default RUN/eval)."""
+    """Score `source` on `split` and write `metrics.json` and `predictions.jsonl` into `out` (default RUN/eval).
+    `max_tokens` caps every example's budget (default DEFAULT_MAX_TOKENS)."""
     loaded = loader.load(source, adapter=False)
     if compare_base and loaded.cfg is None:
         raise UserError(f"--compare-base needs a run folder (base model + adapter); {source} is a plain model")
     data_dir = _data_dir(data_spec, loaded)
-    if not (data_dir / f"{split}.jsonl").is_file():
-        raise UserError(f"{data_dir}: no {split}.jsonl to evaluate on (choose another with --split or --data)")
-    examples = data.load_split(data_dir, split)[:limit]
-    if not examples:
-        raise UserError(f"{data_dir / f'{split}.jsonl'} has no examples")
-    todo = targets(examples)
-    longest = max((len(loaded.tokenizer.encode(t.expected, add_special_tokens=False)) for t in todo), default=0)
-    # Twice the longest expected answer leaves room for any right answer and stops a rambling base model early.
-    sampling = Sampling(max_tokens=max_tokens or min(1024, 2 * longest + 16))
+    plan = make_plan(loaded.tokenizer, data_dir, split, limit, max_tokens, SPLIT_HINT)
+    todo = plan.todo
+    sampling = Sampling(max_tokens=plan.cap)
 
-    plan = (["base", "tuned"] if compare_base else []) if loaded.cfg else ["model"]
-    plan = plan or ["tuned"]
-    columns: dict[str, dict[str, Any]] = {}
-    outputs: dict[str, list[str]] = {}
-    for name in plan:
+    names = (["base", "tuned"] if compare_base else []) if loaded.cfg else ["model"]
+    names = names or ["tuned"]
+    columns: dict[str, Column] = {}
+    for name in names:
         if name == "tuned":
             loaded.apply_adapter()
-        columns[name], outputs[name] = _score_column(loaded, examples, todo, sampling, batch_size, name)
+        columns[name] = _score_column(loaded, plan, sampling, batch_size, name)
+    outputs = {name: c.outputs for name, c in columns.items()}
 
     field_name = by_field or (GROUP_FIELD if any(GROUP_FIELD in t.example.meta for t in todo) else None)
     groups: dict[str, dict[str, dict[str, Any]]] = {}
@@ -166,17 +269,36 @@ def evaluate(
 
     # A run's results live in it (RUN/eval, or RUN/best/eval for its best adapter); a plain model's in ./eval/NAME.
     out = Path(out) if out else (Path(source) / "eval" if loaded.run else Path("eval") / Path(source).name)
-    report = EvalReport(source, data_dir, split, out, columns, field_name, groups)
-    _write(report, todo, outputs, sampling)
+    report = EvalReport(
+        source,
+        data_dir,
+        split,
+        out,
+        {name: c.metrics for name, c in columns.items()},
+        field_name,
+        groups,
+        limit,
+        plan,
+        {name: c.generated_tokens for name, c in columns.items()},
+        {name: c.seconds for name, c in columns.items()},
+    )
+    _write(report, todo, outputs)
     return report
 
 
-def _write(report: EvalReport, todo: list[Target], outputs: dict[str, list[str]], sampling: Sampling) -> None:
+def _write(report: EvalReport, todo: list[Target], outputs: dict[str, list[str]]) -> None:
+    plan = report.plan
+    assert plan is not None
     summary = {
         "source": report.source,
         "data": str(report.data_dir),
         "split": report.split,
-        "max_tokens": sampling.max_tokens,
+        "limit": report.limit,
+        "max_tokens": plan.cap,  # the cap on every example's budget
+        "generation_budget": plan.budget_text,
+        "budget_tokens": plan.budget_tokens,  # the most one column's answers could take
+        "generated_tokens": report.generated_tokens,  # what each column's answers took
+        "generation_seconds": report.generation_seconds,
         "metrics": report.columns,
         "by_field": report.group_field,
         "groups": report.groups,
@@ -197,34 +319,74 @@ def _write(report: EvalReport, todo: list[Target], outputs: dict[str, list[str]]
 
 # ------------------------------------------------------------------------------------------------------ the table
 
-_ROWS = [
-    ("loss", "loss", "{:.3f}"),
-    ("perplexity", "perplexity", "{:.2f}"),
-    ("preference_accuracy", "preference accuracy", "{:.1%}"),
-    ("logp_margin", "log-prob margin", "{:.3f}"),
-    ("exact_match", "exact match", "{:.1%}"),
-    ("label_accuracy", "label accuracy", "{:.1%}"),
-    ("bleu4", "BLEU-4", "{:.3f}"),
-    ("rouge_l", "ROUGE-L", "{:.3f}"),
-    ("length_ratio", "length ratio", "{:.2f}"),
+
+@dataclass(frozen=True)
+class Metric:
+    """A score's key in metrics.json, its label for people and how its values are shown."""
+
+    key: str
+    label: str
+    kind: str  # "percent" (a share, shown as 12.5%), "integer" (a count), or "decimal" with `digits`
+    digits: int = 3
+    in_table: bool = True  # the terminal's table shows it (counts are said in its heading instead)
+
+    def shown(self, value: Any) -> str:
+        if value is None:
+            return "n/a"
+        if self.kind == "percent":
+            return f"{value:.1%}"
+        if self.kind == "integer":
+            return f"{int(value):d}"
+        return f"{value:.{self.digits}f}"
+
+
+# The one table of what eval reports: the terminal's table, metrics.json's readers and the studio take labels here.
+METRICS = [
+    Metric("loss", "Loss", "decimal"),
+    Metric("perplexity", "Perplexity", "decimal", 2),
+    Metric("pairs", "Pairs", "integer", in_table=False),
+    Metric("preference_accuracy", "Preference accuracy", "percent"),
+    Metric("logp_margin", "Log-prob margin", "decimal"),
+    Metric("n", "Answers scored", "integer", in_table=False),
+    Metric("exact_match", "Exact match", "percent"),
+    Metric("label_accuracy", "Label accuracy", "percent"),
+    Metric("bleu4", "BLEU-4", "decimal"),
+    Metric("rouge_l", "ROUGE-L", "decimal"),
+    Metric("length_ratio", "Length ratio", "decimal", 2),
 ]
+
+
+def _terminal_label(label: str) -> str:
+    """The table's lower-case spelling ("exact match"), acronyms kept ("BLEU-4")."""
+    return label if label[1:2].isupper() else label[0].lower() + label[1:]
+
+
+def labelled(columns: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each score some column has, in METRICS order: key, label, kind, and per column its value and its text."""
+    rows = []
+    for m in METRICS:
+        if all(m.key not in c for c in columns.values()):
+            continue
+        values = {name: c.get(m.key) for name, c in columns.items()}
+        shown = {name: m.shown(v) if m.key in columns[name] else "-" for name, v in values.items()}
+        rows.append({"key": m.key, "label": m.label, "kind": m.kind, "values": values, "shown": shown})
+    return rows
 
 
 def _table(columns: dict[str, dict[str, Any]], title: str) -> list[str]:
     names = list(columns)
     header = [title, *names] + (["change"] if names == ["base", "tuned"] else [])
     body = []
-    for key, label, fmt in _ROWS:
-        if all(key not in columns[n] for n in names):
+    for m in METRICS:
+        if not m.in_table or all(m.key not in columns[n] for n in names):
             continue
-        values = [columns[n].get(key) for n in names]
+        values = [columns[n].get(m.key) for n in names]
         # "-": not measured for that column; "n/a": measured, but undefined for these answers (see _NOT_APPLICABLE).
-        cells = [label] + [
-            "-" if key not in columns[n] else "n/a" if v is None else fmt.format(v) for n, v in zip(names, values)
-        ]
+        cells = [_terminal_label(m.label)]
+        cells += ["-" if m.key not in columns[n] else m.shown(v) for n, v in zip(names, values)]
         if len(header) > len(cells) and None not in values:
             delta = values[1] - values[0]
-            cells.append(("+" if delta >= 0 else "") + fmt.format(delta))
+            cells.append(("+" if delta >= 0 else "") + m.shown(delta))
         body.append(cells)
     widths = [max(len(r[i]) if i < len(r) else 0 for r in [header, *body]) for i in range(len(header))]
     return [
@@ -273,5 +435,12 @@ def format_report(report: EvalReport) -> str:
             lines += ["", *_table(tables[-1], f"{report.group_field} = {value}")]
     if notes := _notes(tables):
         lines += ["", *notes]
+    if report.plan is not None and report.generated_tokens:
+        generated = ", ".join(f"{name} {n:,}" for name, n in report.generated_tokens.items())
+        lines += [
+            "",
+            f"generation budget: {report.plan.budget_text}, at most {report.plan.budget_tokens:,} tokens a column; "
+            f"generated: {generated}",
+        ]
     lines += ["", f"written to {report.out}/metrics.json and predictions.jsonl"]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ Prompts always come from `chat_template.prompt_ids`, the ids training put before
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.generate import BatchGenerator, stream_generate
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors, make_sampler
-from tqdm import tqdm
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer, StreamingDetokenizer
 
-from mlx_ft import chat_template
+from mlx_ft import chat_template, progress
 from mlx_ft.chat_template import Message
 from mlx_ft.inference.sampling import Sampling
 
@@ -109,6 +110,86 @@ class Chunk:
     tokens: list[TokenLogprob] = field(default_factory=list)
 
 
+class Detokenizer(StreamingDetokenizer):
+    """One answer's tokens as text, in whole characters only; a drop-in for mlx_lm's streaming detokenizers.
+
+    mlx_lm's detokenizers decode the bytes they hold with errors="replace" when an answer ends, and flush a
+    character's first bytes as U+FFFD when the next token does not complete it: an answer cut by max_tokens in the
+    middle of a character (a CJK character is 3 bytes, often 2 tokens) ended in "\ufffd". Here every token's bytes go
+    through one incremental UTF-8 decoder: an unfinished character's bytes wait for the next token, and bytes that
+    can never form a character (the answer ended, or the next bytes do not continue it) are dropped. A U+FFFD the
+    model wrote as a whole character (EF BF BD) still comes through. Tokenizers whose pieces are not bytes (mlx_lm's
+    naive detokenizer) keep mlx_lm's decoding, less the replacement characters it may end an answer with."""
+
+    SPM_SPACE = "\u2581".encode()  # SentencePiece's word boundary, a space in the text
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._inner = tokenizer.detokenizer  # mlx_lm's, chosen for this tokenizer; its token table is shared
+        self._bytes = self._byte_pieces(self._inner)
+        # mlx_lm drops the space a BPE or SentencePiece answer starts with (the word-boundary space): so do we.
+        self._trim = isinstance(self._inner, BPEStreamingDetokenizer) or getattr(self._inner, "trim_space", False)
+        self.reset()
+
+    def reset(self) -> None:
+        self.offset = 0
+        self.text = ""
+        self.tokens: list[int] = []
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self._started = False  # some text came: only the answer's first character may be a trimmed space
+        self._inner.reset()
+
+    def add_token(self, token: int) -> None:
+        self.tokens.append(token)
+        if self._bytes is None:
+            self._inner.add_token(token)
+            self.text = self._inner.text  # holds an unfinished character back (strips its trailing U+FFFD)
+        else:
+            self._append(self._utf8.decode(self._bytes(token)))
+
+    def finalize(self) -> None:
+        if self._bytes is None:
+            self._inner.finalize()  # decodes what it held with "replace": an unfinished character is U+FFFD
+            self.text += self._inner.text[len(self.text) :].rstrip("\ufffd")
+        else:
+            self._append(self._utf8.decode(b"", final=True))  # an unfinished last character is dropped
+
+    def _append(self, text: str) -> None:
+        if text and not self._started:
+            self._started = True
+            if self._trim and text.startswith(" "):
+                text = text[1:]
+        self.text += text
+
+    @classmethod
+    def _byte_pieces(cls, inner: StreamingDetokenizer) -> Any:
+        """token id → its bytes, from the table of mlx_lm's BPE or SentencePiece detokenizer; None for others."""
+        if isinstance(inner, BPEStreamingDetokenizer):
+            table, chars = inner.tokenmap, _bpe_byte_of_char()
+            # An id past the tokenizer's table (a padded embedding) is "!", as mlx_lm has it.
+            return lambda t: b"".join(_bpe_bytes(table[t] if t < len(table) else "!", chars))
+        if isinstance(inner, SPMStreamingDetokenizer):
+            table = inner.tokenmap
+            return lambda t: table[t].replace(cls.SPM_SPACE, b" ") if t < len(table) else b""
+        return None
+
+
+def _bpe_bytes(piece: str, chars: dict[str, int]) -> Iterator[bytes]:
+    """A byte-level BPE token's bytes: each character stands for one byte; others (added tokens) for themselves."""
+    for c in piece:
+        b = chars.get(c)
+        yield c.encode() if b is None else bytes((b,))
+
+
+@lru_cache(maxsize=1)
+def _bpe_byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: printable bytes are their own character, the rest are shifted past 255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + i): b for i, b in enumerate(shifted)})
+    return table
+
+
 class AnswerText:
     """One answer's tokens as text pieces, cut before the first stop string.
 
@@ -117,7 +198,7 @@ class AnswerText:
     the piece that carries its text."""
 
     def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
-        self._detokenizer = tokenizer.detokenizer
+        self._detokenizer = Detokenizer(tokenizer)
         self._stop = [s for s in stop if s]
         self._pending: list[tuple[str, TokenLogprob | None]] = []
         self.stopped = False  # a stop string was found: the answer is over
@@ -201,20 +282,30 @@ def answer(model: nn.Module, tokenizer: Any, messages: Sequence[Message], sampli
     return "".join(c.text for c in stream(model, tokenizer, messages, sampling))
 
 
+def prompts_for(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Message]],
+    tools: Sequence[Sequence[dict[str, Any]] | None] | None = None,
+) -> list[list[int]]:
+    """Each conversation's prompt ids, with the `tools` offered in each (none: no tools anywhere)."""
+    offered = list(tools) if tools is not None else [None] * len(conversations)
+    return [chat_template.prompt_ids(tokenizer, c, tools=t) for c, t in zip(conversations, offered, strict=True)]
+
+
 def answer_many(
     model: nn.Module,
     tokenizer: Any,
     conversations: Sequence[Sequence[Message]],
     sampling: Sampling,
     max_tokens: Sequence[int] | None = None,
-    desc: str = "generating",
+    stage: str | None = None,
     tools: Sequence[Sequence[dict[str, Any]] | None] | None = None,
 ) -> list[str]:
     """Answers to many conversations, generated in batches (continuous batching: a finished answer's slot is refilled
-    at once). `max_tokens` may be given per conversation, and so may the `tools` offered in each."""
-    offered = list(tools) if tools is not None else [None] * len(conversations)
-    prompts = [chat_template.prompt_ids(tokenizer, c, tools=t) for c, t in zip(conversations, offered, strict=True)]
-    return answer_many_ids(model, tokenizer, prompts, sampling, max_tokens, desc)
+    at once). `max_tokens` may be given per conversation, and so may the `tools` offered in each. With `stage`,
+    progress lines go to stderr (`progress.Reporter`)."""
+    prompts = prompts_for(tokenizer, conversations, tools)
+    return answer_many_ids(model, tokenizer, prompts, sampling, max_tokens, stage)
 
 
 def answer_many_ids(
@@ -223,23 +314,65 @@ def answer_many_ids(
     prompts: Sequence[list[int]],
     sampling: Sampling,
     max_tokens: Sequence[int] | None = None,
-    desc: str = "generating",
+    stage: str | None = None,
 ) -> list[str]:
     """`answer_many` for prompts already rendered to ids."""
+    return [tokenizer.decode(t) for t in generate_many(model, tokenizer, prompts, sampling, max_tokens, stage)]
+
+
+def generate_many(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    sampling: Sampling,
+    max_tokens: Sequence[int] | None = None,
+    stage: str | None = None,
+) -> list[list[int]]:
+    """The generated token ids of each prompt's answer (its end-of-turn token left out), in batches. `max_tokens`:
+    each prompt's own budget (mlx_lm's BatchGenerator stops each at its own), else `sampling.max_tokens` for all."""
     if not prompts:
         return []
     limits = list(max_tokens) if max_tokens is not None else [sampling.max_tokens] * len(prompts)
+    if len(limits) != len(prompts):
+        raise ValueError(f"{len(limits)} max_tokens for {len(prompts)} prompts")
     gen = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids], sampler=sampler(sampling))
+    tracker = _Tracker(stage, limits) if stage else None
     try:
         uids = gen.insert(list(prompts), limits)
+        index = {uid: i for i, uid in enumerate(uids)}
         tokens: dict[int, list[int]] = {uid: [] for uid in uids}
-        with tqdm(total=len(uids), desc=desc, unit="ans", leave=False, disable=None) as bar:
-            while responses := gen.next_generated():
-                for r in responses:
-                    if r.finish_reason != "stop":
-                        tokens[r.uid].append(r.token)
-                    if r.finish_reason is not None:
-                        bar.update(1)
+        while responses := gen.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":
+                    tokens[r.uid].append(r.token)
+                if tracker is not None:
+                    tracker.token(index[r.uid], r.finish_reason is not None)
     finally:
         gen.close()
-    return [tokenizer.decode(tokens[uid]) for uid in uids]
+    if tracker is not None:
+        tracker.reporter.finish()
+    return [tokens[uid] for uid in uids]
+
+
+class _Tracker:
+    """Progress of a batched generation: answers finished of all, generated tokens/s, and the ETA from the share of
+    the total budget used up (a finished answer uses up its whole budget: its unused tokens will never be
+    generated), which neither waits for the first answer to end nor trusts a start where every answer is short."""
+
+    def __init__(self, stage: str, limits: list[int]) -> None:
+        self.limits = limits
+        self.budget = max(sum(limits), 1)
+        self.generated = [0] * len(limits)
+        self.finished = 0
+        self.used = 0  # budget tokens used up: generated by unfinished answers + whole budgets of finished ones
+        self.tokens = 0
+        self.reporter = progress.Reporter(stage, len(limits), progress.ANSWERS, "tok/s")
+
+    def token(self, i: int, finished: bool) -> None:
+        self.tokens += 1
+        self.generated[i] += 1
+        self.used += 1
+        if finished:
+            self.finished += 1
+            self.used += self.limits[i] - self.generated[i]
+        self.reporter.update(self.finished, self.tokens, self.used / self.budget)

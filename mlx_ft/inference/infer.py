@@ -114,11 +114,11 @@ def run_one(loaded: loader.Loaded, text: str, sampling: Sampling, system: str | 
 def run_file(
     loaded: loader.Loaded, src: Path, dest: Path, sampling: Sampling, system: str | None, ref: TaskRef | None = None
 ) -> int:
-    """Answer every line of `src` in batches; write each line back with an `output` field to `dest` (atomically,
-    once all are done). Returns how many were answered."""
+    """Answer every line of `src` in batches, with progress lines on stderr; write each line back with an `output`
+    field to `dest` (atomically, once all are done). Returns how many were answered."""
     rows, prompts = read_batch(src, ref)
     answers = generation.answer_many(
-        loaded.model, loaded.tokenizer, [with_system(p, system) for p in prompts], sampling
+        loaded.model, loaded.tokenizer, [with_system(p, system) for p in prompts], sampling, stage="answering"
     )
     write_text(dest, "".join(json.dumps({**r, "output": a}, ensure_ascii=False) + "\n" for r, a in zip(rows, answers)))
     return len(rows)

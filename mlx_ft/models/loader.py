@@ -25,6 +25,9 @@ from mlx_ft.errors import UserError
 from mlx_ft.models import adapters, sources
 from mlx_ft.models.adapters import ADAPTERS
 
+GENERATION_CONFIG = "generation_config.json"
+GENERATION_KEYS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float}
+
 
 def load_model(model_path: str, source: str) -> tuple[nn.Module, Any]:
     """mlx_lm.load, with failures of a named model (hub, network, format) as one-line errors."""
@@ -110,6 +113,41 @@ def training_system(run: Path) -> str | None:
         return json.loads((run / "adapter_config.json").read_text(encoding="utf-8")).get("system_prompt")
     except (OSError, ValueError):
         return None
+
+
+def generation_defaults(model_path: str) -> dict[str, float | int]:
+    """The sampling settings a model's authors ship in its generation_config.json, under Hugging Face's names
+    (temperature, top_p, top_k, repetition_penalty); {} when it has none. `model_path` is what `sources.resolve`
+    gives: a folder, or a hub id, looked up in the local hub cache only (never downloaded for this)."""
+    path = Path(model_path) / GENERATION_CONFIG
+    if not path.is_file():
+        path = _hub_cached(model_path, GENERATION_CONFIG)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, float | int] = {}
+    for key, kind in GENERATION_KEYS.items():
+        value = raw.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value)):
+            out[key] = kind(value)
+    if raw.get("do_sample") is False:  # transformers then decodes greedily, whatever temperature says
+        out["temperature"] = 0.0
+    return out
+
+
+def _hub_cached(repo_id: str, filename: str) -> Path | None:
+    if repo_id.count("/") != 1 or Path(repo_id).exists():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename)
+    except Exception:  # noqa: BLE001 - no cache, no such repo: the model ships no defaults we can see
+        return None
+    return Path(found) if isinstance(found, str) else None
 
 
 def load(source: str, adapter: bool = True, fuse: bool = True) -> Loaded:

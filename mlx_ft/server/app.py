@@ -103,7 +103,11 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     @app.get("/api/info")
     def info() -> Response:
         return jsonify(
-            model=engine.loaded.label, adapter=adapter_name(engine), defaults=DEFAULT_SETTINGS, context=engine.context
+            model=engine.loaded.label,
+            adapter=adapter_name(engine),
+            defaults=DEFAULT_SETTINGS,
+            context=engine.context,
+            generation_defaults=engine.generation_defaults(None),  # its generation_config.json: a hint for the page
         )
 
     app.register_blueprint(api.bp)

@@ -29,6 +29,7 @@ from mlx_ft import chat_template
 from mlx_ft import config as config_mod
 from mlx_ft.chat_template import Message
 from mlx_ft.data import stats as data_stats
+from mlx_ft.errors import UserError
 from mlx_ft.inference import generation
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader, sources
@@ -71,6 +72,11 @@ def _stamp(path: Path) -> tuple[int, int]:
 def _base_key(source: str, quantize: int | None) -> tuple[str, int | None]:
     resolved = sources.resolve(source)
     return (str(Path(resolved).resolve()) if Path(resolved).exists() else resolved), quantize
+
+
+@functools.lru_cache(maxsize=64)  # read once per base: listing many checkpoints of one base reads it once
+def _generation_defaults(model_path: str) -> dict[str, float | int]:
+    return loader.generation_defaults(model_path)
 
 
 class _Base:
@@ -209,6 +215,15 @@ class Engine:
             return self._main.key, None
         return _base_key(cfg.model, cfg.quantize), ref.adapter_dir
 
+    def generation_defaults(self, ref: ModelRef | None) -> dict[str, float | int]:
+        """The sampling defaults `ref`'s base model ships (its generation_config.json; None: the served model's),
+        under Hugging Face's names; {} when it has none, or when the run's base cannot be found."""
+        try:
+            (path, _), _ = self.model_key(ref)
+        except (ValueError, UserError):  # a run whose base is gone: nothing to read, and nothing to refuse here
+            return {}
+        return dict(_generation_defaults(path))
+
     def _base(self, key: BaseKey, ref: ModelRef | None) -> _Base:
         """The base of `key`, loaded now when it is none kept. Called by the scheduler's thread only."""
         if key == self._main.key:
@@ -286,6 +301,13 @@ class Engine:
         """Start generating answers to several (prompt, sampling) pairs, together."""
         key = self.model_key(ref)  # a bad reference fails here, in the caller's thread
         jobs = [Job(prompt, sampling, ref, key) for prompt, sampling in asks]
+        self.scheduler.submit(*jobs)
+        return jobs
+
+    def submit_each(self, asks: Sequence[tuple[list[int], Sampling, ModelRef | None]]) -> list[Job]:
+        """Start answers of several models at once (a compare), in this order: a batch runs on one model, so the
+        models answer one after another, and neighbouring answers of one model are generated together."""
+        jobs = [Job(prompt, sampling, ref, self.model_key(ref)) for prompt, sampling, ref in asks]
         self.scheduler.submit(*jobs)
         return jobs
 

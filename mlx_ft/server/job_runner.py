@@ -11,6 +11,12 @@ id>.log` for the others. A thread per process waits for it and records how it en
 - A process that exits non-zero without being asked to is `failed`, with the reason from its last log lines.
 - When the server stops (Ctrl-C or SIGTERM; `shutdown`), a running job is stopped as Stop does, waited for, and left
   `interrupted`: resumable, nothing lost but the step in progress. Queued jobs stay queued for the next server.
+- A job's run folder has the last word: a train whose run trained all its iters (last checkpoint at the last step,
+  the final adapter written after it, metrics at that step) is `done` however its process ended, stopped in its
+  last step or while the server stopped, and the next server settles such jobs it finds stopped or interrupted too.
+  Resume of a finished job is refused (409): nothing is left to run.
+- A job's progress, as the page shows it, is one record read from the last progress line of its log
+  (`mlx_ft.progress`): the card and the log's last line never disagree.
 - When the server was killed (SIGKILL, a crash) its job's process lives on with nobody to watch it. The next server
   does not adopt it (it could not learn how it ends): at start it stops it as Stop does, waits, and shows the job
   `interrupted`, resumable from that checkpoint. A job that was running and whose process is gone is `interrupted`
@@ -34,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from mlx_ft import progress as progress_lines
+from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.server.http import ApiError
 from mlx_ft.server.jobs import ACTIVE, FINAL, RESUMABLE, Job, JobStore
 from mlx_ft.training import checkpoints
@@ -44,8 +52,14 @@ HEARTBEAT_S = 15.0  # an SSE comment this often while a job shows no change
 STOP_WAIT_S = 120.0  # how long a stopped process gets to finish its step and save its checkpoint
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 16 << 10
+LOG_SCAN_BYTES = 64 << 10  # how far back a log is searched for its last progress line
 PREDICTIONS_SHOWN = 50
 TRAIN_LOG = "studio.log"
+SERVE_PREFIX = "mlx_ft serve: "  # what the server itself writes into a job's log
+RECORD_KEYS = ("stage", "done", "total", "unit", "rate", "rate_unit", "eta_s", "line")
+TRAIN_KEYS = ("step", "iters", "loss", "val_loss", "tokens_per_sec", "learned_tokens_per_sec", "peak_memory_gb")
+# train's words when Stop (Ctrl-C) ends it: the step its checkpoint holds, which is past its last report's
+_STOPPED_AT = re.compile(r"^mlx_ft: interrupted after step (\d+);")
 
 
 def command_line(argv: list[str]) -> str:
@@ -53,15 +67,20 @@ def command_line(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "mlx_ft", *argv])
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last lines of a log (a progress bar's carriage returns end lines too)."""
+def log_lines(path: Path, max_bytes: int = LOG_TAIL_BYTES) -> list[str]:
+    """The non-empty lines of the last `max_bytes` of a log (a progress bar's carriage returns end lines too)."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    return [line for line in text.splitlines() if line.strip()][-lines:]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines of a log."""
+    return log_lines(path)[-lines:]
 
 
 def failure(log: Path, returncode: int) -> str:
@@ -73,23 +92,64 @@ def failure(log: Path, returncode: int) -> str:
     return f"{how}: {last}"
 
 
-def progress(job: Job) -> dict[str, Any]:
-    """A train job's latest figures from its run's metrics.jsonl (all None for the other kinds)."""
-    out: dict[str, Any] = dict.fromkeys(
-        ("step", "iters", "loss", "val_loss", "tokens_per_sec", "learned_tokens_per_sec", "peak_memory_gb", "eta_s")
-    )
-    if job.kind != "train":
-        return out
-    run = Path(job.run_dir)
+def progress(job: Job, lines: list[str] | None = None) -> dict[str, Any]:
+    """Where the job is, as one record: its log's last progress line (RECORD_KEYS, all None before the first one;
+    `lines`: the log's, when already read). A train job adds its run's latest figures (TRAIN_KEYS) from
+    metrics.jsonl, its step and iters those of that same line. The ETA is shown only while a process runs."""
+    out: dict[str, Any] = dict.fromkeys(RECORD_KEYS + TRAIN_KEYS)
+    if job.kind == "train":
+        out.update(_train_figures(Path(job.run_dir)))
+    record = last_record(job, log_lines(Path(job.log), LOG_SCAN_BYTES) if lines is None else lines, out["iters"])
+    if record is not None:
+        out.update(record)
+        if job.kind == "train":
+            out["step"], out["iters"] = record["done"], record["total"]
+    if job.state not in ACTIVE:
+        out["eta_s"] = None  # nothing is left to wait for (a stopped job's last line still names its old ETA)
+    return out
+
+
+def last_record(job: Job, lines: list[str], iters: int | None = None) -> dict[str, Any] | None:
+    """The record of the last progress line in `lines`; for a train job, also train's line saying at which step
+    Stop (or the server's stop) ended it: its checkpoint's step, past its last report's."""
+    for text in reversed(lines):
+        if job.kind == "train" and (m := _STOPPED_AT.match(text)) and iters is not None:
+            stopped = progress_lines.Record(progress_lines.TRAINING, int(m[1]), iters, "steps", None, None, None, text)
+            return stopped.as_dict()
+        if (record := progress_lines.parse(text)) is not None:
+            return record.as_dict()
+    return None
+
+
+def measured_rate(job: Job) -> float | None:
+    """The speed a finished job measured, from its log: an eval's generation (tok/s of its last answering line), a
+    train's training (tok/s of its last report)."""
+    want = progress_lines.ANSWERS if job.kind == "eval" else "steps" if job.kind == "train" else None
+    for text in reversed(log_lines(Path(job.log), LOG_SCAN_BYTES)):
+        record = progress_lines.parse(text)
+        if record is not None and record.unit == want and record.rate_unit == "tok/s" and record.rate:
+            return record.rate
+    return None
+
+
+def _iters(run: Path) -> int | None:
     try:
         cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-        rows = read_metrics(run / "metrics.jsonl")
-    except (OSError, ValueError, yaml.YAMLError):
-        return out
+    except (OSError, yaml.YAMLError):
+        return None
     iters = cfg.get("iters") if isinstance(cfg, dict) else None
+    return iters if isinstance(iters, int) else None
+
+
+def _train_figures(run: Path) -> dict[str, Any]:
+    """A run's iters and its latest figures from metrics.jsonl."""
+    out: dict[str, Any] = {"iters": _iters(run)}
+    try:
+        rows = read_metrics(run / "metrics.jsonl")
+    except (OSError, ValueError):
+        return out
     train_rows = [r for r in rows if "loss" in r]
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
-    out["iters"] = iters
     out["val_loss"] = vals[-1] if vals else None
     if train_rows:
         last = train_rows[-1]
@@ -100,11 +160,24 @@ def progress(job: Job) -> dict[str, Any]:
             learned_tokens_per_sec=last.get("trained_tokens_per_s"),
             peak_memory_gb=last.get("peak_memory_gb"),
         )
-        # Rows' `time` counts from the start of the process that wrote them: only this process's rows time it.
-        done = last["step"] - job.start_step
-        if job.state in ACTIVE and isinstance(iters, int) and done > 0 and "time" in last:
-            out["eta_s"] = round(last["time"] / done * max(iters - last["step"], 0), 1)
     return out
+
+
+def resume_line(run: Path, step: int) -> str | None:
+    """A progress line for a train resumed at `step`, written into its log before its process starts: the speed of
+    the last report before that step and the ETA it gives for the steps left. The page then shows the resumed
+    job's ETA at once, not the stopped process's last one (nor none until the first new report)."""
+    iters = _iters(run)
+    try:
+        rows = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r and r["step"] <= step]
+    except (OSError, ValueError):
+        return None
+    if iters is None or not rows:
+        return None
+    last = rows[-1]
+    rate, tokens = last.get("tokens_per_s"), last.get("tokens")
+    eta = (iters - step) * tokens / last["step"] / rate if rate and tokens else None
+    return progress_lines.line("resuming training", step, iters, "steps", rate, "tok/s", eta, prefix=SERVE_PREFIX)
 
 
 def _files_under(folder: Path) -> list[str]:
@@ -137,12 +210,42 @@ def _result(job: Job) -> tuple[dict[str, Any] | None, list[str]]:
 
 
 def _train_finished(job: Job) -> bool:
-    """Whether a train job's run has its last step checkpointed (train saves one at the end)."""
+    """Whether a train job's run trained all its iters: its last checkpoint at the last step, the final adapter
+    written after it, and metrics at that step (what train leaves at its end, even when stopped in that step)."""
     if job.kind != "train":
         return False
-    ckpt = checkpoints.latest(Path(job.run_dir))
-    iters = progress(job)["iters"]
-    return ckpt is not None and isinstance(iters, int) and _step_of(ckpt) >= iters
+    run = Path(job.run_dir)
+    ckpt, iters = checkpoints.latest(run), _iters(run)
+    if ckpt is None or iters is None or _step_of(ckpt) < iters:
+        return False
+    try:
+        final_adapter = (run / ADAPTERS).stat().st_mtime_ns >= (ckpt / ADAPTERS).stat().st_mtime_ns
+        rows = read_metrics(run / "metrics.jsonl")
+    except (OSError, ValueError):
+        return False
+    return final_adapter and any(r.get("step") == iters and "loss" in r for r in rows)
+
+
+def _eval_finished(job: Job) -> bool:
+    """Whether an eval job's results are written (atomically: both files, or neither)."""
+    out = Path(job.out_dir) if job.out_dir else None
+    return job.kind == "eval" and out is not None and (out / "metrics.json").is_file()
+
+
+def finished(job: Job) -> bool:
+    """Whether the job's work is complete in its folder, however its process ended."""
+    return _train_finished(job) or _eval_finished(job)
+
+
+def _finished_words(job: Job) -> str:
+    if job.kind == "train":
+        return f"its run trained all {_iters(Path(job.run_dir))} steps and wrote its adapter"
+    return "its results are written"
+
+
+def _resume_words(job: Job) -> str:
+    """What Resume will do, for an interrupted job's message."""
+    return "resume continues from its last checkpoint" if job.kind == "train" else "resume runs it again"
 
 
 def _step_of(checkpoint: Path) -> int:
@@ -199,12 +302,23 @@ class JobRunner:
     def jobs(self) -> list[Job]:
         return self.store.all()
 
+    def speed(self) -> tuple[Job, float] | None:
+        """The job whose measured speed best predicts an eval's, and that speed (tok/s): the newest finished eval's
+        generation, else the newest finished train's training (see `measured_rate`)."""
+        done = [j for j in self.store.all() if j.state == "done"]  # newest first
+        for kind in ("eval", "train"):
+            for job in done:
+                if job.kind == kind and (rate := measured_rate(job)) is not None:
+                    return job, rate
+        return None
+
     def running(self) -> bool:
         with self._lock:
             return any(proc.poll() is None for proc in self._procs.values())
 
     def view(self, job: Job) -> dict[str, Any]:
         """The job as the API shows it."""
+        lines = log_lines(Path(job.log), LOG_SCAN_BYTES)
         return {
             "id": job.id,
             "kind": job.kind,
@@ -214,8 +328,8 @@ class JobRunner:
             "created": job.created,
             "started": job.started,
             "ended": job.ended,
-            "progress": progress(job),
-            "log_tail": log_tail(Path(job.log)),
+            "progress": progress(job, lines),
+            "log_tail": lines[-LOG_TAIL_LINES:],
             "error": job.error,
             "result": job.result,
         }
@@ -317,7 +431,16 @@ class JobRunner:
 
     def resume(self, job_id: str) -> Job:
         with self._lock:
-            job = self._job_in(job_id, RESUMABLE, "only a stopped or interrupted job can be resumed")
+            job = self.job(job_id)
+            if job.state in RESUMABLE and finished(job):  # it ended in its last step: resuming would find no work
+                self._settle_done(job)
+                raise ApiError(409, f"job {job_id} has finished ({_finished_words(job)}): nothing is left to resume")
+            job = self._job_in(
+                job_id,
+                RESUMABLE,
+                "only a stopped or interrupted job can be resumed",
+                ("done", "it has finished, so nothing is left to resume"),
+            )
             job.state, job.queued = "queued", time.time()
             job.stop_requested, job.error, job.result, job.ended = False, None, None, None
             self.store.save(job)
@@ -374,6 +497,8 @@ class JobRunner:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a", encoding="utf-8") as f:
                 f.write(f"$ {job.command}\n")
+                if job.start_step and (line := resume_line(Path(job.run_dir), job.start_step)):
+                    f.write(line + "\n")
                 f.flush()
                 proc = subprocess.Popen(
                     [self.python, "-m", "mlx_ft", *argv],
@@ -424,17 +549,24 @@ class JobRunner:
             job.log = str(target)
             self.store.save(job)
 
+    def _settle_done(self, job: Job) -> None:
+        """Record a job as done (its results read from its folder)."""
+        job.ended = job.ended or time.time()
+        try:
+            job.result, job.files = _result(job)
+            job.state, job.error = "done", None
+        except (OSError, ValueError) as e:
+            job.state, job.error = "failed", f"it finished, but its results cannot be read: {e}"
+        self.store.save(job)
+
     def _finish(self, job: Job, returncode: int) -> None:
         job.ended = time.time()
-        if returncode == 0:
-            try:
-                job.result, job.files = _result(job)
-                job.state, job.error = "done", None
-            except (OSError, ValueError) as e:
-                job.state, job.error = "failed", f"it finished, but its results cannot be read: {e}"
-        elif self._closing:
+        if returncode == 0 or finished(job):  # stopped in its last step (Stop, or the server's): its work is done
+            self._settle_done(job)
+            return
+        if self._closing:
             job.state = "interrupted"
-            job.error = "the server stopped while this job ran; resume continues from its last checkpoint"
+            job.error = f"the server stopped while this job ran; {_resume_words(job)}"
         elif job.stop_requested:
             job.state, job.error = "stopped", None
         else:
@@ -442,9 +574,13 @@ class JobRunner:
         self.store.save(job)
 
     def _recover(self) -> None:
-        """At start: jobs stored as running belong to a server that is gone."""
+        """At start: jobs stored as running belong to a server that is gone; and a job stopped or interrupted (by an
+        older server) whose run folder shows its work complete is done."""
         with self._lock:
             for job in self.store.all():
+                if job.state in RESUMABLE and finished(job):
+                    self._settle_done(job)
+                    continue
                 if job.state not in ACTIVE:
                     continue
                 self._move_log_into_run(job.id)
@@ -457,10 +593,10 @@ class JobRunner:
                         "the next server started"
                     )
                 job.ended = time.time()
-                if _train_finished(job):  # it ended on its own before anyone could watch it
-                    job.state, job.error = "done", None
-                else:
-                    job.state, job.error = "interrupted", f"{why}; resume continues from its last checkpoint"
+                if finished(job):  # it ended on its own before anyone could watch it
+                    self._settle_done(job)
+                    continue
+                job.state, job.error = "interrupted", f"{why}; {_resume_words(job)}"
                 self.store.save(job)
             self._start_next()
 

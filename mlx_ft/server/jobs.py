@@ -8,6 +8,9 @@ A job is one `python -m mlx_ft …` command (train, eval or export) and its life
       │          └──▶ stopping ──▶ stopped ──(resume)──▶ queued …
       └──▶ cancelled          (server gone) ──▶ interrupted ──(resume)──▶ queued …
 
+A stopped or interrupted job whose folder shows its work complete (a train that trained all its steps) is done: its
+process ended in its last step (`job_runner.finished`).
+
 Each record is stored whole as one JSON column beside its id and creation time: the record can gain fields without a
 schema migration, and one `INSERT OR REPLACE` writes it atomically.
 """

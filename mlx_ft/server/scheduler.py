@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,10 @@ class Job:
     key: Any = None  # the engine's model key: jobs with equal keys are generated in one batch
     events: queue.Queue[Any] = field(default_factory=queue.Queue)  # Chunk ... then None; or an exception
     switch_ms: float | None = None  # the time it took to make the job's model the one answering
+    # perf_counter() when the scheduler took the job up (before its model switch) and when its first token came: a
+    # job queued behind another model's batch is not charged for the wait.
+    started: float | None = None
+    first_token: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -59,6 +63,34 @@ class Job:
                 yield item
         finally:
             self.cancel()
+
+
+def merged(jobs: Sequence[Job]) -> Iterator[tuple[int, generation.Chunk | BaseException | None]]:
+    """The events of several jobs as they come, each tagged with its job's index: the job's pieces, then None when it
+    ends or the exception that ended it; one job failing leaves the others going. Closing the iterator early (a
+    client that went away) cancels them all."""
+    out: queue.Queue[tuple[int, generation.Chunk | BaseException | None]] = queue.Queue()
+
+    def forward(i: int, job: Job) -> None:
+        try:
+            for chunk in job.pieces():
+                out.put((i, chunk))
+            out.put((i, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the reader, tagged with its job
+            out.put((i, e))
+
+    for i, job in enumerate(jobs):  # a reader per job: a queue cannot be waited on together with others
+        threading.Thread(target=forward, args=(i, job), name="mlx_ft-merge", daemon=True).start()
+    left = len(jobs)
+    try:
+        while left:
+            i, item = out.get()
+            if not isinstance(item, generation.Chunk):
+                left -= 1
+            yield i, item
+    finally:
+        for job in jobs:
+            job.cancel()
 
 
 @dataclass
@@ -127,6 +159,7 @@ class Scheduler:
             if self._active and job.key != self._model:
                 return
             self._waiting.popleft()
+            job.started = time.perf_counter()
             try:
                 self._switch(job)
                 self._insert(job)
@@ -178,6 +211,8 @@ class Scheduler:
             if a is None:
                 continue
             a.tokens += 1
+            if a.job.first_token is None:
+                a.job.first_token = time.perf_counter()
             reason = r.finish_reason
             if reason == "stop":  # the end-of-turn token: not part of the answer
                 a.tokens -= 1

@@ -4,6 +4,7 @@ server killed while its job trains, the next one showing it interrupted, resume 
 uninterrupted run writes."""
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -14,8 +15,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_ft import config, data
+from mlx_ft import config, data, progress
 from mlx_ft.models import loader
+from mlx_ft.server import job_runner
 from mlx_ft.server.app import create_app
 from mlx_ft.server.engine import Engine
 from mlx_ft.server.jobs import Job, JobStore
@@ -222,6 +224,9 @@ def test_a_new_server_settles_the_jobs_a_gone_one_left_running(engine, tmp_path)
     finished = runs / "finished"
     (finished / "checkpoints" / "step-0000004").mkdir(parents=True)
     (finished / "config.yaml").write_text("model: tiny\niters: 4\n")
+    (finished / "checkpoints" / "step-0000004" / "adapters.safetensors").write_bytes(b"")
+    (finished / "adapters.safetensors").write_bytes(b"")  # the final adapter: written after the last checkpoint
+    (finished / "metrics.jsonl").write_text('{"step": 4, "loss": 1.0}\n')
     store = JobStore(db)
     common = dict(argv=[], command="", log=str(tmp_path / "x.log"), state="running", started=1.0)
     store.save(Job(id="gone", kind="train", run="a", run_dir=str(runs / "a"), created=1.0, pid=gone.pid, **common))
@@ -444,3 +449,192 @@ def test_killed_server_leaves_the_job_interrupted_and_resume_ends_as_an_uninterr
     assert resumed.keys() == uninterrupted.keys()
     for k in resumed:
         np.testing.assert_allclose(np.array(resumed[k]), np.array(uninterrupted[k]), rtol=0, atol=1e-6, err_msg=k)
+
+
+# --------------------------------------------------------------------- progress, cost estimate, eval results (issue 29)
+
+
+def _log(tmp_path: Path, name: str, *lines: str) -> str:
+    path = tmp_path / f"{name}.log"
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def test_the_progress_record_is_the_logs_last_progress_line(studio, tmp_path):
+    """One record per job, read from the last progress line of its log, so the card and the log's last line agree:
+    a stopped train's step is the checkpoint's (its last words), not its last report's, and its ETA is gone."""
+    client = studio.test_client()
+    store = of(studio).jobs.store
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: tiny\niters: 40\n")
+    row = {"time": 9.0, "step": 16, "loss": 2.5, "tokens_per_s": 1840.0, "tokens": 3200, "peak_memory_gb": 0.4}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    report = "step 16/40  loss 2.500  lr 1.00e-03  1,840 tok/s  peak 0.42 GB  eta 13m05s"
+    stopped = "mlx_ft: interrupted after step 17; checkpoint saved in x; continue with `python -m mlx_ft train ...`"
+    answers = progress.line("scoring tuned", 12, 110, "answers", 41.2, "tok/s", 185)
+    loss = progress.line("scoring tuned loss", 110, 110, "examples", 500.0, "tok/s", 0)
+    common = dict(run="r", run_dir=str(run), argv=[], command="")
+    for job_id, kind, state, lines in [
+        ("t1", "train", "running", ["$ python -m mlx_ft train", report, "step 16/40  val_loss 2.400  (best)"]),
+        ("t2", "train", "stopped", [report, "mlx_ft: stopping after this step", stopped]),
+        ("e1", "eval", "running", [loss, answers, "a warning"]),
+        ("x1", "export", "queued", []),
+    ]:
+        store.save(Job(id=job_id, kind=kind, state=state, created=1.0, log=_log(tmp_path, job_id, *lines), **common))
+    jobs = {j["id"]: j for j in client.get("/api/studio/jobs").get_json()["jobs"]}
+    p = jobs["t1"]["progress"]
+    record = [p[k] for k in ("stage", "done", "total", "unit", "rate", "rate_unit", "eta_s", "line")]
+    assert record == ["training", 16, 40, "steps", 1840.0, "tok/s", 785.0, report]
+    assert (p["step"], p["iters"], p["loss"], p["tokens_per_sec"], p["peak_memory_gb"]) == (16, 40, 2.5, 1840.0, 0.4)
+    p = jobs["t2"]["progress"]
+    assert p["step"] == p["done"] == 17 and p["iters"] == p["total"] == 40 and p["line"] == stopped
+    assert p["eta_s"] is None and p["loss"] == 2.5
+    p = jobs["e1"]["progress"]
+    assert [p[k] for k in ("stage", "done", "unit", "eta_s", "line", "step")] == [
+        "scoring tuned",
+        12,
+        "answers",
+        185.0,
+        answers,
+        None,
+    ]
+    assert set(jobs["x1"]["progress"].values()) == {None}
+    # Resumed at step 17: 200 tokens a step at 1840 tok/s leaves 23 steps, 2.5 s.
+    assert job_runner.resume_line(run, 17) == "mlx_ft serve: resuming training: 17/40 steps  1,840 tok/s  eta 0m02s"
+
+
+def test_a_resumed_train_shows_its_eta_at_once_and_a_finished_one_stays_done(studio, qwen2_dir):
+    """Stop, resume, finish, for real; then the states a stopping server used to leave (interrupted) are read again
+    from the run folder: a run that trained all its iters is done, and Resume says so in words, no flags."""
+    client = studio.test_client()
+    runner = of(studio).jobs
+    job = _submit_train(client, qwen2_dir, "eta", iters=40)
+    _wait(client, job["id"], lambda j: (j["progress"]["step"] or 0) >= 2)
+    client.post(f"/api/studio/jobs/{job['id']}/stop")
+    job = _wait(client, job["id"], lambda j: j["state"] == "stopped")
+    stopped_at = int(checkpoints.latest(Path(runner.job(job["id"]).run_dir)).name.removeprefix("step-"))
+    p = job["progress"]
+    assert p["step"] == p["done"] == stopped_at and p["eta_s"] is None, p
+    assert p["line"].startswith(f"mlx_ft: interrupted after step {stopped_at};") and p["line"] in job["log_tail"]
+
+    # A server stopping while the process ended: an unfinished run's job is interrupted, resumable.
+    runner._closing = True
+    try:
+        runner._finish(runner.job(job["id"]), -signal.SIGINT)
+    finally:
+        runner._closing = False
+    interrupted = client.get(f"/api/studio/jobs/{job['id']}").get_json()["job"]
+    assert interrupted["state"] == "interrupted" and "resume continues from its last checkpoint" in interrupted["error"]
+
+    resumed = client.post(f"/api/studio/jobs/{job['id']}/resume").get_json()["job"]
+    p = resumed["progress"]
+    assert resumed["state"] == "running" and p["stage"] == "resuming training" and p["done"] == stopped_at, p
+    assert p["eta_s"] is not None and p["rate"] > 0 and p["line"] in resumed["log_tail"], resumed["log_tail"]
+    first = _wait(client, job["id"], lambda j: j["progress"]["stage"] == "training" or j["state"] != "running")
+    if first["state"] == "running":
+        assert first["progress"]["eta_s"] is not None, "the resumed process's first report has an ETA"
+    done = _wait(client, job["id"], lambda j: j["state"] == "done")
+    assert done["progress"]["step"] == done["progress"]["done"] == 40 and done["progress"]["eta_s"] is None
+    resp = client.post(f"/api/studio/jobs/{job['id']}/resume")
+    assert resp.status_code == 409 and "has finished, so nothing is left to resume" in resp.get_json()["error"]
+
+    # What a server stopping in its last step left: interrupted, a finished run. Resume refuses, in words for people.
+    record = runner.job(job["id"])
+    record.state, record.error = "interrupted", "the server stopped while this job ran; resume continues from …"
+    runner.store.save(record)
+    resp = client.post(f"/api/studio/jobs/{job['id']}/resume")
+    error = resp.get_json()["error"]
+    assert resp.status_code == 409 and "has finished (its run trained all 40 steps and wrote its adapter)" in error
+    assert "--" not in error and runner.job(job["id"]).state == "done"
+    # The next server reads it the same way, from the run folder; and so does a stop that lands on the last step.
+    runner.store.save(record)
+    assert job_runner.JobRunner(runner.store, runner.runs_dir).job(job["id"]).state == "done"
+    runner._closing = True
+    try:
+        runner._finish(runner.job(job["id"]), -signal.SIGINT)
+    finally:
+        runner._closing = False
+    assert runner.job(job["id"]).state == "done" and runner.job(job["id"]).error is None
+
+
+def test_an_eval_is_estimated_then_run_and_its_results_listed(studio, qwen2_dir, data_dir, tmp_path):
+    """Cost before, progress during, results after: the estimate's speed comes from what this server measured
+    (nothing: the default; a finished train; then a finished eval's generation)."""
+    from mlx_ft.data.stats import load_tokenizer
+    from mlx_ft.inference.evaluate import plan_for_run
+
+    client = studio.test_client()
+    runs = Path(of(studio).config.runs_dir)
+    cfg = dict(model=str(qwen2_dir), data=str(data_dir / "fish"), adapter_path=str(runs / "ev"), num_layers=2)
+    run = train(config.build({**cfg, "batch_size": 2, "iters": 2, "max_seq_length": 64, "steps_per_eval": 2}))
+    tokenizer = load_tokenizer(str(qwen2_dir))
+    tests = data.load_split(data_dir / "fish", "test")
+    refs = [len(tokenizer.encode(ex.messages[-1]["content"], add_special_tokens=False)) for ex in tests]
+    budget = sum(2 * n + 16 for n in refs)
+    assert plan_for_run(run).budget_tokens == budget
+
+    est = client.post("/api/studio/jobs/estimate", json={"kind": "eval", "run": "ev"}).get_json()
+    assert est["examples"] == len(tests) and est["budget_tokens"] == budget and est["passes"] == 2, est
+    assert est["seconds"] == round(2 * budget / 5.0, 1) and est["basis"].startswith("nothing has been measured")
+    capped = client.post("/api/studio/jobs/estimate", json={"kind": "eval", "run": "ev", "limit": 1, "max_tokens": 3})
+    assert capped.get_json()["budget_tokens"] == 3 and capped.get_json()["examples"] == 1
+    for body, words in [
+        ({"kind": "train", "run": "ev"}, "only an eval's cost is estimated"),
+        ({"kind": "eval", "run": "ev", "max_tokens": 0}, "field 'max_tokens' must be an integer from 1"),
+        ({"kind": "eval", "run": "ev", "max_tokens": 2.5}, "field 'max_tokens'"),
+        ({"kind": "eval", "run": "ev", "split": "nope"}, "no nope.jsonl to evaluate on"),
+        ({"kind": "eval", "run": "ev", "colour": 1}, "unknown field(s)"),
+    ]:
+        resp = client.post("/api/studio/jobs/estimate", json=body)
+        assert resp.status_code == 400 and words in resp.get_json()["error"], (body, resp.get_json())
+        assert "--" not in resp.get_json()["error"], "no flags on the page"
+    resp = client.post("/api/studio/jobs", json={"kind": "eval", "run": "ev", "max_tokens": 2.5})
+    assert resp.status_code == 400 and "field 'max_tokens'" in resp.get_json()["error"]
+    resp = client.post("/api/studio/jobs", json={"kind": "eval", "run": "ev", "split": "nope"})
+    error = resp.get_json()["error"]
+    assert resp.status_code == 400 and "has no nope split to evaluate on" in error and "--" not in error, error
+    assert client.get("/api/studio/jobs").get_json() == {"jobs": []}, "refused before it became a job"
+
+    store = of(studio).jobs.store
+    trained = "step 2/2  loss 2.000  lr 1.00e-03  800 tok/s  peak 0.10 GB  eta 0m00s"
+    common = dict(run="ev", run_dir=str(run), argv=[], command="", state="done")
+    store.save(Job(id="trained1", kind="train", created=1.0, log=_log(tmp_path, "trained1", trained), **common))
+    est = client.post("/api/studio/jobs/estimate", json={"kind": "eval", "run": "ev"}).get_json()
+    assert est["seconds"] == round(2 * budget / 80.0, 1) and "train job trained1 trained 800 tok/s" in est["basis"]
+
+    job = client.post("/api/studio/jobs", json={"kind": "eval", "run": "ev", "limit": 2, "max_tokens": 8}).get_json()
+    assert job["job"]["command"].endswith(f"--limit=2 --max-tokens=8 --out {run / ('eval-job-' + job['job']['id'])}")
+    job = _events(client.get(f"/api/studio/jobs/{job['job']['id']}/events"))[-1]
+    assert job["state"] == "done", job
+    p = job["progress"]
+    assert (p["stage"], p["done"], p["total"], p["unit"], p["rate_unit"]) == ("scoring tuned", 2, 2, "answers", "tok/s")
+    records = [r for x in Path(of(studio).jobs.job(job["id"]).log).read_text().splitlines() if (r := progress.parse(x))]
+    assert p["rate"] > 0 and p["line"] == records[-1].line, "the record is the log's last progress line"
+    assert {r.stage for r in records} == {"scoring base loss", "scoring base", "scoring tuned loss", "scoring tuned"}
+    est = client.post("/api/studio/jobs/estimate", json={"kind": "eval", "run": "ev"}).get_json()
+    assert est["basis"].startswith(f"eval job {job['id']} generated {p['rate']:.1f} tok/s on this server")
+    assert est["seconds"] == round(2 * budget / p["rate"], 1)
+
+    # Results stay with the run: listed newest first, labelled from the one table.
+    older = run / "eval-job-older"
+    older.mkdir()
+    (older / "metrics.json").write_text(json.dumps({"split": "valid", "metrics": {"tuned": {"pairs": 3}}}))
+    os.utime(older / "metrics.json", (1.0, 1.0))
+    (run / "eval-job-unfinished").mkdir()
+    listed = client.get("/api/studio/runs/ev/evals").get_json()
+    assert listed["run"] == "ev" and [e["job"] for e in listed["evals"]] == [job["id"], "older"]
+    first = listed["evals"][0]
+    assert (first["split"], first["limit"], first["columns"]) == ("test", 2, ["base", "tuned"])
+    assert first["generation_budget"] == "per example: 2 x reference + 16 tokens (cap 8)"
+    assert first["budget_tokens"] == sum(min(8, 2 * n + 16) for n in refs[:2]) and first["time"] > 1.0
+    rows = {r["key"]: r for r in first["metrics"]}
+    assert rows["exact_match"]["label"] == "Exact match" and rows["exact_match"]["shown"]["tuned"].endswith("%")
+    assert rows["loss"]["label"] == "Loss" and set(rows["loss"]["values"]) == {"base", "tuned"}
+    assert listed["evals"][1]["metrics"] == [
+        {"key": "pairs", "label": "Pairs", "kind": "integer", "values": {"tuned": 3}, "shown": {"tuned": "3"}}
+    ]
+    assert client.get("/api/studio/runs/nope/evals").status_code == 404
+    resp = client.get("/api/studio/runs/.hidden/evals")
+    assert resp.status_code == 400 and "run name must be a name" in resp.get_json()["error"]
+    assert client.get("/api/studio/runs/..%2Fev/evals").status_code in (400, 404)

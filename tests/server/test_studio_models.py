@@ -239,7 +239,7 @@ def test_unknown_models_are_refused(client):
         ({"message": "hi", "models": []}, "models"),
         ({"message": "hi", "models": ["base"] * 5}, "models"),
         ({"message": "", "models": ["base"]}, "message"),
-        ({"message": "hi", "models": ["base"], "top_k": 3}, "unknown field"),
+        ({"message": "hi", "models": ["base"], "min_p": 0.1}, "unknown field"),
         ({"message": "hi", "models": ["base"], "max_tokens": 2.5}, "max_tokens"),
         ({"message": "hi", "models": ["base"], "temperature": 9}, "temperature"),
     ],
@@ -311,3 +311,135 @@ def test_a_prompt_for_a_third_base_leaves_a_running_answer_on_another_alone(engi
     assert "".join(p.text for p in head + list(pieces)) == alone_c
     fresh = Engine(loader.load(str(tmp_path / "D")))
     assert engine.answer(d_prompt, long, d)[0] == fresh.answer(fresh.prompt(messages, 32), long)[0]
+
+
+SETTINGS_OF_GREEDY_8 = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "max_tokens": 8}
+
+
+def _events(resp) -> list[dict]:
+    assert resp.status_code == 200 and resp.mimetype == "text/event-stream" and resp.is_streamed
+    return [json.loads(x[len("data: ") :]) for x in resp.get_data(as_text=True).split("\n\n") if x.startswith("data: ")]
+
+
+def test_compare_streams_every_answer_and_ends_each_with_its_figures(client, truth):
+    models = ["base", "run:A", "run:B", "run:A"]
+    body = {"message": QUESTION, "models": models, "max_tokens": 8, "temperature": 0, "stream": True}
+    events = _events(client.post("/api/studio/compare", json=body))
+    assert events[-1] == {"done": True} and sum(e == {"done": True} for e in events) == 1
+    for i, model in enumerate(models):
+        mine = [e for e in events if e.get("index") == i]
+        assert all(e["model"] == model for e in mine)
+        assert "".join(e["delta"] for e in mine[:-1]) == truth[model], "pieces, in order, then the end"
+        end = mine[-1]
+        assert end["done"] is True and end["finish_reason"] == "length" and end["tokens"] == 8
+        assert end["settings"] == SETTINGS_OF_GREEDY_8
+        assert 0 <= end["ttft_s"] <= end["seconds"] and end["seconds"] >= end["switch_ms"] / 1000
+    for answer in _compare(client, *models):  # the plain form reports the same settings
+        assert answer["settings"] == SETTINGS_OF_GREEDY_8 and answer["finish_reason"] == "length"
+        assert 0 <= answer["ttft_s"] <= answer["seconds"]
+
+
+def _fake_run(runs: Path, name: str, base: Path | str) -> None:
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"model: {base}\nfine_tune_type: lora\n")
+    (run / "adapter_config.json").write_text("{}")
+    (run / loader.ADAPTERS).write_bytes(b"never read: its base fails first")
+
+
+def test_a_model_that_fails_ends_with_an_error_and_the_others_answer(engine, qwen2_dir, tmp_path):
+    """run:gone names a base that is not there (its prompt cannot be built); run:broken's base has the tokenizer
+    but unreadable weights (it fails in the generation thread, when its turn comes)."""
+    broken = tmp_path / "broken-base"
+    broken.mkdir()
+    for f in qwen2_dir.iterdir():
+        if f.suffix != ".safetensors":
+            (broken / f.name).symlink_to(f)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    _fake_run(tmp_path / "runs", "gone", "/nowhere/at/all")
+    _fake_run(tmp_path / "runs", "broken", broken)
+    client = create_app(ServeConfig(str(qwen2_dir), tmp_path / "c.db", tmp_path / "runs"), engine).test_client()
+    base = client.post(
+        "/api/studio/compare", json={"message": QUESTION, "models": ["base"], "max_tokens": 8, "temperature": 0}
+    ).get_json()["answers"][0]["text"]
+    body = {"message": QUESTION, "max_tokens": 8, "temperature": 0}
+    events = _events(
+        client.post("/api/studio/compare", json={**body, "models": ["run:gone", "base", "run:broken"], "stream": True})
+    )
+    errors = {e["index"]: e for e in events if "error" in e}
+    assert set(errors) == {0, 2} and "/nowhere/at/all" in errors[0]["error"] and errors[2]["error"]
+    assert [e["model"] for e in errors.values()] == ["run:gone", "run:broken"]
+    assert "".join(e.get("delta", "") for e in events if e.get("index") == 1) == base
+    assert [e["index"] for e in events if e.get("done") and "index" in e] == [1] and events[-1] == {"done": True}
+    answers = _compare(client, "base", "run:broken")
+    assert answers[0]["text"] == base and answers[1]["model"] == "run:broken" and answers[1]["error"]
+    resp = client.post("/api/studio/compare", json={**body, "models": ["base", "run:gone"]})
+    assert resp.status_code == 400 and "run:gone" in resp.get_json()["error"]
+
+
+@pytest.fixture
+def opinionated(qwen2_dir, tmp_path) -> Path:
+    """The fixture model, with the sampling defaults its authors might ship: greedy (do_sample false, whatever the
+    temperature says), and a repetition penalty that breaks the random model's loop of one token."""
+    folder = tmp_path / "opinionated"
+    folder.mkdir()
+    for f in qwen2_dir.iterdir():
+        if f.name != "generation_config.json":
+            (folder / f.name).symlink_to(f)
+    shipped = json.loads((qwen2_dir / "generation_config.json").read_text())
+    shipped.update(do_sample=False, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=2.0)
+    (folder / "generation_config.json").write_text(json.dumps(shipped))
+    return folder
+
+
+def test_the_models_own_generation_defaults_are_listed_and_answer_on_request(opinionated, tmp_path):
+    own = {"temperature": 0.0, "top_p": 0.8, "top_k": 20, "repetition_penalty": 2.0}
+    assert loader.generation_defaults(str(opinionated)) == own
+    engine = Engine(loader.load(str(opinionated)))
+    client = create_app(ServeConfig(str(opinionated), tmp_path / "c.db", tmp_path / "runs"), engine).test_client()
+    (base,) = client.get("/api/studio/models").get_json()["models"]
+    assert base["generation_defaults"] == own
+    prompt = engine.prompt([{"role": "user", "content": QUESTION}], 8)
+    greedy = engine.answer(prompt, GREEDY)[0]
+    with_defaults = engine.answer(prompt, Sampling(temp=0.0, top_p=0.8, top_k=20, repetition_penalty=2.0, max_tokens=8))
+    assert greedy != with_defaults[0], "the penalty must change the answer for this test to mean anything"
+    body = {"message": QUESTION, "models": ["base"], "max_tokens": 8, "temperature": 0.0}
+    (asked,) = client.post("/api/studio/compare", json=body).get_json()["answers"]
+    assert asked["text"] == greedy and asked["settings"] == SETTINGS_OF_GREEDY_8
+    body.update(temperature=1.5, top_k=5, use_model_defaults=True)  # the model's own win where it has them
+    (answer,) = client.post("/api/studio/compare", json=body).get_json()["answers"]
+    assert answer["text"] == with_defaults[0] and answer["settings"] == {**own, "max_tokens": 8}
+    events = _events(client.post("/api/studio/compare", json={**body, "stream": True}))
+    assert events[-2]["settings"] == {**own, "max_tokens": 8}
+
+
+def test_generation_defaults_take_hugging_faces_keys_and_drop_what_is_not_a_setting(tmp_path, smollm2_dir):
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({"temperature": 0.6, "top_p": "high", "top_k": 2.5, "repetition_penalty": True, "max_length": 9})
+    )
+    assert loader.generation_defaults(str(tmp_path)) == {"temperature": 0.6}
+    (tmp_path / "generation_config.json").write_text("{not json")
+    assert loader.generation_defaults(str(tmp_path)) == {}
+    assert loader.generation_defaults(str(tmp_path / "nothing")) == {}
+    # The built-in model is imported from a GGUF file, which carries no sampling settings.
+    assert loader.generation_defaults(str(smollm2_dir)) == {}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"top_p": 1.5},
+        {"top_k": -1},
+        {"top_k": 10**7},
+        {"top_k": 2.5},
+        {"repetition_penalty": 0},
+        {"repetition_penalty": 11},
+        {"use_model_defaults": "yes"},
+        {"stream": "true"},
+        {"stream": 1},
+    ],
+)
+def test_compare_refuses_bad_sampling_settings(client, extra):
+    resp = client.post("/api/studio/compare", json={"message": "hi", "models": ["base"], **extra})
+    (key,) = extra
+    assert resp.status_code == 400 and resp.get_json()["error"].startswith(f"field {key!r} must be"), resp.get_json()
