@@ -42,7 +42,9 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         seed=args.seed,
         skip_invalid=args.skip_invalid,
         datasets=args.dataset,
-        stats=None if args.no_stats else data_stats.settings(args.model, args.max_seq_length),
+        stats=None
+        if args.no_stats
+        else data_stats.settings(args.model, args.max_seq_length, args.truncate, args.skip_long),
         group=args.group_field,
     )
     print(report.summary())
@@ -347,6 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="count the examples longer than this (default: the config's max_seq_length)",
     )
+    p.add_argument(
+        "--truncate",
+        choices=data_stats.TRUNCATE,
+        default="none",
+        help="how training fits an example longer than max_seq_length: none (cut its end, as always) or prompt "
+        "(cut the prompt's start, keeping the whole answer); recorded with the set, which training then follows",
+    )
+    p.add_argument(
+        "--skip-long", action="store_true", help="leave out every example longer than max_seq_length (counted)"
+    )
     p.add_argument("--no-stats", action="store_true", help="skip the token-length statistics (no tokenizer load)")
     p.set_defaults(func=_cmd_prepare, needs_mlx=False)
 
@@ -414,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-tokens",
         type=int,
-        help="longest answer generated (default: twice the longest expected answer + 16 tokens)",
+        help="the most tokens any answer may take (default 1024); each example stops sooner, at twice its own "
+        "expected answer's tokens + 16",
     )
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch for the loss (default 8)")
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N examples of the split (a quick look)")

@@ -54,11 +54,13 @@ class Report:
     skipped: int = 0
     stats: data_stats.DataStats | None = None
     skipped_datasets: list[str] = field(default_factory=list)  # dataset_info.json entries left out, and why
+    skipped_long: int = 0  # examples longer than max_seq_length left out (StatsSettings.skip_long)
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         extra = f"; dropped {self.duplicates} duplicates" if self.duplicates else ""
         extra += f"; skipped {self.skipped} invalid" if self.skipped else ""
+        extra += f"; skipped {self.skipped_long} longer than max_seq_length" if self.skipped_long else ""
         stats = f"\n{data_stats.format_stats(self.stats)}" if self.stats else ""
         notes = "".join(f"skipped {note}\n" for note in self.skipped_datasets)
         return f"{notes}{self.out}: {parts} ({self.format}){extra}{stats}"
@@ -157,11 +159,14 @@ def prepare(
     datasets: list[str] | None = None,
     stats: data_stats.StatsSettings | None = None,
     group: str | None = None,
+    tokenizer: Any = None,
 ) -> Report:
     """Convert, validate, de-duplicate and split `inputs` into `out/{train,valid,test}.jsonl`; with `stats`, measure
-    token lengths under that model's chat template too (printed in the summary, written to prepare.json). With
-    `group`, examples sharing that field's value land in one split (paraphrases of one question, listings of one
-    product): the test split then measures what was never seen, not near-copies of training examples."""
+    token lengths under that model's chat template too (printed in the summary, written to prepare.json with how
+    the set was fitted to max_seq_length, which training then follows; `tokenizer`: that model's, when the caller
+    has it loaded), and leave out the long examples when it says `skip_long`. With `group`, examples sharing that
+    field's value land in one split (paraphrases of one question, listings of one product): the test split then
+    measures what was never seen, not near-copies of training examples."""
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
@@ -177,11 +182,18 @@ def prepare(
     if problems and not skip_invalid:
         raise DataError(problems)
     if not examples:
-        raise UserError(f"no valid examples in {', '.join(map(str, inputs))}")
+        raise UserError(f"no valid examples in {', '.join(map(str, inputs))}{_empty_note(inputs)}")
 
     unique = _unique(examples)
     placed = _place(unique, seed, valid, test, group)
-    measured = data_stats.compute(placed, stats) if stats else None
+    measured = None
+    if stats:  # measured before writing, so every problem and long example is named by the file the user gave
+        placed, measured = data_stats.fit_splits(placed, stats, tokenizer)
+        if not any(placed.values()):
+            raise UserError(
+                f"all {len(unique)} examples are longer than max_seq_length {stats.max_seq_length}: skipping them "
+                "leaves nothing; raise max_seq_length, or cut the prompts' start instead (truncate: prompt)"
+            )
 
     out = Path(out)
     report = Report(
@@ -192,6 +204,7 @@ def prepare(
         skipped=invalid,
         stats=measured,
         skipped_datasets=skipped_datasets,
+        skipped_long=measured.count("skipped") if measured else 0,
     )
     recipe: dict[str, Any] = {
         "inputs": [str(p) for p in inputs],
@@ -209,6 +222,8 @@ def prepare(
         "duplicates_dropped": report.duplicates,
         "invalid_skipped": report.skipped,
         "stats": measured.to_dict() if measured else None,
+        # How the set meets max_seq_length; training cuts it the same way and says what it leaves out (`Split.fit`).
+        "fit": _fit(stats, report.skipped_long),
     }
     # Every file is written under a temporary name first and all are renamed together at the end, so an interrupted
     # run never leaves a new train.jsonl beside an old valid.jsonl (which could put one example in both).
@@ -221,6 +236,38 @@ def prepare(
         tmp = stack.enter_context(atomic_path(out / "prepare.json"))
         tmp.write_text(json.dumps(recipe, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def _empty_note(inputs: list[Path]) -> str:
+    """Why there is nothing to read, when it is that the files hold nothing."""
+    with contextlib.suppress(OSError):
+        if all(not Path(p).read_bytes().strip() for p in inputs):
+            return ": the file is empty" if len(inputs) == 1 else ": the files are empty"
+    return ""
+
+
+def _fit(stats: data_stats.StatsSettings | None, skipped_long: int) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    return dataclasses.asdict(data_stats.Fit(stats.max_seq_length, stats.truncate, stats.skip_long, skipped_long))
+
+
+class Split(list[Example]):
+    """The examples of one prepared split, and how their set was fitted to max_seq_length when it was prepared
+    (prepare.json's "fit"; None when it was prepared without token statistics): training cuts them the same way."""
+
+    def __init__(self, examples: list[Example], fit: data_stats.Fit | None) -> None:
+        super().__init__(examples)
+        self.fit = fit
+
+
+def stored_fit(data_dir: Path) -> data_stats.Fit | None:
+    """The fit a prepared folder's prepare.json records (None: none recorded, or no readable prepare.json)."""
+    try:
+        recipe = json.loads((Path(data_dir) / "prepare.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data_stats.Fit.from_dict(recipe.get("fit")) if isinstance(recipe, dict) else None
 
 
 def _prepared_line(rec: dict[str, Any], opts: Options) -> Content:
@@ -240,11 +287,11 @@ def common_system(examples: list[Example]) -> str | None:
     return firsts.pop() if len(firsts) == 1 else None
 
 
-def load_split(data_dir: Path, split: str) -> list[Example]:
+def load_split(data_dir: Path, split: str) -> Split:
     """The examples of one prepared split (conversations, or `text` ones for continued pre-training), validated
-    (file:line errors) as `prepare` would."""
+    (file:line errors) as `prepare` would, with the fit their set was prepared with."""
     path = Path(data_dir) / f"{split}.jsonl"
     examples, _, problems, _ = _read_all([Source(path, "messages", _prepared_line)], Options(keep=None))
     if problems:
         raise DataError(problems)
-    return examples
+    return Split(examples, stored_fit(data_dir))

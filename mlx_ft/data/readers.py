@@ -68,6 +68,8 @@ def _json_items(path: Path, text: str, opener: str = "[") -> Iterator[tuple[int,
     def line(p: int) -> int:
         return text.count("\n", 0, p) + 1
 
+    if not text.strip():  # json's own word for it, "Expecting value", tells a person nothing
+        raise DataError([f"{path}: the file is empty"])
     # The whole file is judged by the strict parser first, so a stray, missing or trailing comma is an error at its
     # own line, exactly as json.load would say; the walk below then only has to find where each item starts.
     try:

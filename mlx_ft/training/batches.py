@@ -22,25 +22,49 @@ from tqdm import tqdm
 
 from mlx_ft import chat_template, data
 from mlx_ft.data import stats as data_stats
+from mlx_ft.data.prepare import Split
 from mlx_ft.errors import UserError
 from mlx_ft.training.loss import learned_positions
 
 PAD_TO = 32  # pad batch lengths to a multiple of this: few distinct shapes, so mx.compile retraces rarely
 
 
+def _fit_of(examples: Sequence[data.Example]) -> data_stats.Fit | None:
+    """How the examples' set was fitted to max_seq_length when prepared (`load_split` knows; a plain list: unknown)."""
+    return examples.fit if isinstance(examples, Split) else None
+
+
+def _stored_note(fit: data_stats.Fit | None, max_seq_length: int) -> str:
+    """Where the set was prepared for another max_seq_length, say so: the counts then differ from the upload's."""
+    if fit is None or fit.max_seq_length == max_seq_length:
+        return ""
+    return f" (the set was checked at max_seq_length {fit.max_seq_length} when prepared)"
+
+
 class TokenizedChats:
     """Conversations as (ids, mask) pairs, tokenized once up front.
 
-    Ids are cut to max_seq_length + 1 (the model reads max_seq_length of them and predicts the next); an example
-    whose answer lies wholly past that cut would teach nothing, so it is left out and counted.
+    Ids are cut to max_seq_length + 1 (the model reads max_seq_length of them and predicts the next): at the end, or
+    with truncate "prompt" first at the prompt's start (`data_stats.fit_rows`; by default, as the set was prepared:
+    prepare.json's fit). An example whose answer lies wholly past that cut would teach nothing, so it is left out
+    and counted.
     """
 
     def __init__(
-        self, examples: Sequence[data.Example], tokenizer: Any, mask_prompt: bool, max_seq_length: int, desc: str
+        self,
+        examples: Sequence[data.Example],
+        tokenizer: Any,
+        mask_prompt: bool,
+        max_seq_length: int,
+        desc: str,
+        truncate: str | None = None,
     ) -> None:
         self.items: list[tuple[list[int], list[int]]] = []
         self.truncated = 0
         self.dropped = 0
+        self.prompt_cut = 0
+        self.fit = _fit_of(examples)
+        self.truncate = truncate or (self.fit.truncate if self.fit else "none")
         problems = []
         for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="ex", leave=False, disable=None):
             try:
@@ -54,7 +78,8 @@ class TokenizedChats:
             for ids, mask in sequences:  # one, or more when a turn is learned apart (chat_template.assistant_turns)
                 if data_stats.is_truncated(len(ids), max_seq_length):
                     self.truncated += 1
-                    ids, mask = ids[: max_seq_length + 1], mask[: max_seq_length + 1]
+                    [(ids, mask)], start = data_stats.fit_rows([(ids, mask)], max_seq_length, self.truncate)
+                    self.prompt_cut += start > 0
                 if not any(mask[1:]):
                     self.dropped += 1
                     continue
@@ -71,22 +96,34 @@ class TokenizedChats:
     def report(self, name: str, max_seq_length: int) -> str | None:
         if not (self.truncated or self.dropped):
             return None
+        cut = f" ({self.prompt_cut} at their prompt's start, answers kept)" if self.prompt_cut else ""
         return (
-            f"{name}: {self.truncated} examples longer than max_seq_length {max_seq_length} are truncated; "
-            f"{self.dropped} of them keep no answer token and are left out"
+            f"{name}: {self.truncated} examples longer than max_seq_length {max_seq_length} are truncated{cut}; "
+            f"{self.dropped} of them keep no answer token and are left out{_stored_note(self.fit, max_seq_length)}"
         )
 
 
 class TokenizedPairs:
     """Preference pairs as two (ids, mask) rows each, the prompt with the chosen answer and with the rejected one,
     tokenized once up front. Only the final answer is learned (`last_only`): the turns both sides share cancel out
-    of a preference loss. Each side is cut to max_seq_length + 1 ids; a pair whose cut leaves either answer without
-    a token is left out and counted."""
+    of a preference loss. Each side is cut to max_seq_length + 1 ids, as `data_stats.fit_rows` says (at the end, or
+    with truncate "prompt" first at the shared prompt's start; by default as the set was prepared); a pair whose cut
+    leaves either answer without a token is left out and counted, so `report` can say so at the run's start."""
 
-    def __init__(self, examples: Sequence[data.Example], tokenizer: Any, max_seq_length: int, desc: str) -> None:
+    def __init__(
+        self,
+        examples: Sequence[data.Example],
+        tokenizer: Any,
+        max_seq_length: int,
+        desc: str,
+        truncate: str | None = None,
+    ) -> None:
         self.items: list[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]] = []
         self.truncated = 0
         self.dropped = 0
+        self.prompt_cut = 0
+        self.fit = _fit_of(examples)
+        self.truncate = truncate or (self.fit.truncate if self.fit else "none")
         problems = []
         for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="pair", leave=False, disable=None):
             if ex.rejected is None:
@@ -96,17 +133,15 @@ class TokenizedPairs:
                 )
                 continue
             try:
-                sides = [
-                    chat_template.training_tokens(tokenizer, m, last_only=True, tools=ex.tools)
-                    for m in data_stats.pair_sides(ex)
-                ]
+                sides = data_stats.pair_rows(tokenizer, ex)
             except ValueError as e:
                 problems.append(f"{ex.where}: {e}")
                 continue
             if any(data_stats.is_truncated(len(ids), max_seq_length) for ids, _ in sides):
                 self.truncated += 1
-                sides = [(ids[: max_seq_length + 1], mask[: max_seq_length + 1]) for ids, mask in sides]
-            if not all(any(mask[1:]) for _, mask in sides):
+                sides, start = data_stats.fit_rows(sides, max_seq_length, self.truncate)
+                self.prompt_cut += start > 0
+            if not data_stats.keeps_answers(sides):
                 self.dropped += 1
                 continue
             self.items.append((sides[0], sides[1]))
@@ -119,10 +154,17 @@ class TokenizedPairs:
     def report(self, name: str, max_seq_length: int) -> str | None:
         if not (self.truncated or self.dropped):
             return None
-        return (
-            f"{name}: {self.truncated} pairs longer than max_seq_length {max_seq_length} are truncated; "
+        cut = f" ({self.prompt_cut} at their prompt's start, answers kept)" if self.prompt_cut else ""
+        note = (
+            f"{name}: {self.truncated} pairs longer than max_seq_length {max_seq_length} are truncated{cut}; "
             f"{self.dropped} of them keep no token of an answer and are left out"
         )
+        if self.dropped:  # never quietly: say why, and what would keep them
+            note += (
+                f", as their prompts fill max_seq_length{_stored_note(self.fit, max_seq_length)}; to keep them, raise "
+                "max_seq_length or prepare the set with its prompts cut at the start (truncate: prompt)"
+            )
+        return note
 
 
 def _worker(comm_group: Any, batch_size: int) -> tuple[int, int]:

@@ -73,7 +73,8 @@ def test_pair_problems_are_reported_with_file_and_line(write_jsonl, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_prompt_that_leaves_no_room_for_the_answers_is_an_error(write_jsonl, tmp_path, qwen2_dir):
+def test_a_prompt_that_leaves_no_room_for_the_answers_is_counted_not_refused(write_jsonl, tmp_path, qwen2_dir):
+    """A real set has some such pairs: it is prepared, the pair named by its line and counted as left out."""
     src = write_jsonl(
         "pairs.jsonl",
         [
@@ -81,8 +82,11 @@ def test_a_prompt_that_leaves_no_room_for_the_answers_is_an_error(write_jsonl, t
             {"prompt": "long " * 80, "chosen": "Yes.", "rejected": "No."},
         ],
     )
-    with pytest.raises(data.DataError, match=rf"{src}:2: the prompt of this pair takes \d+ tokens, and "):
-        data.prepare([src], tmp_path / "out", stats=data_stats.StatsSettings(str(qwen2_dir), 64))
+    report = data.prepare(
+        [src], tmp_path / "out", valid=0.0, test=0.0, stats=data_stats.StatsSettings(str(qwen2_dir), 64)
+    )
+    assert [(x.where, x.fate) for x in report.stats.long] == [(f"{src}:2", "left_out")]
+    assert report.stats.splits["train"].left_out == 1 and "1 pairs have prompts that fill" in report.summary()
     ok = data_stats.StatsSettings(str(qwen2_dir), 512)
     report = data.prepare([src], tmp_path / "ok", valid=0.0, test=0.0, stats=ok)
     assert report.stats.splits["train"].max > 80, "a pair's length is its longer side, prompt included"
