@@ -220,7 +220,7 @@ def _score_column(loaded: loader.Loaded, plan: Plan, sampling: Sampling, batch_s
         loaded.model, loaded.tokenizer, prompts, sampling, plan.budgets, f"scoring {name}" if todo else None
     )
     seconds = time.perf_counter() - tic
-    outputs = [loaded.tokenizer.decode(ids) for ids in answers]
+    outputs = [generation.text_of(loaded.tokenizer, ids) for ids in answers]  # as served: whole characters
     if todo:
         column.update(scores.score(outputs, [t.expected for t in todo]))
     return Column(column, outputs, sum(len(ids) for ids in answers), round(seconds, 3))

@@ -266,7 +266,9 @@ def stream(model: nn.Module, tokenizer: Any, messages: Sequence[Message], sampli
 
 
 def stream_ids(model: nn.Module, tokenizer: Any, prompt: list[int], sampling: Sampling) -> Iterator[Chunk]:
-    """The answer to a prompt already rendered to ids (`chat_template.prompt_ids`), piece by piece."""
+    """The answer to a prompt already rendered to ids (`chat_template.prompt_ids`), piece by piece, in whole
+    characters (our Detokenizer, as the server's: mlx_lm's would end an answer cut mid-character in U+FFFD)."""
+    detokenizer = Detokenizer(tokenizer)
     for r in stream_generate(
         model,
         tokenizer,
@@ -275,7 +277,21 @@ def stream_ids(model: nn.Module, tokenizer: Any, prompt: list[int], sampling: Sa
         sampler=sampler(sampling),
         logits_processors=logits_processors(sampling),
     ):
-        yield Chunk(r.text, r.finish_reason, r.prompt_tokens, r.generation_tokens, r.generation_tps)
+        if r.finish_reason is None:  # the closing response repeats the last token (or is the end-of-turn token)
+            detokenizer.add_token(r.token)
+        else:
+            detokenizer.finalize()
+        text = detokenizer.last_segment
+        yield Chunk(text, r.finish_reason, r.prompt_tokens, r.generation_tokens, r.generation_tps)
+
+
+def text_of(tokenizer: Any, ids: Sequence[int]) -> str:
+    """An answer's tokens as the text the server streams: whole characters only (one cut at the end is dropped)."""
+    detokenizer = Detokenizer(tokenizer)
+    for token in ids:
+        detokenizer.add_token(token)
+    detokenizer.finalize()
+    return detokenizer.text
 
 
 def answer(model: nn.Module, tokenizer: Any, messages: Sequence[Message], sampling: Sampling) -> str:
@@ -317,7 +333,7 @@ def answer_many_ids(
     stage: str | None = None,
 ) -> list[str]:
     """`answer_many` for prompts already rendered to ids."""
-    return [tokenizer.decode(t) for t in generate_many(model, tokenizer, prompts, sampling, max_tokens, stage)]
+    return [text_of(tokenizer, t) for t in generate_many(model, tokenizer, prompts, sampling, max_tokens, stage)]
 
 
 def generate_many(

@@ -157,3 +157,18 @@ def test_every_route_shows_the_cut_answer_without_a_replacement(client, engine, 
     assert "".join(compare_deltas) == whole
     for piece in deltas + openai_deltas + compare_deltas:
         assert REPLACEMENT not in piece
+
+
+def test_batch_and_terminal_generation_show_whole_characters_too(engine, cut):
+    """eval and `infer --file` (their token ids through text_of) and `infer`/`chat` in the terminal (stream_ids) end
+    an answer cut mid-character as the server does: the cut character dropped, never U+FFFD. (generate_many takes
+    no logit bias, so the forced ids come from the server's generation.)"""
+    n, whole = cut
+    prompt = engine.prompt([{"role": "user", "content": QUESTION}], n)
+    model, tokenizer = engine.loaded.model, engine.tokenizer
+    ids = [t.id for c in engine.submit(prompt, _forced(engine, n)).pieces() for t in c.tokens]
+    assert len(ids) == n and generation.text_of(tokenizer, ids) == whole
+    assert REPLACEMENT in tokenizer.decode(ids), "plain decoding shows the cut character: the case this is about"
+    chunks = list(generation.stream_ids(model, tokenizer, prompt, _forced(engine, n)))
+    assert chunks[-1].finish_reason == "length" and not any(REPLACEMENT in c.text for c in chunks)
+    assert "".join(c.text for c in chunks) == whole
