@@ -103,8 +103,10 @@
       tdBest.textContent = fmt(run.best_val_loss);
       const tdStatus = document.createElement("td");
       const badge = document.createElement("span");
-      badge.className = "badge " + (run.running ? "running" : "muted");
-      badge.textContent = run.running ? "running" : "stopped";
+      // The studio's word for the run (its newest job's state, else its folder's): done, running, stopped, …
+      const status = run.status || (run.running ? "running" : "stopped");
+      badge.className = "badge state-" + status;
+      badge.textContent = status;
       tdStatus.append(badge);
 
       tr.append(tdCmp, tdName, ...cells, tdStep, tdLoss, tdBest, tdStatus);

@@ -41,9 +41,10 @@
   // ---- HTTP and errors -------------------------------------------------------------------------------------------
 
   class ApiFailure extends Error {
-    constructor(message, data) {
+    constructor(message, data, status) {
       super(message);
       this.data = data || {};
+      this.status = status || 0;
     }
   }
 
@@ -57,7 +58,7 @@
     const res = await fetch(url, opts);
     let data = null;
     try { data = await res.json(); } catch (_) { /* empty or not JSON */ }
-    if (!res.ok) throw new ApiFailure((data && data.error) || `${method} ${url} failed: HTTP ${res.status}`, data);
+    if (!res.ok) throw new ApiFailure((data && data.error) || `${method} ${url} failed: HTTP ${res.status}`, data, res.status);
     return data;
   }
 
@@ -68,6 +69,12 @@
     el.hidden = !message;
     clearTimeout(errorTimer);
     if (message) errorTimer = setTimeout(() => { el.hidden = true; }, 10000);
+  }
+
+  /** A red problem box belongs to the action that made it: the next action clears it. */
+  function clearProblems() {
+    $("upload-problems-box").hidden = true;
+    showError("");
   }
 
   const fmt = (v, digits = 3) => (typeof v === "number" && isFinite(v) ? v.toFixed(digits) : "–");
@@ -168,7 +175,98 @@
       facts.append(div);
     }
     $("upload-notes").replaceChildren(...(ds.notes || []).map((n) => make("li", "", n)));
+    showLong(ds);
   }
+
+  // What happens to an example longer than max_seq_length (datasets.py `long`'s fates), in the page's words.
+  const FATES = {
+    cut: "its end cut in training",
+    prompt_cut: "its prompt's start cut in training",
+    left_out: "left out in training: its prompt fills max_seq_length",
+    skipped: "skipped: not stored",
+  };
+  const LONG_SHOWN = 10;
+
+  /** The examples longer than max_seq_length, the first few by where the user's file has them, and a button per way
+   * to keep them (`fixes`) that sends the same upload again with the fix's fields. A checked upload is checked
+   * again; a stored one cannot be replaced (the name is taken), so a fix stores a new set beside it, under the
+   * name its button says. Only uploads are offered fixes: a shipped set is used as it is. */
+  function showLong(ds) {
+    const long = ds.long || [];
+    const fixes = state.lastUpload && state.lastUpload.name === ds.name ? ds.fixes || [] : [];
+    const box = $("upload-long");
+    box.hidden = !long.length;
+    $("upload-fixes").replaceChildren();
+    $("upload-fixes-note").textContent = "";
+    if (box.hidden) return;
+    const limit = (ds.stats || {}).max_seq_length;
+    const n = long.length === 1 ? "1 example" : `${long.length} examples`;
+    $("upload-long-title").textContent = long.every((x) => x.fate === "skipped")
+      ? `Skipped: ${n} longer than max_seq_length ${limit}, by where your file has them`
+      : `${n} longer than max_seq_length ${limit}, by where your file has them`;
+    const items = long.slice(0, LONG_SHOWN).map((x) => {
+      const li = make("li");
+      li.dataset.fate = x.fate;
+      li.append(make("code", "", x.where), document.createTextNode(
+        ` · ${number(x.tokens)} tokens · ${FATES[x.fate] || x.fate}`));
+      return li;
+    });
+    if (long.length > LONG_SHOWN) items.push(make("li", "more muted", `and ${long.length - LONG_SHOWN} more`));
+    $("upload-long-list").replaceChildren(...items);
+    if (!fixes.length) return;
+    $("upload-fixes-note").textContent = ds.stored
+      ? `${ds.name} is stored as it is. Each way to keep the long examples stores a new set beside it, under the ` +
+        "name on its button (a stored set is not replaced)."
+      : "Ways to keep them: each checks this upload again with that change (nothing is stored); Upload then " +
+        "stores it as the form says.";
+    $("upload-fixes").replaceChildren(...fixes.map((fix) => {
+      const name = ds.stored ? freeName(ds.name, fix) : null;
+      const b = make("button", "fix", name ? `Store as ${name}: ${fix.label}` : fix.label);
+      b.type = "button";
+      b.dataset.fix = fix.id;
+      b.addEventListener("click", () => applyFix(fix, ds.stored, name));
+      return b;
+    }));
+  }
+
+  /** A name for a fixed copy of a stored set: its name and what the fix does, not taken yet. */
+  function freeName(name, fix) {
+    const fields = fix.fields || {};
+    const what = fix.id === "raise" ? `len${fields.max_seq_length ?? ""}` : fix.id === "truncate" ? "prompt-cut"
+      : fix.id === "skip" ? "skip-long" : String(fix.id || "fixed");
+    const taken = new Set(state.datasets.map((d) => d.name));
+    const stem = `${name}-${what}`.slice(0, 96);
+    let out = stem;
+    for (let i = 2; taken.has(out); i += 1) out = `${stem}-${i}`;
+    return out;
+  }
+
+  /** Send the last upload again, its files and options as they were, with the fix's fields; the form is set to
+   * what is sent, so a later Upload sends the same. */
+  function applyFix(fix, stored, name) {
+    const last = state.lastUpload;
+    if (!last) return;
+    const fields = { ...last.fields, ...(fix.fields || {}) };
+    if (name) fields.name = name;
+    setUploadFields(fields);
+    send(!stored, last.files, fields);
+  }
+
+  /** The upload form's options, as the upload route takes them ("" or false: not sent). */
+  function uploadFields() {
+    const fields = {};
+    for (const [field, id] of UPLOAD_INPUTS) fields[field] = $(id).value.trim();
+    fields.skip_long = $("upload-skip-long").checked;
+    return fields;
+  }
+
+  function setUploadFields(fields) {
+    for (const [field, id] of UPLOAD_INPUTS) if (field in fields) $(id).value = String(fields[field] ?? "");
+    if ("skip_long" in fields) $("upload-skip-long").checked = Boolean(fields.skip_long);
+  }
+
+  const UPLOAD_INPUTS = [["name", "upload-name"], ["format", "upload-format"], ["model", "upload-model"],
+    ["max_seq_length", "upload-max-seq"], ["truncate", "upload-truncate"]];
 
   function showProblems(err) {
     $("upload-result").hidden = true;
@@ -182,39 +280,49 @@
 
   async function upload(e) {
     e.preventDefault();
-    const dryRun = !(e.submitter && e.submitter.id === "upload-store");
     // A folder's files keep their paths inside it, so a dataset_info.json finds the files it names.
     const files = [...$("upload-files").files].map((f) => [f, f.name])
       .concat([...$("upload-folder").files].map((f) => [f, f.webkitRelativePath || f.name]));
-    if (!files.length) { $("upload-status").textContent = "Choose files or a folder first."; return; }
+    if (!files.length) { clearProblems(); $("upload-status").textContent = "Choose files or a folder first."; return; }
+    await send(!(e.submitter && e.submitter.id === "upload-store"), files, uploadFields());
+  }
+
+  /** POST the files with the fields: a check (dry run) or a store. The files and fields are kept for the fixes. */
+  async function send(dryRun, files, fields) {
+    clearProblems();
     const body = new FormData();
     for (const [f, path] of files) body.append("files", f, path);
-    for (const [field, id] of [["name", "upload-name"], ["format", "upload-format"], ["model", "upload-model"],
-      ["max_seq_length", "upload-max-seq"]]) {
-      const v = $(id).value.trim();
-      if (v) body.append(field, v);
+    for (const [field, v] of Object.entries(fields)) {
+      if (v === true) body.append(field, "1");
+      else if (v !== false && v !== null && v !== undefined && String(v) !== "") body.append(field, String(v));
     }
     if (dryRun) body.append("dry_run", "1");
     const status = $("upload-status");
     status.textContent = dryRun ? "Checking…" : "Uploading…";
+    $("upload-check").disabled = $("upload-store").disabled = true;
     try {
       const data = await api("POST", "/api/studio/datasets", body);
+      state.lastUpload = { files, fields, name: data.dataset.name };
+      if (data.dataset.stored) await loadDatasets(); // first: a fix's new name must not be one of them
       showDatasetReport(data.dataset);
       status.textContent = data.dataset.stored ? `Stored as ${data.dataset.name}.` : "Checked: nothing stored.";
       if (data.dataset.stored) {
-        await loadDatasets();
         const ds = state.datasets.find((d) => d.name === data.dataset.name);
         if (ds) { $("run-data").value = ds.name; refreshForm(); }
       }
     } catch (err) {
       status.textContent = "";
       showProblems(err);
+    } finally {
+      $("upload-check").disabled = $("upload-store").disabled = false;
     }
   }
 
   async function takeListed(ds) {
+    clearProblems();
     const status = $("upload-status");
     status.textContent = `Reading ${ds.name}…`;
+    state.lastUpload = null; // a listed set is not sent again with a fix
     try {
       const data = await api("POST", "/api/studio/datasets", { [ds.source === "recipe" ? "recipe" : "shipped"]: ds.name });
       showDatasetReport(data.dataset);
@@ -228,9 +336,12 @@
   }
 
   async function showPreview(ds) {
+    clearProblems();
     const q = new URLSearchParams({ n: "3", split: "train" });
     const model = $("upload-model").value;
     if (model) q.set("model", model);
+    const maxSeq = $("upload-max-seq").value.trim(); // cut where the form's checks cut
+    if (maxSeq) q.set("max_seq_length", maxSeq);
     try {
       const data = await api("GET", `/api/studio/datasets/${encodeURIComponent(ds.name)}/preview?${q}`);
       $("preview-name").textContent = ds.name;
@@ -238,80 +349,205 @@
       box.replaceChildren();
       for (const ex of data.examples || []) {
         const note = ex.left_out ? " (left out: nothing to learn within max_seq_length)"
+          : ex.prompt_cut ? " (its prompt's start cut to fit max_seq_length)"
           : ex.truncated ? " (cut at max_seq_length)" : "";
         box.append(make("div", "muted small", (ex.where || "") + note));
-        const pre = make("pre", "example");
-        for (const seg of ex.segments || []) pre.append(make(seg.learned ? "mark" : "span", seg.learned ? "learned" : "", seg.text));
-        box.append(pre);
+        box.append(ex.pair ? pairView(ex.pair) : segmentsPre(ex.segments, "example"));
       }
       $("preview-card").hidden = false;
       $("preview-card").scrollIntoView({ block: "nearest" });
     } catch (err) { showError(err.message); }
   }
 
-  // ---- New run ---------------------------------------------------------------------------------------------------
+  /** Text runs ({text, learned}) in a <pre>, the learned ones marked. */
+  function segmentsPre(segments, className) {
+    const pre = make("pre", className);
+    for (const seg of segments || []) pre.append(make(seg.learned ? "mark" : "span", seg.learned ? "learned" : "", seg.text));
+    return pre;
+  }
 
-  // Keys with their own control above the grid (model, data, method) or none.
-  const OWN_CONTROL = new Set(["model", "data", "fine_tune_type", "method", "name"]);
-
-  function flatDefaults(obj, prefix, out) {
-    for (const [k, v] of Object.entries(obj || {})) {
-      const key = prefix ? `${prefix}.${k}` : k;
-      if (v && typeof v === "object" && !Array.isArray(v)) flatDefaults(v, key, out);
-      else out.push([key, v]);
+  /** A preference pair: the prompt both answers share, once, then the chosen and the rejected answer side by side. */
+  function pairView(pair) {
+    const box = make("div", "pair");
+    box.append(segmentsPre(pair.prompt, "example pair-prompt"));
+    const sides = make("div", "pair-sides");
+    for (const side of ["chosen", "rejected"]) {
+      const col = make("div", "pair-side " + side);
+      col.dataset.side = side;
+      col.append(make("div", "pair-label small", side), segmentsPre(pair[side], "example"));
+      sides.append(col);
     }
-    return out;
+    box.append(sides);
+    return box;
+  }
+
+  // ---- New run ---------------------------------------------------------------------------------------------------
+  //
+  // The form is built from the schema GET /api/studio/form gives (config.py's types, choices, bounds and help), in
+  // four groups: Basics, Adapter (not for a full fine-tune), Preference (beta and the reference only where the
+  // objective uses them) and Advanced (collapsed). Every change is sent to POST /api/studio/form after a pause: its
+  // answer is the config, the command and the estimate, or the server's own words about the first bad value, shown
+  // at the field it names. A field that does not apply (hidden) or that a warm start decides (locked) is not sent.
+
+  // The controls the template holds (everything else is made from the schema).
+  const STATIC = { start_from: "run-start-from", model: "run-model", data: "run-data", method: "run-method", name: "run-name" };
+  const DORA_NOTE = "DoRA exports as a fused GGUF only; pick LoRA to also get a small adapter GGUF";
+  // What a warm start takes from its run (its adapter's shapes): shown, filled in and locked.
+  const LOCKED_BY_START = ["model", "method", "num_layers", "lora_parameters.rank", "lora_parameters.keys"];
+  const JSON_PLACEHOLDER = {
+    lr_schedule: '{"name": "cosine_decay", "arguments": [2e-4, 1000], "warmup": 10}',
+    optimizer_config: '{"adamw": {"weight_decay": 0.01}}',
+  };
+
+  const schemaList = () => (state.form && state.form.schema) || [];
+  const schemaOf = (key) => schemaList().find((f) => f.key === key);
+  const controlOf = (key) => document.querySelector(`#run-form [data-key="${CSS.escape(key)}"]`);
+  const fieldOf = (key) => document.querySelector(`#run-form .field[data-field="${CSS.escape(key)}"]`);
+  const valueAt = (obj, key) => key.split(".").reduce((at, k) => (at && typeof at === "object" ? at[k] : undefined), obj);
+
+  function runOptions(select, emptyLabel) {
+    options(select, [["", emptyLabel], ...((state.form && state.form.runs) || []).map((r) =>
+      [r.name, `${r.name} (${r.method}${r.train_mode !== "sft" ? ", " + r.train_mode : ""}, on ${String(r.model).split("/").pop()})`])], true);
+  }
+
+  function makeControl(f) {
+    let el;
+    if (f.type === "choice") {
+      el = make("select");
+      const items = (f.choices || []).map((c) => [String(c), String(c)]);
+      options(el, f.nullable ? [["", "(none)"], ...items] : items);
+    } else if (f.type === "run") {
+      el = make("select");
+    } else if (f.type === "bool") {
+      el = make("input");
+      el.type = "checkbox";
+    } else if (f.type === "int" || f.type === "float") {
+      el = make("input");
+      el.type = "number";
+      el.step = f.type === "int" ? "1" : "any";
+      const b = f.bounds;
+      if (b) {
+        const lows = [b.lo, ...(b.also || [])].filter((x) => typeof x === "number");
+        if (lows.length) el.min = String(Math.min(...lows));
+        if (typeof b.hi === "number") el.max = String(b.hi);
+      }
+      if (f.nullable) el.placeholder = "(not set)";
+    } else if (f.type === "json") {
+      el = make("textarea");
+      el.rows = 2;
+      el.placeholder = JSON_PLACEHOLDER[f.key] || "(not set: JSON)";
+    } else {
+      el = make("input");
+      el.type = "text";
+      if (f.type === "list") el.placeholder = "(default; comma-separated)";
+      else if (f.nullable) el.placeholder = "(not set)";
+    }
+    el.dataset.key = f.key;
+    el.id = "key-" + f.key.replace(/\./g, "-");
+    return el;
+  }
+
+  function fieldBox(f, el) {
+    const box = make("div", "field");
+    box.dataset.field = f.key;
+    box.dataset.type = f.type;
+    const label = make("label", f.type === "bool" ? "check" : "");
+    label.htmlFor = el.id;
+    if (f.type === "bool") label.append(el);
+    label.append(document.createTextNode(f.label + " "), make("code", "key", f.key));
+    box.append(label);
+    if (f.type !== "bool") box.append(el);
+    box.append(make("p", "help", f.help || ""));
+    const err = make("p", "field-error");
+    err.setAttribute("role", "alert");
+    err.hidden = true;
+    box.append(err);
+    return box;
   }
 
   function buildForm() {
     const form = state.form;
-    const defaults = form.defaults || {};
-    const grid = $("run-keys");
-    grid.replaceChildren();
-    for (const [key, value] of flatDefaults(defaults, "", [])) {
-      if (OWN_CONTROL.has(key)) continue;
-      const label = make("label", "", key);
-      const input = make("input");
-      input.dataset.key = key;
-      input.id = "key-" + key.replace(/\./g, "-");
-      if (typeof value === "boolean") {
-        input.type = "checkbox";
-        label.classList.add("check");
-      } else if (typeof value === "number") {
-        input.type = "number";
-        input.step = "any";
-      } else {
-        input.type = "text";
-        if (value === null) input.placeholder = "null";
-      }
-      input.dataset.default = JSON.stringify(value);
-      label.append(input);
-      grid.append(label);
+    let advanced = 0;
+    for (const g of ["basics", "adapter", "preference", "advanced"]) {
+      if (g !== "basics") $("fields-" + g).replaceChildren();
     }
+    for (const f of schemaList()) {
+      if (STATIC[f.key]) {
+        const help = document.querySelector(`#run-form [data-help="${CSS.escape(f.key)}"]`);
+        if (help) help.textContent = f.help || "";
+        continue;
+      }
+      const el = makeControl(f);
+      $("fields-" + f.group).append(fieldBox(f, el));
+      if (f.group === "advanced") advanced += 1;
+    }
+    state.advancedCount = advanced;
     options($("run-method"), (form.methods || []).map((m) => [m, m]));
     options($("run-models"), (form.models || []).map((m) => [m.id, m.label || m.id]));
     options($("run-preset"), [["", "(none)"], ...(form.presets || []).map((p) => [p.name, p.name])]);
+    refreshRunMenus();
     if (form.formats) options($("upload-format"), [["", "detect"], ...form.formats.map((f) => [f, f])]);
+    const maxSeq = schemaOf("max_seq_length");
+    if (maxSeq && typeof maxSeq.default === "number") $("upload-max-seq").placeholder = `${maxSeq.default} (the default)`;
     state.exportTypes = { gguf: form.gguf_types || [], adapter: form.adapter_types || [] };
     syncExportType();
+    syncExportNote();
     resetForm();
   }
 
-  function setInput(input, value) {
-    if (input.type === "checkbox") input.checked = Boolean(value);
-    else if (value === null || value === undefined) input.value = "";
-    else input.value = typeof value === "object" ? JSON.stringify(value) : String(value);
+  /** The runs a new run may start from or take as reference, again (a train job has just ended). */
+  async function refreshFormRuns() {
+    const f = await api("GET", "/api/studio/form");
+    if (!state.form) return;
+    state.form.runs = f.runs || [];
+    refreshRunMenus();
+    syncExportNote();
+  }
+
+  /** The menus of runs with an adapter: start_from and DPO's reference. */
+  function refreshRunMenus() {
+    runOptions($("run-start-from"), "(a new adapter)");
+    const ref = controlOf("reference_adapter_file");
+    if (ref) runOptions(ref, "(the base model, adapter off)");
+  }
+
+  function setControl(el, f, value) {
+    if (el.type === "checkbox") el.checked = Boolean(value);
+    else if (value === null || value === undefined) el.value = "";
+    else if (f && f.type === "list" && Array.isArray(value)) el.value = value.join(", ");
+    else el.value = typeof value === "object" ? JSON.stringify(value) : String(value);
+  }
+
+  /** A control's value as the config takes it (null: not set). */
+  function readControl(el, f) {
+    if (el.type === "checkbox") return el.checked;
+    const text = el.value.trim();
+    if (f.type === "int" || f.type === "float") return text === "" ? null : Number(text);
+    if (text === "") return f.type === "str" && !f.nullable ? "" : null;
+    if (f.type === "json") return parseLoose(text);
+    if (f.type === "list") return text.split(",").map((s) => s.trim()).filter(Boolean);
+    return el.value;
+  }
+
+  /** A value typed for a mapping key (lr_schedule, optimizer_config): JSON when it parses, else the text, which the
+   * server then refuses in its own words. */
+  function parseLoose(text) {
+    try { return JSON.parse(text); } catch (_) { return text.trim(); }
   }
 
   function resetForm() {
     const d = state.form.defaults || {};
     $("run-model").value = d.model ?? "";
     $("run-data").value = d.data ?? "";
-    $("run-method").value = d.method ?? d.fine_tune_type ?? (state.form.methods || [])[0] ?? "";
+    $("run-method").value = d.method ?? (state.form.methods || [])[0] ?? "";
     $("run-name").value = "";
     $("run-preset").value = "";
-    for (const input of $("run-keys").querySelectorAll("input[data-key]")) setInput(input, JSON.parse(input.dataset.default));
-    refreshForm();
+    $("run-start-from").value = "";
+    for (const f of schemaList()) {
+      const el = !STATIC[f.key] && controlOf(f.key);
+      if (el) setControl(el, f, f.default);
+    }
+    applyStartFrom();
   }
 
   function applyPreset() {
@@ -321,29 +557,71 @@
     if (v.model !== undefined) $("run-model").value = v.model;
     if (v.data !== undefined) $("run-data").value = v.data ?? "";
     if (v.method !== undefined) $("run-method").value = v.method;
-    // Each key the grid shows, looked up along its dotted path: an object-valued key (lr_schedule) stays whole.
-    for (const input of $("run-keys").querySelectorAll("input[data-key]")) {
-      const value = input.dataset.key.split(".").reduce((at, k) => (at && typeof at === "object" ? at[k] : undefined), v);
-      if (value !== undefined) setInput(input, value);
+    // Each key along its dotted path: an object-valued key (lr_schedule) stays whole; one the preset leaves out
+    // goes back to its default.
+    for (const f of schemaList()) {
+      const el = !STATIC[f.key] && controlOf(f.key);
+      if (!el) continue;
+      const value = valueAt(v, f.key);
+      setControl(el, f, value === undefined ? f.default : value);
     }
+    applyStartFrom();
+  }
+
+  /** A warm start: the run's base, method and adapter shapes, filled in and locked; unlocked when none. */
+  function applyStartFrom() {
+    const name = $("run-start-from").value;
+    const run = ((state.form && state.form.runs) || []).find((r) => r.name === name);
+    for (const key of LOCKED_BY_START) {
+      const el = controlOf(key);
+      if (!el) continue;
+      el.disabled = Boolean(run);
+      if (run) setControl(el, schemaOf(key), key === "method" ? run.method : key === "model" ? run.model : valueAt(run, key));
+    }
+    $("adapter-locked").hidden = !run;
+    $("adapter-locked").textContent = run ? `The shapes of ${run.name}'s adapter, which this run continues.` : "";
+    const ref = controlOf("reference_adapter_file");
+    if (ref) ref.options[0].textContent = run ? `(${run.name}'s adapter: where this run starts)` : "(the base model, adapter off)";
+    syncForm();
+  }
+
+  /** Hide the fields that do not apply (and the groups left empty), say what DoRA means for export. */
+  function syncForm() {
+    const current = { method: $("run-method").value, train_mode: (controlOf("train_mode") || {}).value };
+    for (const f of schemaList()) {
+      const box = fieldOf(f.key);
+      if (!box) continue;
+      box.hidden = !Object.entries(f.when || {}).every(([k, allowed]) => allowed.includes(current[k]));
+    }
+    for (const g of ["adapter", "preference"]) {
+      $("group-" + g).hidden = ![...$("fields-" + g).querySelectorAll(".field")].some((b) => !b.hidden);
+    }
+    const epochs = controlOf("epochs"), iters = controlOf("iters");
+    if (epochs && iters) iters.disabled = epochs.value.trim() !== "";
+    const note = $("run-method-note");
+    note.hidden = current.method !== "dora";
+    note.textContent = current.method === "dora" ? DORA_NOTE : "";
     refreshForm();
   }
 
-  /** The form's values: model, data, method and name, plus every key that differs from its default (nested as in
-   * lora_config.yaml), so the command shows only what was changed. */
+  /** The form's values: model, data, method, name and start_from, plus every key that applies and differs from its
+   * default (nested as in lora_config.yaml), so the command shows only what was changed. */
   function formValues() {
-    const values = { model: $("run-model").value.trim(), data: $("run-data").value.trim(), method: $("run-method").value };
+    const values = {};
+    const start = $("run-start-from").value;
+    if (start) values.start_from = start;
+    if (!$("run-model").disabled) values.model = $("run-model").value.trim();
+    values.data = $("run-data").value.trim();
+    if (!$("run-method").disabled) values.method = $("run-method").value;
     const name = $("run-name").value.trim();
     if (name) values.name = name;
-    for (const input of $("run-keys").querySelectorAll("input[data-key]")) {
-      const def = JSON.parse(input.dataset.default);
-      let v;
-      if (input.type === "checkbox") v = input.checked;
-      else if (input.type === "number") v = input.value === "" ? null : Number(input.value);
-      else if (def === null) v = input.value.trim() === "" ? null : parseLoose(input.value);
-      else v = input.value;
-      if (JSON.stringify(v) === JSON.stringify(def)) continue;
-      const path = input.dataset.key.split(".");
+    for (const f of schemaList()) {
+      if (STATIC[f.key]) continue;
+      const el = controlOf(f.key), box = fieldOf(f.key);
+      if (!el || el.disabled || !box || box.hidden) continue;
+      const v = readControl(el, f);
+      if (JSON.stringify(v) === JSON.stringify(f.default ?? null)) continue;
+      const path = f.key.split(".");
       let at = values;
       for (const p of path.slice(0, -1)) at = at[p] = at[p] || {};
       at[path[path.length - 1]] = v;
@@ -351,34 +629,120 @@
     return values;
   }
 
-  /** A value typed for a key whose default is null (epochs, lr_schedule, …): JSON when it parses, else text. */
-  function parseLoose(text) {
-    try { return JSON.parse(text); } catch (_) { return text.trim(); }
+  // ---- the server's answer: the command, the YAML, the estimate, or the field it refuses ----
+
+  /** The form key a server message names: "config key 'lora_parameters.dropout' must …", "key 'method': …",
+   * "run name 'x': …"; a nested path (lr_schedule.arguments[0]) is its top key's field. */
+  function keyOfError(message) {
+    let m = /^(?:unknown )?(?:config )?key '([^']+)'/.exec(message);
+    if (m) {
+      let key = m[1];
+      if (key === "fine_tune_type" || key === "quantize") return "method";
+      while (key && !fieldOf(key)) {
+        const shorter = key.replace(/(\.[^.[\]]*|\[\d+\])$/, "");
+        key = shorter === key ? "" : shorter;
+      }
+      return key || null;
+    }
+    if (/^run name /.test(message)) return "name";
+    if (/cannot pack; set pack: false/.test(message)) return "pack";
+    return null;
+  }
+
+  function clearFieldErrors() {
+    for (const box of document.querySelectorAll("#run-form .field.invalid")) {
+      box.classList.remove("invalid");
+      const err = box.querySelector(".field-error");
+      err.hidden = true;
+      err.textContent = "";
+    }
+  }
+
+  function markField(message) {
+    const key = keyOfError(message);
+    const box = key && fieldOf(key);
+    if (!box || box.hidden) return false;
+    box.classList.add("invalid");
+    const err = box.querySelector(".field-error");
+    err.textContent = message;
+    err.hidden = false;
+    const details = box.closest("details");
+    if (details) details.open = true;
+    return true;
+  }
+
+  /** "(17 settings, 3 changed)": what the collapsed group holds, and how much of it differs from the defaults. */
+  function countAdvanced() {
+    const changed = schemaList().filter((f) => {
+      const el = f.group === "advanced" && controlOf(f.key), box = fieldOf(f.key);
+      return el && !el.disabled && box && !box.hidden && JSON.stringify(readControl(el, f)) !== JSON.stringify(f.default ?? null);
+    }).length;
+    const all = state.advancedCount ?? 0;
+    $("advanced-count").textContent = `(${all} settings${changed ? `, ${changed} changed` : ""})`;
+  }
+
+  /** Until the server has answered for the form as it is now, what the panel shows is not the form's. */
+  function markResolved(stale) {
+    $("run-resolved").classList.toggle("stale", stale);
+    $("run-resolved-note").textContent = stale ? "(updating…)" : "";
   }
 
   function refreshForm() {
+    state.formSeq = (state.formSeq || 0) + 1;
+    countAdvanced();
+    $("run-start").disabled = true;
+    markResolved(true);
     clearTimeout(state.formTimer);
-    state.formTimer = setTimeout(resolveForm, 250);
+    state.formTimer = setTimeout(resolveForm, 300);
   }
 
   async function resolveForm() {
+    const seq = state.formSeq;
     const status = $("run-status");
+    let spec = null, failure = null;
     try {
-      const spec = await api("POST", "/api/studio/form", { values: formValues() });
+      spec = await api("POST", "/api/studio/form", { values: formValues() });
+    } catch (err) { failure = err; }
+    if (seq !== state.formSeq) return; // the form changed meanwhile: a newer answer is on its way
+    clearFieldErrors();
+    markResolved(false);
+    if (spec) {
       $("run-yaml").textContent = spec.yaml;
+      $("run-yaml").hidden = false;
       $("run-command").textContent = spec.command;
       $("run-start").disabled = false;
       status.textContent = `run folder: ${spec.name}`;
       status.classList.remove("error");
-    } catch (err) {
-      $("run-start").disabled = true;
-      status.textContent = err.message;
-      status.classList.add("error");
+      renderEstimate(spec.estimate);
+      return;
     }
+    // Nothing that was shown still holds: no command, no config, no estimate.
+    $("run-command").textContent = "(the form has a problem: see the marked field)";
+    $("run-yaml").textContent = "";
+    $("run-yaml").hidden = true;
+    renderEstimate(null);
+    $("run-start").disabled = true;
+    const marked = markField(failure.message);
+    status.textContent = marked ? "Fix the marked field." : failure.message;
+    status.classList.add("error");
+  }
+
+  function renderEstimate(est) {
+    $("run-estimate").hidden = !est;
+    if (!est) return;
+    const tokens = typeof est.tokens === "number" ? est.tokens.toLocaleString("en-US") : "–";
+    $("est-tokens").textContent = typeof est.steps === "number" ? `${tokens} in ${est.steps} steps` : tokens;
+    $("est-time").textContent = typeof est.seconds === "number" ? `about ${duration(est.seconds)}` : "no measurement yet";
+    $("est-memory").textContent = typeof est.peak_memory_gb === "number"
+      ? `about ${fmt(est.peak_memory_gb, 2)} GB` : "no measurement yet";
+    $("est-time").classList.toggle("unmeasured", typeof est.seconds !== "number");
+    $("est-memory").classList.toggle("unmeasured", typeof est.peak_memory_gb !== "number");
+    $("est-basis").textContent = est.basis || "";
   }
 
   async function startRun(e) {
     e.preventDefault();
+    clearProblems();
     $("run-start").disabled = true;
     try {
       const data = await api("POST", "/api/studio/jobs", { kind: "train", values: formValues() });
@@ -386,7 +750,7 @@
       showTab("jobs");
       selectJob(data.job.id);
     } catch (err) {
-      $("run-status").textContent = err.message;
+      $("run-status").textContent = markField(err.message) ? "Fix the marked field." : err.message;
       $("run-status").classList.add("error");
     } finally {
       $("run-start").disabled = false;
@@ -414,7 +778,34 @@
 
   function stepText(job) {
     const p = job.progress || {};
-    return job.kind === "train" ? `${p.step ?? 0} / ${p.iters ?? "?"}` : "";
+    if (job.kind === "train" && (p.step !== undefined || p.iters !== undefined)) return `${p.step ?? 0} / ${p.iters ?? "?"}`;
+    return typeof p.total === "number" ? `${p.done ?? 0} / ${p.total}` : "";
+  }
+
+  const number = (v) => (typeof v === "number" && isFinite(v) ? v.toLocaleString("en-US", { maximumFractionDigits: 1 }) : "");
+
+  /** A job's progress (`progress`: stage, done, total, unit, rate, rate_unit, eta_s, line) into `box`: a bar with
+   * done / total, the rate and the ETA, and the job's own progress line word for word. Hidden when the job says
+   * nothing of its progress. */
+  function renderProgress(box, job) {
+    const p = (job && job.progress) || {};
+    const known = typeof p.total === "number" || typeof p.done === "number" || p.line;
+    box.hidden = !known;
+    if (box.hidden) { box.replaceChildren(); return; }
+    const bar = make("progress");
+    bar.max = typeof p.total === "number" && p.total > 0 ? p.total : 1;
+    if (typeof p.total === "number" && typeof p.done === "number") bar.value = Math.min(p.done, bar.max);
+    else bar.removeAttribute("value"); // indeterminate: the work has no known size yet
+    bar.setAttribute("aria-label", p.stage ? `${p.stage} progress` : "progress");
+    const facts = [];
+    if (typeof p.done === "number") facts.push(typeof p.total === "number"
+      ? `${number(p.done)} / ${number(p.total)}${p.unit ? " " + p.unit : ""}` : `${number(p.done)}${p.unit ? " " + p.unit : ""}`);
+    if (typeof p.rate === "number") facts.push(`${number(p.rate)} ${p.rate_unit || ""}`.trim());
+    if (typeof p.eta_s === "number") facts.push(`ETA ${duration(p.eta_s)}`);
+    const head = make("div", "progress-head");
+    head.append(make("span", "progress-stage", p.stage || job.state), make("span", "progress-facts", facts.join(" · ")));
+    box.replaceChildren(head, bar);
+    if (p.line) box.append(make("div", "progress-line", p.line));
   }
 
   function badge(job) {
@@ -451,7 +842,7 @@
     if (TERMINAL.has(job.state)) {
       const es = state.streams.get(job.id);
       if (es) { es.close(); state.streams.delete(job.id); }
-      if (job.kind === "train") loadModels().catch(() => {});
+      if (job.kind === "train") { loadModels().catch(() => {}); refreshFormRuns().catch(() => {}); }
     } else follow(job.id);
   }
 
@@ -494,6 +885,7 @@
     $("job-cancel").hidden = job.state !== "queued";
     $("job-error").hidden = !job.error;
     $("job-error-text").textContent = job.error || "";
+    renderProgress($("job-progress"), job);
     $("job-stats").hidden = job.kind !== "train";
     $("job-step").textContent = stepText(job);
     $("job-loss").textContent = fmt(p.loss);
@@ -531,6 +923,7 @@
   }
 
   async function jobAction(action) {
+    clearProblems();
     if (!state.selected) return;
     try {
       const data = await api("POST", `/api/studio/jobs/${encodeURIComponent(state.selected)}/${action}`);
@@ -556,25 +949,34 @@
     options($("upload-model"), [["", "(the served model)"], ...runs.map((m) => [m.id, m.label || m.id])], true);
     options($("ship-run"), runs.map((m) => [m.run, m.run]), true);
     $("eval-start").disabled = $("export-start").disabled = runs.length === 0;
+    syncCompareDefaults();
+    shipRunChanged();
   }
 
   async function compare(e) {
     e.preventDefault();
+    clearProblems();
     const models = [$("compare-a").value, $("compare-b").value];
+    const own = !$("compare-defaults-box").hidden && $("compare-defaults").checked;
     const body = {
       message: $("compare-message").value,
       models,
       max_tokens: Math.round(Number($("compare-max-tokens").value)),
       temperature: Number($("compare-temperature").value),
     };
+    if (own) body.use_model_defaults = true; // each model's generation defaults win where it has them
     const status = $("compare-status");
     const box = $("compare-answers");
     status.textContent = "Answering…";
     $("compare-send").disabled = true;
-    box.replaceChildren(...models.map((id) => answerColumn(id, null)));
+    const columns = models.map((id) => answerColumn(id));
+    box.replaceChildren(...columns.map((c) => c.el));
     try {
-      const data = await api("POST", "/api/studio/compare", body);
-      box.replaceChildren(...(data.answers || []).map((a) => answerColumn(a.model, a)));
+      const streamed = await compareStream({ ...body, stream: true }, columns);
+      if (!streamed) { // a server that answers in one piece
+        const data = await api("POST", "/api/studio/compare", body);
+        (data.answers || []).forEach((a, i) => columns[i] && finishColumn(columns[i], a, a.text));
+      }
       status.textContent = "";
     } catch (err) {
       status.textContent = "";
@@ -585,18 +987,100 @@
     }
   }
 
-  function answerColumn(id, answer) {
-    const model = state.models.find((m) => m.id === id);
-    const col = make("div", "card answer" + (answer ? "" : " pending"));
-    col.dataset.model = id;
-    col.append(make("h2", "", model ? model.label || id : id));
-    col.append(make("div", "answer-text", answer ? answer.text : "…"));
-    if (answer) {
-      const meta = [`${answer.tokens ?? "?"} tokens`, `${fmt(answer.seconds, 2)} s`];
-      if (typeof answer.switch_ms === "number") meta.push(`switch ${fmt(answer.switch_ms, 1)} ms`);
-      col.append(make("div", "muted small answer-meta", meta.join(" · ")));
+  /** POST /api/studio/compare with "stream": each model's answer appears as it is written (server-sent events:
+   * {model, delta}, then {model, done, tokens, seconds, ttft_s, settings} or {model, error}; {done} ends it).
+   * False when the server does not stream compare (it answers JSON or refuses the field). */
+  async function compareStream(body, columns) {
+    const res = await fetch("/api/studio/compare", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify(body),
+    });
+    const type = res.headers.get("Content-Type") || "";
+    if (!type.startsWith("text/event-stream")) {
+      let data = null;
+      try { data = await res.json(); } catch (_) { /* not JSON */ }
+      if (res.ok && data && data.answers) {
+        data.answers.forEach((a, i) => columns[i] && finishColumn(columns[i], a, a.text));
+        return true;
+      }
+      if (res.status === 400 && data && /\bstream\b/.test(data.error || "")) return false;
+      throw new ApiFailure((data && data.error) || `compare failed: HTTP ${res.status}`, data);
     }
-    return col;
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    const columnFor = (id) => columns.find((c) => c.id === id && !c.done) || columns.find((c) => c.id === id);
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+        if (!data) continue;
+        let msg;
+        try { msg = JSON.parse(data); } catch (_) { continue; }
+        const col = typeof msg.index === "number" ? columns[msg.index] : msg.model !== undefined ? columnFor(msg.model) : null;
+        if (col && typeof msg.delta === "string") {
+          col.text += msg.delta;
+          col.textEl.textContent = col.text;
+        } else if (col && msg.error) {
+          col.done = true;
+          col.el.classList.remove("pending");
+          col.textEl.textContent = col.text;
+          col.el.append(make("div", "small error", msg.error));
+          if (msg.settings) col.el.append(make("div", "muted small answer-settings", "settings: " + settingsText(msg.settings)));
+        } else if (col && msg.done) {
+          finishColumn(col, msg, col.text);
+        }
+      }
+      if (done) break;
+    }
+    for (const col of columns) if (!col.done) finishColumn(col, {}, col.text);
+    return true;
+  }
+
+  /** A compare column: the model's name, its generation defaults when it has any, and its answer as text. */
+  function answerColumn(id) {
+    const model = state.models.find((m) => m.id === id);
+    const el = make("div", "card answer pending");
+    el.dataset.model = id;
+    el.append(make("h2", "", model ? model.label || id : id));
+    const defaults = model && model.generation_defaults;
+    if (defaults && typeof defaults === "object" && Object.keys(defaults).length) {
+      el.append(make("div", "muted small answer-defaults", "defaults: " + settingsText(defaults)));
+    }
+    const textEl = make("div", "answer-text", "…");
+    el.append(textEl);
+    return { id, el, textEl, text: "", done: false };
+  }
+
+  function settingsText(settings) {
+    return Object.entries(settings || {})
+      .filter(([, v]) => v !== null && v !== undefined && typeof v !== "object")
+      .map(([k, v]) => `${k} ${v}`).join(" · ");
+  }
+
+  /** The answer's end: its text, tokens, time (to the first token too) and the settings it was generated with. */
+  function finishColumn(col, answer, text) {
+    col.done = true;
+    col.el.classList.remove("pending");
+    col.textEl.textContent = text ?? "";
+    if (answer.error) col.el.append(make("div", "small error", answer.error));
+    const meta = [answer.tokens === 1 ? "1 token" : `${answer.tokens ?? "?"} tokens`, `${fmt(answer.seconds, 2)} s`];
+    if (typeof answer.ttft_s === "number") meta.push(`first token ${fmt(answer.ttft_s, 2)} s`);
+    if (typeof answer.switch_ms === "number") meta.push(`switch ${fmt(answer.switch_ms, 1)} ms`);
+    col.el.append(make("div", "muted small answer-meta", meta.join(" · ")));
+    if (answer.settings) col.el.append(make("div", "muted small answer-settings", "settings: " + settingsText(answer.settings)));
+  }
+
+  function syncCompareDefaults() {
+    const has = state.models.some((m) => m.generation_defaults && Object.keys(m.generation_defaults).length);
+    $("compare-defaults-box").hidden = !has;
+    const own = has && $("compare-defaults").checked;
+    $("compare-max-tokens").disabled = $("compare-temperature").disabled = own;
   }
 
   // ---- Evaluate and ship -----------------------------------------------------------------------------------------
@@ -615,53 +1099,173 @@
 
   async function startEval(e) {
     e.preventDefault();
+    clearProblems();
     $("eval-result").hidden = true;
-    const job = await startJob({ kind: "eval", run: $("ship-run").value }, $("eval-status"));
+    const job = await startJob({ kind: "eval", run: $("ship-run").value, ...evalOptions() }, $("eval-status"));
     if (job) { state.evalJob = job.id; renderEval(job); }
+  }
+
+  /** The eval's limit and max_tokens, where given. */
+  function evalOptions() {
+    const out = {};
+    const limit = $("eval-limit").value.trim(), maxTokens = $("eval-max-tokens").value.trim();
+    if (limit) out.limit = Number(limit);
+    if (maxTokens) out.max_tokens = Number(maxTokens);
+    return out;
+  }
+
+  /** What the eval will cost, before Start (POST /api/studio/jobs/estimate); nothing where the server has no
+   * estimate to give. */
+  function refreshEvalEstimate() {
+    clearTimeout(state.evalEstimateTimer);
+    state.evalEstimateTimer = setTimeout(async () => {
+      const el = $("eval-estimate");
+      const run = $("ship-run").value;
+      const seq = (state.evalEstimateSeq = (state.evalEstimateSeq || 0) + 1);
+      if (!run) { el.textContent = ""; return; }
+      try {
+        const est = await api("POST", "/api/studio/jobs/estimate", { kind: "eval", run, ...evalOptions() });
+        if (seq !== state.evalEstimateSeq) return;
+        const parts = [];
+        if (typeof est.examples === "number") parts.push(est.examples === 1 ? "1 example" : `${number(est.examples)} examples`);
+        if (typeof est.budget_tokens === "number") {
+          parts.push(`up to ${number(est.budget_tokens)} tokens` + (typeof est.passes === "number" ? ` in ${est.passes} passes` : ""));
+        }
+        parts.push(typeof est.seconds === "number" ? `about ${duration(est.seconds)}` : "time: no measurement yet");
+        el.replaceChildren(make("span", "estimate-line", `Estimate: ${parts.join(" · ")}`));
+        if (est.basis) el.append(make("span", "estimate-basis", est.basis));
+        el.classList.remove("error");
+      } catch (err) {
+        if (seq !== state.evalEstimateSeq) return;
+        const unsupported = err.status === 404 || err.status === 405;
+        el.textContent = unsupported ? "" : err.message; // a server without estimates says nothing
+        el.classList.toggle("error", !unsupported);
+      }
+    }, 300);
+  }
+
+  function shipRunChanged() {
+    if (state.shipRun === $("ship-run").value) return;
+    state.shipRun = $("ship-run").value;
+    $("eval-result").hidden = true;
+    refreshEvalEstimate();
+    loadEvals();
+    syncExportNote();
   }
 
   function jobStatusText(job) {
     if (job.state === "failed") return `failed: ${job.error || "see the Jobs tab"}`;
+    const p = job.progress || {};
+    if (p.line || typeof p.total === "number") return `job ${job.id}: ${job.state}`; // the bar below says the rest
     const last = (job.log_tail || []).filter((l) => l.trim()).slice(-1)[0];
     return `job ${job.id}: ${job.state}` + (last && !TERMINAL.has(job.state) ? ` · ${last}` : "");
   }
 
   function renderEval(job) {
     $("eval-status").textContent = jobStatusText(job);
+    renderProgress($("eval-progress"), job);
     if (job.state !== "done" || !job.result) return;
+    $("eval-progress").hidden = true; // the scores below say it has finished
+    if (job.run !== $("ship-run").value) return;
     const summary = job.result.metrics || {};
-    $("eval-where").textContent = `${summary.data ?? "?"} (${summary.split ?? "?"})`;
-    const tables = [["all", summary.metrics || {}]];
+    const entry = { ...entryOf(summary), job: job.id, time: job.ended };
+    showEval(entry, job.result.predictions || []);
+    // The server's labelled entry of this eval, the one a reload shows, where it keeps them.
+    api("GET", `/api/studio/runs/${encodeURIComponent(job.run)}/evals`).then((data) => {
+      const labelled = (data.evals || []).find((e) => e.job === job.id);
+      if (labelled && state.evalJob === job.id) showEval(labelled, job.result.predictions || []);
+    }).catch(() => {});
+  }
+
+  // What `eval` reports (inference/evaluate.py METRICS): label and how values show, for a result the server has
+  // not labelled (a job's metrics.json as it was written).
+  const SCORES = [
+    ["loss", "Loss", "decimal", 3], ["perplexity", "Perplexity", "decimal", 2], ["pairs", "Pairs", "integer"],
+    ["preference_accuracy", "Preference accuracy", "percent"], ["logp_margin", "Log-prob margin", "decimal", 3],
+    ["n", "Answers scored", "integer"], ["exact_match", "Exact match", "percent"],
+    ["label_accuracy", "Label accuracy", "percent"], ["bleu4", "BLEU-4", "decimal", 3],
+    ["rouge_l", "ROUGE-L", "decimal", 3], ["length_ratio", "Length ratio", "decimal", 2],
+  ];
+
+  function shownValue(v, kind, digits) {
+    if (v === null || v === undefined) return "n/a";
+    if (kind === "percent") return `${(v * 100).toFixed(1)}%`;
+    if (kind === "integer") return String(Math.round(v));
+    return v.toFixed(digits ?? 3);
+  }
+
+  /** Columns of raw scores ({base: {loss: …}, tuned: {…}}) as the server's labelled rows. */
+  function labelRows(columns) {
+    const names = Object.keys(columns || {});
+    const known = SCORES.map(([key]) => key);
+    const keys = [...known, ...new Set(names.flatMap((n) => Object.keys(columns[n])).filter((k) => !known.includes(k)))];
+    return keys.filter((key) => names.some((n) => key in columns[n] && (columns[n][key] === null || typeof columns[n][key] === "number")))
+      .map((key) => {
+        const [, label, kind, digits] = SCORES.find(([k]) => k === key) || [key, key.replace(/_/g, " "), "decimal", 3];
+        const values = Object.fromEntries(names.map((n) => [n, columns[n][key] ?? null]));
+        const shown = Object.fromEntries(names.map((n) => [n, key in columns[n] ? shownValue(columns[n][key], kind, digits) : "-"]));
+        return { key, label, kind, digits, values, shown };
+      });
+  }
+
+  /** A job's metrics.json in the shape of GET /api/studio/runs/<name>/evals' entries. */
+  function entryOf(summary) {
+    const columns = summary.metrics || {};
     const groups = summary.groups || {};
     const values = [...new Set(Object.values(groups).flatMap((g) => Object.keys(g)))].sort();
-    for (const v of values) {
-      tables.push([`${summary.by_field} = ${v}`, Object.fromEntries(Object.entries(groups).map(([c, g]) => [c, g[v] || {}]))]);
-    }
-    $("eval-tables").replaceChildren(...tables.map(([title, columns]) => scoreTable(title, columns)));
-    predictionsTable(job.result.predictions || [], Object.keys(summary.metrics || {}));
+    return {
+      split: summary.split, limit: summary.limit ?? null, columns: Object.keys(columns), metrics: labelRows(columns),
+      by_field: summary.by_field || null,
+      groups: Object.fromEntries(values.map((v) => [v, labelRows(Object.fromEntries(Object.entries(groups).map(([c, g]) => [c, g[v] || {}])))])),
+    };
+  }
+
+  function showEval(entry, predictions) {
+    const limit = typeof entry.limit === "number" ? `, at most ${entry.limit} examples` : "";
+    $("eval-where").textContent = `the ${entry.split ?? "test"} split${limit}`;
+    $("eval-when").textContent = entry.time ? `· ${when(entry.time)}` : "";
+    const columns = entry.columns || [];
+    const tables = [["all", entry.metrics || []]];
+    for (const [v, rows] of Object.entries(entry.groups || {})) tables.push([`${entry.by_field} = ${v}`, rows]);
+    $("eval-tables").replaceChildren(...tables.map(([title, rows]) => scoreTable(title, columns, rows)));
+    $("eval-predictions-box").hidden = !predictions.length;
+    predictionsTable(predictions, columns);
     $("eval-result").hidden = false;
   }
 
-  /** One table: a row per score, a column per model ("base", "tuned"), and the change when both are there. */
-  function scoreTable(title, columns) {
-    const names = Object.keys(columns);
-    const both = names.length === 2 && names[0] === "base" && names[1] === "tuned";
+  /** A run's finished evals (GET /api/studio/runs/<name>/evals), so they show after a reload too: the newest in
+   * the result panel, unless a job's result is showing. Quiet where the server keeps none. */
+  async function loadEvals() {
+    const run = $("ship-run").value;
+    if (!run) return;
+    let data;
+    try {
+      data = await api("GET", `/api/studio/runs/${encodeURIComponent(run)}/evals`);
+    } catch (_) { return; }
+    if (run !== $("ship-run").value || !$("eval-result").hidden) return; // another run picked, or a job's result shown
+    const newest = (data.evals || [])[0];
+    if (newest) showEval(newest, []);
+  }
+
+  /** One table: a row per score (its label), a column per model ("base", "tuned"), and the change when both are
+   * there, shown as the score is (a percent as a percent; no change for a count). */
+  function scoreTable(title, columns, rows) {
+    const both = columns.length === 2 && columns[0] === "base" && columns[1] === "tuned";
     const table = make("table", "runs-table score-table");
     const head = make("tr");
-    for (const h of [title, ...names, ...(both ? ["change"] : [])]) head.append(make("th", h === title ? "" : "num", h));
+    for (const h of [title, ...columns, ...(both ? ["change"] : [])]) head.append(make("th", h === title ? "" : "num", h));
     table.append(head);
-    const keys = [...new Set(names.flatMap((n) => Object.keys(columns[n])))]
-      .filter((k) => names.some((n) => columns[n][k] === null || typeof columns[n][k] === "number"));
-    for (const key of keys) {
+    for (const row of rows) {
       const tr = make("tr");
-      tr.dataset.metric = key;
-      tr.append(make("td", "", key));
-      const vals = names.map((n) => columns[n][key]);
-      for (const v of vals) tr.append(make("td", "num", v === undefined ? "-" : v === null ? "n/a" : fmt(v, key === "n" ? 0 : 3)));
+      tr.dataset.metric = row.key;
+      tr.append(make("td", "", row.label || row.key));
+      for (const c of columns) tr.append(make("td", "num", (row.shown || {})[c] ?? "-"));
       if (both) {
-        const ok = vals.every((v) => typeof v === "number");
-        const d = ok ? vals[1] - vals[0] : null;
-        tr.append(make("td", "num", ok ? (d >= 0 ? "+" : "") + fmt(d, key === "n" ? 0 : 3) : ""));
+        const [a, b] = columns.map((c) => (row.values || {})[c]);
+        const ok = typeof a === "number" && typeof b === "number" && row.kind !== "integer";
+        const d = ok ? b - a : 0;
+        const digits = row.digits ?? (SCORES.find(([k]) => k === row.key) || [])[3] ?? 3;
+        tr.append(make("td", "num", ok ? (d >= 0 ? "+" : "−") + shownValue(Math.abs(d), row.kind, digits) : ""));
       }
       table.append(tr);
     }
@@ -684,6 +1288,7 @@
 
   async function startExport(e) {
     e.preventDefault();
+    clearProblems();
     $("export-result").hidden = true;
     const format = $("export-format").value;
     const body = { kind: "export", run: $("ship-run").value, format };
@@ -693,9 +1298,23 @@
     if (job) { state.exportJob = job.id; renderExport(job); }
   }
 
+  /** llama.cpp's command for an export job's files: the model alone, or (`--adapter-only`) the base with the
+   * adapter, RUN-lora-TYPE.gguf (a run may have "-lora-" in its own name: a fused RUN-TYPE.gguf is no adapter). */
+  function llamaLine(files, job) {
+    const gguf = files.filter((f) => /\.gguf$/i.test(f)).map((f) => f.split("/").pop());
+    const adapterOnly = /(^|\s)--adapter-only(\s|$)/.test(job.command || "");
+    const adapter = adapterOnly
+      ? gguf.find((f) => job.run && f.startsWith(`${job.run}-lora-`)) || gguf.find((f) => /-lora-/.test(f)) : undefined;
+    const base = gguf.find((f) => f !== adapter);
+    if (adapter && base) return `llama-server -m ${base} --lora ${adapter}`;
+    return base ? `llama-server -m ${base}` : "";
+  }
+
   function renderExport(job) {
     $("export-status").textContent = jobStatusText(job);
+    renderProgress($("export-progress"), job);
     if (job.state !== "done" || !job.result) return;
+    $("export-progress").hidden = true; // the files below say it has finished
     const files = job.result.files || [];
     $("export-files").replaceChildren(...files.map((name) => {
       const li = make("li");
@@ -705,26 +1324,39 @@
       li.append(a);
       return li;
     }));
+    const llama = llamaLine(files, job);
     $("ollama-box").hidden = !job.result.ollama;
     $("ollama-line").textContent = job.result.ollama || "";
-    $("ollama-copied").textContent = "";
+    $("llama-box").hidden = !llama;
+    $("llama-line").textContent = llama;
+    $("ollama-copied").textContent = $("llama-copied").textContent = "";
+    $("ollama-adapter-note").hidden = !(job.result.ollama && /--lora/.test(llama));
+    $("run-lines").hidden = !job.result.ollama && !llama;
     $("export-result").hidden = false;
   }
 
-  async function copyOllama() {
-    const text = $("ollama-line").textContent;
+  async function copyLine(lineId, statusId) {
+    const text = $(lineId).textContent;
     try {
       await navigator.clipboard.writeText(text);
     } catch (_) {
       // No clipboard permission: select the line so Ctrl-C copies it.
       const range = document.createRange();
-      range.selectNodeContents($("ollama-line"));
+      range.selectNodeContents($(lineId));
       getSelection().removeAllRanges();
       getSelection().addRange(range);
-      $("ollama-copied").textContent = "Selected: press Ctrl-C (⌘-C) to copy.";
+      $(statusId).textContent = "Selected: press Ctrl-C (⌘-C) to copy.";
       return;
     }
-    $("ollama-copied").textContent = "Copied.";
+    $(statusId).textContent = "Copied.";
+  }
+
+  /** What the chosen format is for (llama.cpp, Ollama), and that a DoRA run has no adapter form. */
+  function syncExportNote() {
+    const format = $("export-format").value;
+    for (const note of document.querySelectorAll("#export-form .export-note")) note.hidden = note.dataset.format !== format;
+    const run = ((state.form && state.form.runs) || []).find((r) => r.name === $("ship-run").value);
+    $("export-dora-note").hidden = !(run && run.fine_tune_type === "dora");
   }
 
   function syncExportType() {
@@ -737,11 +1369,19 @@
 
   // ---- start -----------------------------------------------------------------------------------------------------
 
-  for (const b of document.querySelectorAll(".tabs [data-tab]")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  for (const b of document.querySelectorAll(".tabs [data-tab]")) {
+    b.addEventListener("click", () => { clearProblems(); showTab(b.dataset.tab); });
+  }
   window.addEventListener("hashchange", () => showTab(location.hash.slice(1)));
   $("upload-form").addEventListener("submit", upload);
-  $("run-form").addEventListener("input", (e) => { if (e.target.id !== "run-preset") refreshForm(); });
+  $("run-form").addEventListener("input", (e) => {
+    const key = e.target.dataset.key;
+    if (e.target.id === "run-preset" || key === "start_from") return; // their change handlers fill the form
+    if (key === "method" || key === "train_mode" || key === "epochs") syncForm();
+    else refreshForm();
+  });
   $("run-preset").addEventListener("change", applyPreset);
+  $("run-start-from").addEventListener("change", applyStartFrom);
   $("run-reset").addEventListener("click", resetForm);
   $("run-form").addEventListener("submit", startRun);
   $("job-stop").addEventListener("click", () => jobAction("stop"));
@@ -750,8 +1390,13 @@
   $("compare-form").addEventListener("submit", compare);
   $("eval-form").addEventListener("submit", startEval);
   $("export-form").addEventListener("submit", startExport);
-  $("export-format").addEventListener("change", syncExportType);
-  $("ollama-copy").addEventListener("click", copyOllama);
+  $("export-format").addEventListener("change", () => { syncExportType(); syncExportNote(); });
+  $("ollama-copy").addEventListener("click", () => copyLine("ollama-line", "ollama-copied"));
+  $("llama-copy").addEventListener("click", () => copyLine("llama-line", "llama-copied"));
+  $("ship-run").addEventListener("change", shipRunChanged);
+  $("eval-limit").addEventListener("input", refreshEvalEstimate);
+  $("eval-max-tokens").addEventListener("input", refreshEvalEstimate);
+  $("compare-defaults").addEventListener("change", syncCompareDefaults);
   let resizeFrame = 0;
   window.addEventListener("resize", () => {
     if (!resizeFrame) resizeFrame = requestAnimationFrame(() => { resizeFrame = 0; drawJobChart(); });

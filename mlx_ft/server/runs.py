@@ -1,5 +1,7 @@
-"""The runs dashboard's data: every run folder under the runs folder, its config, latest metrics and whether it is
-training right now (metrics.jsonl written recently and the last step short of `iters`)."""
+"""The runs dashboard's data: every run folder under the runs folder, its config, latest metrics and its status, in
+the studio's words: the state of the newest studio job that trained it (done, running, stopped, interrupted,
+failed, …), else what its folder says (all `iters` steps reported: done; metrics.jsonl written recently and the last
+step short of `iters`: running; otherwise stopped)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,17 @@ def _config(run: Path) -> dict[str, Any]:
     return values if isinstance(values, dict) else {}
 
 
-def summary(run: Path) -> dict[str, Any]:
+def status(step: int, iters: Any, recent: bool, job_state: str | None = None) -> str:
+    """One word for a run's state, the word the studio's Jobs tab uses for the same run."""
+    if job_state is not None and job_state != "cancelled":  # a cancelled resume leaves the run as it was
+        return job_state
+    if isinstance(iters, int) and step >= iters:
+        return "done"
+    return "running" if recent and isinstance(iters, int) else "stopped"
+
+
+def summary(run: Path, job_state: str | None = None) -> dict[str, Any]:
+    """A run's row; `job_state`: the state of the newest studio job that trains it, if there is one."""
     cfg = _config(run)
     rows = read_metrics(run / "metrics.jsonl")
     losses = [r for r in rows if "loss" in r]
@@ -45,7 +57,8 @@ def summary(run: Path) -> dict[str, Any]:
         "loss": losses[-1]["loss"] if losses else None,
         "val_loss": vals[-1] if vals else None,
         "best_val_loss": min(vals) if vals else None,
-        "running": bool(recent and isinstance(iters, int) and step < iters),
+        "status": (word := status(step, iters, recent, job_state)),
+        "running": word in ("running", "stopping"),
         "config": cfg,
     }
 
@@ -57,9 +70,19 @@ def _runs() -> dict[str, Path]:
     return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / "config.yaml").is_file()}
 
 
+def _job_states() -> dict[str, str]:
+    """Each run's newest studio train job's state, by run name."""
+    states: dict[str, str] = {}
+    for job in current().jobs.jobs():  # newest first
+        if job.kind == "train":
+            states.setdefault(job.run, job.state)
+    return states
+
+
 @bp.get("")
 def list_runs() -> Response:
-    runs = sorted((summary(p) for p in _runs().values()), key=lambda r: r["name"], reverse=True)
+    states = _job_states()
+    runs = sorted((summary(p, states.get(p.name)) for p in _runs().values()), key=lambda r: r["name"], reverse=True)
     return jsonify(runs=runs)
 
 

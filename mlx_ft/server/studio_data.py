@@ -5,20 +5,26 @@ Only the upload route reads a body larger than the chat routes' limit (`serve --
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from jinja2 import TemplateError
 
 from mlx_ft import checks, data
 from mlx_ft import config as config_mod
+from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.server import datasets, run_form, studio_models
 from mlx_ft.server.http import ApiError, json_body
 from mlx_ft.server.state import current
 
 bp = Blueprint("studio_data", __name__, url_prefix="/api/studio")
-UPLOAD_FIELDS = ("files", "name", "format", "model", "max_seq_length", "dry_run", "group_field")
-JSON_FIELDS = ("shipped", "recipe", "name", "model", "max_seq_length", "dry_run", "group_field")
+# `truncate` and `skip_long` fit a set's long examples to max_seq_length: what an upload's `fixes` offer.
+FIT_FIELDS = ("truncate", "skip_long")
+UPLOAD_FIELDS = ("files", "name", "format", "model", "max_seq_length", "dry_run", "group_field", *FIT_FIELDS)
+JSON_FIELDS = ("shipped", "recipe", "name", "model", "max_seq_length", "dry_run", "group_field", *FIT_FIELDS)
 MAX_PREVIEW = 20
 MAX_SEQ = int(config_mod.FIELDS["max_seq_length"].metadata["bounds"].hi)  # what a run can use: the config's bound
 
@@ -65,7 +71,8 @@ def list_datasets() -> Response:
 
 @bp.post("/datasets")
 def add_dataset() -> tuple[Response, int]:
-    """Multipart upload of files, or JSON `{"shipped": NAME}` / `{"recipe": NAME}`; 400 with every problem."""
+    """Multipart upload of files, or JSON `{"shipped": NAME}` / `{"recipe": NAME}`; 400 with every problem. Long
+    examples are no problem: the set is stored with notes, and `fixes` to send again (`datasets.Taken`)."""
     data_dir = current().config.data_dir
     if request.mimetype == "multipart/form-data":
         fields: dict[str, Any] = request.form.to_dict()
@@ -81,6 +88,8 @@ def add_dataset() -> tuple[Response, int]:
     tokenizer, label = _tokenizer(fields.get("model"))
     max_seq_length = _int(fields.get("max_seq_length"), "max_seq_length", defaults.max_seq_length, 1, MAX_SEQ)
     dry_run = _flag(fields.get("dry_run"), "dry_run")
+    truncate = _truncate(fields.get("truncate"))
+    skip_long = _flag(fields.get("skip_long"), "skip_long")
     for key in ("name", "format", "group_field", "shipped", "recipe"):
         if fields.get(key) is not None and not isinstance(fields[key], str):
             raise ApiError(400, f"field {key!r} must be a string")
@@ -89,6 +98,8 @@ def add_dataset() -> tuple[Response, int]:
             found = datasets.find(data_dir, datasets.check_name(fields["shipped"], "shipped set"))
             if found.source != "shipped" or found.path is None:
                 raise ApiError(400, f"{found.name!r} is not a shipped set")
+            if truncate != "none" or skip_long:
+                raise ApiError(400, "a shipped set is used as it is: truncate and skip_long apply to uploads")
             taken = datasets.inspect(found.path, found.name, tokenizer, label, max_seq_length)
         else:
             recipe = fields.get("recipe")
@@ -107,12 +118,18 @@ def add_dataset() -> tuple[Response, int]:
                 dry_run=dry_run,
                 recipe=recipe,
                 group_field=fields.get("group_field") or None,
+                truncate=truncate,
+                skip_long=skip_long,
             )
     except datasets.Refused as e:
         if e.problems:
             return jsonify(error=e.problems[0], problems=e.problems), e.status
         raise _refused(e) from None
     return jsonify(dataset=taken.to_dict()), 200
+
+
+def _truncate(value: Any) -> str:
+    return "none" if value in (None, "") else checks.choice(value, "field 'truncate'", data_stats.TRUNCATE)
 
 
 @bp.get("/datasets/<name>/preview")
@@ -126,7 +143,7 @@ def preview(name: str) -> Response:
     except datasets.Refused as e:
         raise _refused(e) from None
     if found.path is None:
-        raise ApiError(400, f'recipe {name!r} is not prepared yet: POST /api/studio/datasets {{"recipe": ...}}')
+        raise ApiError(400, f"recipe {name!r} is not prepared yet: prepare it first (Prepare, in the data sets list)")
     n = _int(request.args.get("n"), "n", 3, 1, MAX_PREVIEW)
     max_seq_length = _int(request.args.get("max_seq_length"), "max_seq_length", defaults.max_seq_length, 1, MAX_SEQ)
     mask_prompt = request.args.get("mask_prompt") in (None, "") or _flag(request.args.get("mask_prompt"), "mask_prompt")
@@ -158,6 +175,8 @@ def form() -> Response:
         formats=list(data.FORMATS),  # the upload's `format` menu: what `prepare --format` takes
         gguf_types=list(FILE_TYPES),  # the export's type menu: what `export gguf --type` takes
         adapter_types=list(ADAPTER_TYPES),  # its menu for a LoRA adapter GGUF (`--adapter-only --type`)
+        schema=run_form.schema(),  # every key: type, choices, bounds, help, group, when it applies
+        runs=run_form.adapter_runs(current().config.runs_dir),  # what start_from and a DPO reference may name
     )
 
 
@@ -187,4 +206,30 @@ def resolve_form() -> Response:
         yaml=spec.yaml,
         command=spec.command,
         argv=spec.argv,
+        estimate=run_form.estimate(spec.config, current().jobs.jobs(), (current().engine.loaded.base, _train_lengths)),
     )
+
+
+_LENGTHS: dict[tuple[str, int, str], list[int]] = {}  # (train.jsonl, its mtime, tokenizer) -> token lengths
+_LENGTHS_KEPT = 16
+_LENGTHS_LOCK = threading.Lock()
+
+
+def _train_lengths(folder: Path) -> list[int]:
+    """The token lengths of a data set's train split under the served model's tokenizer (for the estimate of a set
+    that `prepare` recorded none for, an upload), counted once per version of the file."""
+    engine = current().engine
+    train = folder / "train.jsonl"
+    key = (str(train), train.stat().st_mtime_ns, engine.loaded.base)
+    with _LENGTHS_LOCK:
+        lengths = _LENGTHS.get(key)
+    if lengths is None:
+        try:
+            lengths = [data_stats.token_length(engine.tokenizer, ex) for ex in data.load_split(folder, "train")]
+        except (ValueError, TemplateError) as e:  # a conversation the template refuses: no count, said so
+            raise UserError(f"{folder.name}: its token lengths cannot be counted: {e}") from None
+        with _LENGTHS_LOCK:
+            while len(_LENGTHS) >= _LENGTHS_KEPT:
+                _LENGTHS.pop(next(iter(_LENGTHS)))
+            _LENGTHS[key] = lengths
+    return lengths

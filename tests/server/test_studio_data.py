@@ -397,3 +397,175 @@ def test_foreign_origins_are_refused_on_the_data_routes(client, tmp_path):
         resp = getattr(client, method)(path, json={"recipe": "router"}, headers={"Origin": EVIL})
         assert resp.status_code == 403, path
     assert _stored(tmp_path) == []
+
+
+# ---- the form grouped for people: its schema, the server's words at the field, the estimate, a warm start --------
+
+DROPOUT_WORDS = "config key 'lora_parameters.dropout' must be a finite number from 0 to 0.9"
+
+
+def test_the_form_schema_gives_every_key_its_type_choices_bounds_help_and_group(client):
+    schema = {f["key"]: f for f in client.get("/api/studio/form").get_json()["schema"]}
+    keys = set(config_mod.FIELDS) - {"lora_parameters", "fine_tune_type", "quantize", "adapter_path"}
+    keys -= {"resume_adapter_file"}  # set by start_from
+    keys |= {f"lora_parameters.{k}" for k in config_mod.LORA_KEYS} | {"method", "name", "start_from"}
+    assert set(schema) == keys
+    groups = {g: [k for k, f in schema.items() if f["group"] == g] for g in ("basics", "adapter", "preference")}
+    assert groups["basics"] == ["start_from", "model", "data", "method", "name", "iters", "epochs", "learning_rate"]
+    assert groups["adapter"] == [*(f"lora_parameters.{k}" for k in config_mod.LORA_KEYS), "num_layers"]
+    assert groups["preference"] == ["train_mode", "beta", "reference_adapter_file"]
+    assert {schema[k]["group"] for k in ("batch_size", "optimizer", "pack", "lr_schedule")} == {"advanced"}
+    assert schema["method"]["choices"] == ["lora", "dora", "qlora4", "qlora8", "full"]
+    assert schema["optimizer"]["type"] == "choice" and schema["optimizer"]["choices"] == list(config_mod.OPTIMIZERS)
+    assert schema["train_mode"]["choices"] == list(config_mod.TRAIN_MODES)
+    assert schema["pack"]["type"] == "bool" and schema["iters"]["type"] == "int" and schema["beta"]["type"] == "float"
+    assert schema["lr_schedule"]["type"] == "json" and schema["lora_parameters.keys"]["type"] == "list"
+    assert schema["reference_adapter_file"]["type"] == "run" and schema["start_from"]["type"] == "run"
+    assert schema["lora_parameters.dropout"]["bounds"] == {"lo": 0, "hi": 0.9, "lo_open": False, "also": []}
+    assert schema["num_layers"]["bounds"]["also"] == [-1] and schema["learning_rate"]["bounds"]["lo_open"]
+    assert schema["learning_rate"]["help"] == config_mod.FIELDS["learning_rate"].metadata["help"]
+    assert schema["epochs"]["nullable"] and not schema["iters"]["nullable"]
+    assert schema["lora_parameters.rank"]["when"] == {"method": ["lora", "dora", "qlora4", "qlora8"]}
+    assert schema["beta"]["when"] == {"train_mode": ["dpo", "orpo"]}
+    assert schema["reference_adapter_file"]["when"] == {"train_mode": ["dpo"]}
+    assert schema["lora_parameters.rank"]["default"] == 8 and schema["iters"]["default"] == 24
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        (
+            {"lora_parameters": {"dropout": 5}},
+            "config key 'lora_parameters.dropout' must be a finite number from 0 to 0.9",
+        ),
+        ({"learning_rate": 0}, "config key 'learning_rate' must be a finite number above 0"),
+        ({"iters": None}, "config key 'iters' must not be empty"),
+        ({"data": ""}, "config key 'data' must name a data set"),
+    ],
+)
+def test_the_form_answers_a_bad_value_with_the_words_of_the_config_check(client, values, words):
+    resp = client.post("/api/studio/form", json={"values": values})
+    assert resp.status_code == 400 and resp.get_json()["error"].startswith(words), resp.get_json()
+
+
+def _metrics_run(runs: Path, name: str, model: str, rows: list[dict], **cfg) -> Path:
+    run = runs / name
+    run.mkdir(parents=True)
+    values = {"model": model, "data": "data/fish_care", "fine_tune_type": "lora", "iters": 4, "batch_size": 2, **cfg}
+    (run / "config.yaml").write_text(config_mod.dump(config_mod.build(values)), encoding="utf-8")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return run
+
+
+def _done_job(client, run: Path, state: str = "done", created: float = 1.0) -> None:
+    from mlx_ft.server.jobs import Job
+
+    job = Job(Job.new_id(), "train", run.name, str(run), [], "", str(run / "studio.log"), created, state=state)
+    client.application.extensions["mlx_ft"].jobs.store.save(job)
+
+
+def test_the_estimate_counts_tokens_and_says_when_nothing_was_measured(client, engine):
+    values = {"data": "fish_care", "iters": 10, "method": "lora", "model": str(engine.loaded.source)}
+    body = client.post("/api/studio/form", json={"values": values}).get_json()
+    est = body["estimate"]
+    train = data.load_split(Path(body["config"]["data"]), "train")
+    cap = body["config"]["max_seq_length"] + 1
+    from mlx_ft.data.stats import token_length
+
+    mean = sum(min(token_length(engine.tokenizer, ex), cap) for ex in train) / len(train)
+    assert est["tokens"] == round(10 * body["config"]["batch_size"] * mean) and est["steps"] == 10
+    assert est["seconds"] is None and est["peak_memory_gb"] is None
+    assert "no measurement yet" in est["basis"] and f"{len(train)} training examples" in est["basis"]
+    # Epochs decide the steps; a preference objective runs both answers of a pair.
+    est2 = client.post("/api/studio/form", json={"values": {**values, "epochs": 2}}).get_json()["estimate"]
+    assert est2["steps"] == 2 * (len(train) // body["config"]["batch_size"])
+
+
+def test_the_estimate_uses_the_newest_finished_run_of_the_same_model(client, engine, tmp_path):
+    model = str(engine.loaded.source)
+    rows = [
+        {"step": 0, "val_loss": 3.0},
+        {"step": 1, "loss": 3.0, "tokens_per_s": 10.0, "peak_memory_gb": 1.0},  # the first report: compile time
+        {"step": 2, "loss": 2.0, "tokens_per_s": 400.0, "peak_memory_gb": 1.5},
+        {"step": 3, "loss": 1.5, "tokens_per_s": 600.0, "peak_memory_gb": 1.25},
+    ]
+    other = _metrics_run(tmp_path / "runs", "other-model", "smollm2-135m-instruct", rows)
+    _done_job(client, other, created=3.0)  # newer, but another model: not its speed
+    stopped = _metrics_run(tmp_path / "runs", "stopped", model, [{**r, "tokens_per_s": 1.0} for r in rows])
+    _done_job(client, stopped, state="stopped", created=2.0)  # not finished
+    _done_job(client, _metrics_run(tmp_path / "runs", "measured", model, rows), created=1.0)
+    values = {"data": "fish_care", "iters": 10, "method": "lora", "model": model}
+    est = client.post("/api/studio/form", json={"values": values}).get_json()["estimate"]
+    assert est["seconds"] == round(est["tokens"] / 500.0, 1) and est["peak_memory_gb"] == 1.5
+    assert "run measured" in est["basis"] and "500 tokens/s" in est["basis"]
+    other_model = {**values, "model": "smollm2-135m-instruct"}
+    est = client.post("/api/studio/form", json={"values": other_model}).get_json()["estimate"]
+    assert est["seconds"] is not None and "run other-model" in est["basis"]
+
+
+def _adapter_run(runs: Path, name: str, model: str, **cfg) -> Path:
+    run = _metrics_run(runs, name, model, [], **cfg)
+    (run / "adapters.safetensors").write_bytes(b"{}")
+    return run
+
+
+def test_a_run_can_start_from_a_finished_runs_adapter_and_dpo_takes_it_as_reference(client, engine, tmp_path):
+    model = str(engine.loaded.source)
+    sft = _adapter_run(tmp_path / "runs", "sft", model, num_layers=2, lora_parameters={"rank": 4, "keys": ["q_proj"]})
+    offered = client.get("/api/studio/form").get_json()["runs"]
+    assert [r["name"] for r in offered] == ["sft"]
+    assert offered[0]["method"] == "lora" and offered[0]["lora_parameters"]["rank"] == 4
+    values = {"start_from": "sft", "method": "lora", "data": "fish_care", "train_mode": "dpo", "name": "dpo"}
+    resp = client.post("/api/studio/form", json={"values": values})
+    cfg = resp.get_json()["config"]
+    assert resp.status_code == 200, resp.get_json()
+    assert cfg["model"] == model and cfg["resume_adapter_file"] == str(sft / "adapters.safetensors")
+    assert cfg["reference_adapter_file"] == str(sft / "adapters.safetensors")
+    assert (
+        cfg["num_layers"] == 2 and cfg["lora_parameters"]["rank"] == 4 and cfg["lora_parameters"]["keys"] == ["q_proj"]
+    )
+    args = cli.build_parser().parse_args(["train", *resp.get_json()["argv"]])
+    assert config_mod.from_cli(args.config, config_mod.flags_of(args), args.set or []).to_dict() == cfg
+    # SFT again from it (no reference), with a scale of its own; the shapes stay the run's.
+    again = {"start_from": "sft", "data": "fish_care", "lora_parameters": {"scale": 5.0}}
+    cfg = client.post("/api/studio/form", json={"values": again}).get_json()["config"]
+    assert cfg["reference_adapter_file"] is None and cfg["lora_parameters"]["scale"] == 5.0
+    assert cfg["fine_tune_type"] == "lora" and cfg["lora_parameters"]["rank"] == 4
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"start_from": "../sft"}, "key 'start_from' must be a name"),
+        ({"start_from": "/etc"}, "key 'start_from' must be a name"),
+        ({"start_from": "nope"}, "key 'start_from' must name a run of"),
+        ({"start_from": "no-adapter"}, "key 'start_from' must name a run of"),
+        ({"start_from": "sft", "lora_parameters": {"rank": 16}}, "'lora_parameters.rank' is set by start_from"),
+        ({"start_from": "sft", "num_layers": 4}, "'num_layers' is set by start_from"),
+        ({"start_from": "sft", "method": "dora"}, "'method' is set by start_from"),
+        ({"start_from": "sft", "model": "smollm2-135m-instruct"}, "'model' is set by start_from"),
+        ({"resume_adapter_file": "/etc/passwd"}, "'resume_adapter_file' is set by the form"),
+        ({"train_mode": "dpo", "reference_adapter_file": "../../etc"}, "reference_adapter_file"),
+    ],
+)
+def test_start_from_names_only_a_run_with_an_adapter_and_keeps_its_shapes(client, engine, tmp_path, values, words):
+    _adapter_run(tmp_path / "runs", "sft", str(engine.loaded.source), num_layers=2)
+    _metrics_run(tmp_path / "runs", "no-adapter", str(engine.loaded.source), [])
+    resp = client.post("/api/studio/form", json={"values": {"data": "fish_care", **values}})
+    assert resp.status_code == 400 and words in resp.get_json()["error"], resp.get_json()
+
+
+def test_the_runs_page_says_the_studios_word_for_a_runs_state(client, engine, tmp_path):
+    model = str(engine.loaded.source)
+    rows = [{"step": s, "loss": 1.0} for s in range(1, 5)]
+    _metrics_run(tmp_path / "runs", "finished", model, rows)  # 4 of 4 steps, no job: done
+    _metrics_run(tmp_path / "runs", "half", model, rows[:2])  # written just now: running
+    _done_job(client, _metrics_run(tmp_path / "runs", "by-job", model, rows[:2]), state="stopped")
+    _done_job(client, _metrics_run(tmp_path / "runs", "broke", model, rows[:2]), state="failed")
+    got = {r["name"]: (r["status"], r["running"]) for r in client.get("/api/runs").get_json()["runs"]}
+    assert got == {
+        "finished": ("done", False),
+        "half": ("running", True),
+        "by-job": ("stopped", False),
+        "broke": ("failed", False),
+    }
