@@ -1,9 +1,12 @@
 /* The loss chart of the runs page and the studio's jobs, drawn on a <canvas> (no chart library).
  *
- * Training loss is a solid line, validation loss a dashed line with dots, each run in its own colour.
+ * Training loss is a solid line, validation loss a dashed line with dots, each run in its own colour. Its few words
+ * (axes, legend) come from i18n.js's catalogue where the page loads it.
  */
 (function () {
   "use strict";
+
+  const say = (id, vars, english) => (window.i18n ? window.i18n.t(id, vars) : english);
 
   /** About `count` round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]. */
   function niceTicks(lo, hi, count) {
@@ -70,7 +73,8 @@
     const yT = niceTicks(Math.min(...ys), Math.max(...ys), Math.max(2, Math.floor(cssH / 60)));
 
     const yLabels = yT.ticks.map((v) => tickLabel(v, yT.step));
-    const left = 16 + Math.max(...yLabels.map((l) => ctx.measureText(l).width)) + 8;
+    // Room at the left for the rotated axis title: a CJK one is a full em wide across.
+    const left = 20 + Math.max(...yLabels.map((l) => ctx.measureText(l).width)) + 8;
     const m = { left, right: 16, top: 16, bottom: 42 };
     const pw = cssW - m.left - m.right;
     const ph = cssH - m.top - m.bottom;
@@ -107,12 +111,12 @@
     ctx.fillStyle = textColor;
     ctx.textAlign = "center";
     ctx.textBaseline = "bottom";
-    ctx.fillText("step", m.left + pw / 2, cssH - 2);
+    ctx.fillText(say("chart.step", null, "step"), m.left + pw / 2, cssH - 2);
     ctx.save();
-    ctx.translate(12, m.top + ph / 2);
+    ctx.translate(11, m.top + ph / 2);
     ctx.rotate(-Math.PI / 2);
     ctx.textBaseline = "middle";
-    ctx.fillText("loss", 0, 0);
+    ctx.fillText(say("chart.loss", null, "loss"), 0, 0);
     ctx.restore();
 
     // curves, clipped to the plot area
@@ -147,8 +151,8 @@
     // legend, top right inside the plot
     const entries = [];
     for (const s of list) {
-      if (s.train.length) entries.push({ label: `${s.name} train`, color: s.color, dash: false });
-      if (s.val.length) entries.push({ label: `${s.name} val`, color: s.color, dash: true });
+      if (s.train.length) entries.push({ label: say("chart.train", { name: s.name }, `${s.name} train`), color: s.color, dash: false });
+      if (s.val.length) entries.push({ label: say("chart.val", { name: s.name }, `${s.name} val`), color: s.color, dash: true });
     }
     const lw = Math.max(...entries.map((e) => ctx.measureText(e.label).width)) + 44;
     const lh = entries.length * 18 + 8;

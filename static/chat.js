@@ -2,10 +2,15 @@
  *
  * A menu picks the model that answers a conversation (its `model` setting: the base, a run or a checkpoint).
  * Text from the user is only ever put in the page with textContent; the model's answers go through
- * renderMarkdown (markdown.js), which escapes everything before adding its own tags.
+ * renderMarkdown (markdown.js), which escapes everything before adding its own tags. The page's own words come from
+ * i18n.js's catalogue (t); i18n.text/live/attr mark them so that a language switch re-applies them.
  */
 (function () {
   "use strict";
+
+  const { t, text: say, live, attr, word } = window.i18n;
+  // A conversation's title: the server's default one ("New chat") in the page's language, a real one as it is.
+  const titleOf = (conv) => (conv.title ? word(conv.title) : t("chat.untitled"));
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -86,8 +91,8 @@
     const button = document.createElement("button");
     button.type = "button";
     button.className = `icon ${kind}`;
-    button.title = label;
-    button.setAttribute("aria-label", label);
+    attr(button, "title", label);
+    attr(button, "aria-label", label);
     button.textContent = glyph;
     button.addEventListener("click", (e) => { e.stopPropagation(); onClick(); });
     return button;
@@ -104,12 +109,12 @@
       const title = document.createElement("button");
       title.type = "button";
       title.className = "conversation-title";
-      title.textContent = conv.title || "New chat";
-      title.title = conv.title || "New chat";
+      live(title, () => titleOf(conv));
+      title.title = titleOf(conv);
       title.addEventListener("click", () => openConversation(conv.id));
 
-      const rename = iconButton("rename", "Rename", "✎", () => startRename(li, conv));
-      const del = iconButton("delete", "Delete", "×", () => deleteConversation(conv));
+      const rename = iconButton("rename", "common.rename", "✎", () => startRename(li, conv));
+      const del = iconButton("delete", "common.delete", "×", () => deleteConversation(conv));
 
       li.append(title, rename, del);
       els.list.append(li);
@@ -147,7 +152,7 @@
   }
 
   async function deleteConversation(conv) {
-    if (!window.confirm(`Delete "${conv.title || "New chat"}" and all its messages?`)) return;
+    if (!window.confirm(t("chat.confirmDelete", { title: titleOf(conv) }))) return;
     try {
       if (state.streaming && state.streaming.conversationId === conv.id) state.streaming.controller.abort();
       await api("DELETE", convUrl(conv.id));
@@ -176,7 +181,9 @@
   }
 
   function showTitle() {
-    els.title.textContent = state.current ? (state.current.title || "New chat") : "";
+    const conv = state.current;
+    if (conv) live(els.title, () => titleOf(conv));
+    else say(els.title, null);
   }
 
   function closeConversation() {
@@ -220,7 +227,7 @@
   function showEmptyConversation() {
     const hint = document.createElement("div");
     hint.className = "empty-state conversation-empty";
-    hint.textContent = "No messages yet. Say something below.";
+    say(hint, "chat.noMessages");
     els.messages.append(hint);
   }
 
@@ -246,7 +253,7 @@
     row.className = "message " + role;
     const who = document.createElement("div");
     who.className = "who";
-    who.textContent = role === "user" ? "You" : "Assistant";
+    say(who, role === "user" ? "chat.you" : "chat.assistant");
     const bubble = document.createElement("div");
     bubble.className = "bubble";
     row.append(who, bubble);
@@ -372,9 +379,9 @@
     if (finished && finished.message && typeof finished.message.content === "string") text = finished.message.content;
     setBubble(bubble, "assistant", text);
     row.classList.remove("pending");
-    if (controller.signal.aborted) appendNote(row, "stopped");
-    else if (failed) { appendNote(row, "error: " + failed, true); showError(failed); }
-    else if (finished && finished.finish_reason === "length") appendNote(row, "stopped at the max tokens limit");
+    if (controller.signal.aborted) appendNote(row, "chat.stopped");
+    else if (failed) { appendNote(row, "chat.error", true, { message: failed }); showError(failed); }
+    else if (finished && finished.finish_reason === "length") appendNote(row, "chat.lengthStop");
     scrollToBottom(false);
 
     if (finished && finished.conversation) replaceConversation(finished.conversation);
@@ -386,10 +393,10 @@
     if (state.current && state.current.id === conv.id) els.prompt.focus();
   }
 
-  function appendNote(row, text, isError) {
+  function appendNote(row, id, isError, vars) {
     const note = document.createElement("div");
     note.className = "note" + (isError ? " error" : "");
-    note.textContent = text;
+    say(note, id, vars);
     row.append(note);
   }
 
@@ -399,7 +406,7 @@
 
   async function clearConversation() {
     if (!state.current || state.streaming) return;
-    if (!window.confirm("Delete every message of this conversation?")) return;
+    if (!window.confirm(t("chat.confirmClear"))) return;
     try {
       await api("POST", convUrl(state.current.id) + "/clear");
       els.messages.replaceChildren();
@@ -415,7 +422,7 @@
     els.temperature.value = src.temperature;
     els.topP.value = src.top_p;
     els.maxTokens.value = src.max_tokens;
-    els.settingsStatus.textContent = "";
+    say(els.settingsStatus, null);
     for (const el of els.settings.elements) el.disabled = !conv;
   }
 
@@ -429,14 +436,14 @@
       top_p: Number(els.topP.value),
       max_tokens: Math.round(Number(els.maxTokens.value)),
     };
-    els.settingsStatus.textContent = "Saving…";
+    say(els.settingsStatus, "common.saving");
     try {
       const updated = await api("PATCH", convUrl(state.current.id), body);
       replaceConversation(updated);
       fillSettings(updated);
-      els.settingsStatus.textContent = "Saved.";
+      say(els.settingsStatus, "common.saved");
     } catch (err) {
-      els.settingsStatus.textContent = "";
+      say(els.settingsStatus, null);
       showError(err.message);
     }
   }

@@ -2,10 +2,12 @@
  *
  * One run is selected (click its row); others can be ticked to overlay their curves, and the keys on which the
  * overlaid runs' configs differ are listed. While a plotted run is still training its metrics are fetched again
- * every 2 s and the chart redrawn.
+ * every 2 s and the chart redrawn. The page's words come from i18n.js (t); run names, configs and numbers as they are.
  */
 (function () {
   "use strict";
+
+  const { t, text: say, live, attr, has } = window.i18n;
 
   const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
   const POLL_MS = 2000; // while a plotted run is training
@@ -69,7 +71,7 @@
       const box = document.createElement("input");
       box.type = "checkbox";
       box.className = "compare";
-      box.title = "Overlay this run on the chart";
+      attr(box, "title", "runs.overlay");
       box.checked = state.compare.has(run.name) || run.name === state.selected;
       box.disabled = run.name === state.selected;
       box.addEventListener("click", (e) => e.stopPropagation());
@@ -106,7 +108,8 @@
       // The studio's word for the run (its newest job's state, else its folder's): done, running, stopped, …
       const status = run.status || (run.running ? "running" : "stopped");
       badge.className = "badge state-" + status;
-      badge.textContent = status;
+      // A state the catalogue does not know shows as the server says it.
+      if (has("state." + status)) say(badge, "state." + status); else badge.textContent = status;
       tdStatus.append(badge);
 
       tr.append(tdCmp, tdName, ...cells, tdStep, tdLoss, tdBest, tdStatus);
@@ -197,8 +200,9 @@
 
   function draw() {
     const series = plotted().map((n) => window.lossChart.series(n, colorOf(n), state.metrics.get(n) || []));
-    els.title.textContent = series.length ? "Loss: " + series.map((s) => s.name).join(", ") : "Loss";
-    const empty = series.length ? "No metrics yet." : "Select a run to plot its loss.";
+    const names = series.map((s) => s.name).join(", ");
+    live(els.title, () => (series.length ? t("runs.lossOf", { names }) : t("runs.loss")));
+    const empty = t(series.length ? "chart.noMetrics" : "runs.selectRun");
     window.runsChart = { series, drawn: window.lossChart.draw(els.canvas, series, empty) };
     showDiff();
   }
@@ -231,7 +235,9 @@
     if (runs.length < 2) return;
     const rows = configDiff(runs.map((r) => r.config || {}));
     const head = document.createElement("tr");
-    for (const label of ["key", ...runs.map((r) => r.name)]) {
+    const keyHead = document.createElement("th");
+    head.append(say(keyHead, "runs.key"));
+    for (const label of runs.map((r) => r.name)) {
       const th = document.createElement("th");
       th.textContent = label;
       head.append(th);
@@ -255,6 +261,7 @@
   window.addEventListener("resize", () => {
     if (!resizeFrame) resizeFrame = requestAnimationFrame(() => { resizeFrame = 0; draw(); });
   });
+  document.addEventListener("i18n:change", () => draw()); // the chart's words are drawn, not marked
 
   async function start() {
     try {

@@ -2,9 +2,15 @@
  *
  * Five tabs (the URL's hash says which). Everything a model, a file or a log wrote is put in the page with
  * textContent, never as HTML. A job's progress streams from its server-sent events route while it is on screen.
+ *
+ * The page's own words come from i18n.js's catalogue: t(id, vars) for a string, say(el, id, vars) and live(el, fn)
+ * for an element's text, which a language switch then re-applies. What the server, a model, a file or a log wrote
+ * (errors, help, notes, config keys, commands) is shown as it is.
  */
 (function () {
   "use strict";
+
+  const { t, text: say, live, attr, has, word } = window.i18n;
 
   const TERMINAL = new Set(["stopped", "interrupted", "failed", "done", "cancelled"]);
   const RESUMABLE = new Set(["stopped", "interrupted"]);
@@ -18,6 +24,17 @@
     const el = document.createElement(tag);
     if (className) el.className = className;
     if (text !== undefined && text !== null) el.textContent = String(text);
+    return el;
+  };
+  /** An element with the catalogue's text `id` (re-applied on a language switch). */
+  const makeT = (tag, className, id, vars) => say(make(tag, className), id, vars);
+  /** The catalogue's word for a value the server names (`prefix + value`: a state, a source, a job kind), else the
+   * value itself. */
+  const known = (prefix, value) => (has(prefix + value) ? t(prefix + value) : String(value ?? ""));
+  /** A cell or badge showing such a value; its text follows the language. */
+  const knownEl = (el, prefix, value) => {
+    if (has(prefix + value)) return say(el, prefix + value);
+    say(el, null).textContent = String(value ?? ""); // unmarked: a switch leaves it as the server said it
     return el;
   };
 
@@ -83,19 +100,21 @@
     if (typeof s !== "number" || !isFinite(s)) return "–";
     s = Math.max(0, Math.round(s));
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
-    return h ? `${h}h ${String(m).padStart(2, "0")}m` : m ? `${m}m ${String(sec).padStart(2, "0")}s` : `${sec}s`;
+    const pad = (n) => String(n).padStart(2, "0");
+    return h ? t("dur.hm", { h, m: pad(m) }) : m ? t("dur.ms", { m, s: pad(sec) }) : t("dur.s", { s: sec });
   }
 
-  function when(t) {
-    if (!t) return "–";
-    const d = new Date(typeof t === "number" ? t * 1000 : t);
-    return isNaN(d) ? String(t) : d.toLocaleTimeString();
+  function when(time) {
+    if (!time) return "–";
+    const d = new Date(typeof time === "number" ? time * 1000 : time);
+    return isNaN(d) ? String(time) : d.toLocaleTimeString();
   }
 
+  /** The select's options, [value, label] each; a label that is a function is the page's own words (live). */
   function options(select, items, keep) {
     const before = select.value;
     select.replaceChildren(...items.map(([value, label]) => {
-      const opt = make("option", "", label);
+      const opt = typeof label === "function" ? live(make("option"), label) : make("option", "", label);
       opt.value = value;
       return opt;
     }));
@@ -106,7 +125,7 @@
 
   function showTab(name) {
     if (!TABS.includes(name)) name = "data";
-    for (const t of TABS) $("tab-" + t).hidden = t !== name;
+    for (const tab of TABS) $("tab-" + tab).hidden = tab !== name;
     for (const b of document.querySelectorAll(".tabs [data-tab]")) {
       b.setAttribute("aria-selected", String(b.dataset.tab === name));
     }
@@ -126,21 +145,21 @@
       const tr = make("tr");
       tr.dataset.name = ds.name;
       const splits = ds.splits || {};
-      tr.append(make("td", "", ds.name), make("td", "", ds.source));
+      tr.append(make("td", "", ds.name), knownEl(make("td"), "source.", ds.source));
       for (const s of ["train", "valid", "test"]) tr.append(make("td", "num", splits[s] ?? "–"));
       const td = make("td");
       const actions = make("div", "row-actions");
       td.append(actions);
-      const preview = make("button", "preview", "Preview");
+      const preview = makeT("button", "preview", "data.preview");
       preview.type = "button";
       preview.addEventListener("click", () => showPreview(ds));
-      const use = make("button", "use", "Use for a run");
+      const use = makeT("button", "use", "data.use");
       use.type = "button";
       use.addEventListener("click", () => { $("run-data").value = ds.name; refreshForm(); showTab("run"); });
       actions.append(preview, use);
       if (ds.source !== "uploaded") {
         // A shipped set is inspected where it is; a recipe's data is prepared on first use.
-        const take = make("button", "take", ds.path ? "Statistics" : "Prepare");
+        const take = makeT("button", "take", ds.path ? "data.statistics" : "data.prepare");
         take.type = "button";
         take.addEventListener("click", () => takeListed(ds));
         actions.prepend(take);
@@ -149,7 +168,7 @@
       tr.append(td);
       body.append(tr);
     }
-    options($("run-datasets"), state.datasets.map((d) => [d.name, d.source]));
+    options($("run-datasets"), state.datasets.map((d) => [d.name, () => known("source.", d.source)]));
   }
 
   function showDatasetReport(ds) {
@@ -160,31 +179,30 @@
     const splits = ds.splits || {};
     const stats = ds.stats || {};
     const tokens = stats.tokens || {};
+    // [the fact's key (data-fact, as the tests name it), its catalogue id, its value: text, or a function of the
+    // language for the page's own words]
     const rows = [
-      ["name", ds.name],
-      ["format", ds.format],
-      ["splits", ["train", "valid", "test"].map((s) => `${s} ${splits[s] ?? 0}`).join(" · ")],
-      ["tokens per example", `min ${tokens.min ?? "–"} · mean ${fmt(tokens.mean, 1)} · max ${tokens.max ?? "–"}`],
-      ["over max_seq_length", `${stats.over_max_seq_length ?? "–"} (cut at ${stats.max_seq_length ?? "–"} tokens)`],
-      ["stored", ds.stored ? "yes" : "no (checked only)"],
+      ["name", "fact.name", ds.name],
+      ["format", "fact.format", ds.format],
+      ["splits", "fact.splits", ["train", "valid", "test"].map((s) => `${s} ${splits[s] ?? 0}`).join(" · ")],
+      ["tokens per example", "fact.tokens",
+        () => t("fact.tokensValue", { min: tokens.min ?? "–", mean: fmt(tokens.mean, 1), max: tokens.max ?? "–" })],
+      ["over max_seq_length", "fact.over",
+        () => t("fact.overValue", { n: stats.over_max_seq_length ?? "–", limit: stats.max_seq_length ?? "–" })],
+      ["stored", "fact.stored", () => t(ds.stored ? "fact.yes" : "fact.checkedOnly")],
     ];
-    for (const [k, v] of rows) {
+    for (const [k, id, v] of rows) {
       const div = make("div");
       div.dataset.fact = k;
-      div.append(make("dt", "", k), make("dd", "", v));
+      div.append(makeT("dt", "", id), typeof v === "function" ? live(make("dd"), v) : make("dd", "", v));
       facts.append(div);
     }
     $("upload-notes").replaceChildren(...(ds.notes || []).map((n) => make("li", "", n)));
     showLong(ds);
   }
 
-  // What happens to an example longer than max_seq_length (datasets.py `long`'s fates), in the page's words.
-  const FATES = {
-    cut: "its end cut in training",
-    prompt_cut: "its prompt's start cut in training",
-    left_out: "left out in training: its prompt fills max_seq_length",
-    skipped: "skipped: not stored",
-  };
+  // What happens to an example longer than max_seq_length (datasets.py `long`'s fates), in the page's words: the
+  // catalogue's fate.cut, fate.prompt_cut, fate.left_out and fate.skipped.
   const LONG_SHOWN = 10;
 
   /** The examples longer than max_seq_length, the first few by where the user's file has them, and a button per way
@@ -197,31 +215,30 @@
     const box = $("upload-long");
     box.hidden = !long.length;
     $("upload-fixes").replaceChildren();
-    $("upload-fixes-note").textContent = "";
+    say($("upload-fixes-note"), null);
     if (box.hidden) return;
     const limit = (ds.stats || {}).max_seq_length;
-    const n = long.length === 1 ? "1 example" : `${long.length} examples`;
-    $("upload-long-title").textContent = long.every((x) => x.fate === "skipped")
-      ? `Skipped: ${n} longer than max_seq_length ${limit}, by where your file has them`
-      : `${n} longer than max_seq_length ${limit}, by where your file has them`;
+    const skipped = long.every((x) => x.fate === "skipped");
+    live($("upload-long-title"), () => {
+      const n = long.length === 1 ? t("long.one") : t("long.many", { n: long.length });
+      return t(skipped ? "long.titleSkipped" : "long.title", { n, limit });
+    });
     const items = long.slice(0, LONG_SHOWN).map((x) => {
       const li = make("li");
       li.dataset.fate = x.fate;
-      li.append(make("code", "", x.where), document.createTextNode(
-        ` · ${number(x.tokens)} tokens · ${FATES[x.fate] || x.fate}`));
+      li.append(make("code", "", x.where), live(make("span"), () =>
+        t("long.item", { tokens: number(x.tokens), fate: known("fate.", x.fate) })));
       return li;
     });
-    if (long.length > LONG_SHOWN) items.push(make("li", "more muted", `and ${long.length - LONG_SHOWN} more`));
+    if (long.length > LONG_SHOWN) items.push(makeT("li", "more muted", "long.more", { n: long.length - LONG_SHOWN }));
     $("upload-long-list").replaceChildren(...items);
     if (!fixes.length) return;
-    $("upload-fixes-note").textContent = ds.stored
-      ? `${ds.name} is stored as it is. Each way to keep the long examples stores a new set beside it, under the ` +
-        "name on its button (a stored set is not replaced)."
-      : "Ways to keep them: each checks this upload again with that change (nothing is stored); Upload then " +
-        "stores it as the form says.";
+    if (ds.stored) say($("upload-fixes-note"), "long.fixesStored", { name: ds.name });
+    else say($("upload-fixes-note"), "long.fixesChecked");
     $("upload-fixes").replaceChildren(...fixes.map((fix) => {
       const name = ds.stored ? freeName(ds.name, fix) : null;
-      const b = make("button", "fix", name ? `Store as ${name}: ${fix.label}` : fix.label);
+      // The fix's label is the server's words; only "Store as NAME" is the page's.
+      const b = name ? makeT("button", "fix", "long.storeAs", { name, label: fix.label }) : make("button", "fix", fix.label);
       b.type = "button";
       b.dataset.fix = fix.id;
       b.addEventListener("click", () => applyFix(fix, ds.stored, name));
@@ -271,9 +288,8 @@
   function showProblems(err) {
     $("upload-result").hidden = true;
     const problems = (err.data && err.data.problems) || [];
-    $("upload-problems-title").textContent = problems.length
-      ? `Nothing was stored: ${problems.length} problem${problems.length === 1 ? "" : "s"}`
-      : err.message;
+    if (problems.length) say($("upload-problems-title"), problems.length === 1 ? "data.problem" : "data.problems", { n: problems.length });
+    else $("upload-problems-title").textContent = err.message;
     $("upload-problems").replaceChildren(...problems.map((p) => make("li", "problem", p)));
     $("upload-problems-box").hidden = false;
   }
@@ -283,7 +299,7 @@
     // A folder's files keep their paths inside it, so a dataset_info.json finds the files it names.
     const files = [...$("upload-files").files].map((f) => [f, f.name])
       .concat([...$("upload-folder").files].map((f) => [f, f.webkitRelativePath || f.name]));
-    if (!files.length) { clearProblems(); $("upload-status").textContent = "Choose files or a folder first."; return; }
+    if (!files.length) { clearProblems(); say($("upload-status"), "data.chooseFirst"); return; }
     await send(!(e.submitter && e.submitter.id === "upload-store"), files, uploadFields());
   }
 
@@ -298,20 +314,21 @@
     }
     if (dryRun) body.append("dry_run", "1");
     const status = $("upload-status");
-    status.textContent = dryRun ? "Checking…" : "Uploading…";
+    say(status, dryRun ? "data.checking" : "data.uploading");
     $("upload-check").disabled = $("upload-store").disabled = true;
     try {
       const data = await api("POST", "/api/studio/datasets", body);
       state.lastUpload = { files, fields, name: data.dataset.name };
       if (data.dataset.stored) await loadDatasets(); // first: a fix's new name must not be one of them
       showDatasetReport(data.dataset);
-      status.textContent = data.dataset.stored ? `Stored as ${data.dataset.name}.` : "Checked: nothing stored.";
+      if (data.dataset.stored) say(status, "data.storedAs", { name: data.dataset.name });
+      else say(status, "data.checked");
       if (data.dataset.stored) {
         const ds = state.datasets.find((d) => d.name === data.dataset.name);
         if (ds) { $("run-data").value = ds.name; refreshForm(); }
       }
     } catch (err) {
-      status.textContent = "";
+      say(status, null);
       showProblems(err);
     } finally {
       $("upload-check").disabled = $("upload-store").disabled = false;
@@ -321,16 +338,17 @@
   async function takeListed(ds) {
     clearProblems();
     const status = $("upload-status");
-    status.textContent = `Reading ${ds.name}…`;
+    say(status, "data.reading", { name: ds.name });
     state.lastUpload = null; // a listed set is not sent again with a fix
     try {
       const data = await api("POST", "/api/studio/datasets", { [ds.source === "recipe" ? "recipe" : "shipped"]: ds.name });
       showDatasetReport(data.dataset);
-      status.textContent = data.dataset.stored ? `Prepared ${data.dataset.name}.` : `${ds.name}: statistics only.`;
+      if (data.dataset.stored) say(status, "data.prepared", { name: data.dataset.name });
+      else say(status, "data.statsOnly", { name: ds.name });
       if (data.dataset.stored) await loadDatasets();
       $("upload-result").scrollIntoView({ block: "nearest" });
     } catch (err) {
-      status.textContent = "";
+      say(status, null);
       showProblems(err);
     }
   }
@@ -348,10 +366,8 @@
       const box = $("preview-examples");
       box.replaceChildren();
       for (const ex of data.examples || []) {
-        const note = ex.left_out ? " (left out: nothing to learn within max_seq_length)"
-          : ex.prompt_cut ? " (its prompt's start cut to fit max_seq_length)"
-          : ex.truncated ? " (cut at max_seq_length)" : "";
-        box.append(make("div", "muted small", (ex.where || "") + note));
+        const note = ex.left_out ? "preview.leftOut" : ex.prompt_cut ? "preview.promptCut" : ex.truncated ? "preview.cut" : null;
+        box.append(live(make("div", "muted small"), () => (ex.where || "") + (note ? t(note) : "")));
         box.append(ex.pair ? pairView(ex.pair) : segmentsPre(ex.segments, "example"));
       }
       $("preview-card").hidden = false;
@@ -374,7 +390,7 @@
     for (const side of ["chosen", "rejected"]) {
       const col = make("div", "pair-side " + side);
       col.dataset.side = side;
-      col.append(make("div", "pair-label small", side), segmentsPre(pair[side], "example"));
+      col.append(makeT("div", "pair-label small", "pair." + side), segmentsPre(pair[side], "example"));
       sides.append(col);
     }
     box.append(sides);
@@ -391,7 +407,6 @@
 
   // The controls the template holds (everything else is made from the schema).
   const STATIC = { start_from: "run-start-from", model: "run-model", data: "run-data", method: "run-method", name: "run-name" };
-  const DORA_NOTE = "DoRA exports as a fused GGUF only; pick LoRA to also get a small adapter GGUF";
   // What a warm start takes from its run (its adapter's shapes): shown, filled in and locked.
   const LOCKED_BY_START = ["model", "method", "num_layers", "lora_parameters.rank", "lora_parameters.keys"];
   const JSON_PLACEHOLDER = {
@@ -405,9 +420,11 @@
   const fieldOf = (key) => document.querySelector(`#run-form .field[data-field="${CSS.escape(key)}"]`);
   const valueAt = (obj, key) => key.split(".").reduce((at, k) => (at && typeof at === "object" ? at[k] : undefined), obj);
 
-  function runOptions(select, emptyLabel) {
-    options(select, [["", emptyLabel], ...((state.form && state.form.runs) || []).map((r) =>
-      [r.name, `${r.name} (${r.method}${r.train_mode !== "sft" ? ", " + r.train_mode : ""}, on ${String(r.model).split("/").pop()})`])], true);
+  function runOptions(select, emptyId) {
+    const runs = (state.form && state.form.runs) || [];
+    options(select, [["", () => t(emptyId)], ...runs.map((r) => [r.name, () => t("run.runOption", {
+      name: r.name, method: r.method + (r.train_mode !== "sft" ? ", " + r.train_mode : ""), base: String(r.model).split("/").pop(),
+    })])], true);
   }
 
   function makeControl(f) {
@@ -415,7 +432,7 @@
     if (f.type === "choice") {
       el = make("select");
       const items = (f.choices || []).map((c) => [String(c), String(c)]);
-      options(el, f.nullable ? [["", "(none)"], ...items] : items);
+      options(el, f.nullable ? [["", () => t("common.noneParen")], ...items] : items);
     } else if (f.type === "run") {
       el = make("select");
     } else if (f.type === "bool") {
@@ -431,16 +448,17 @@
         if (lows.length) el.min = String(Math.min(...lows));
         if (typeof b.hi === "number") el.max = String(b.hi);
       }
-      if (f.nullable) el.placeholder = "(not set)";
+      if (f.nullable) attr(el, "placeholder", "run.notSet");
     } else if (f.type === "json") {
       el = make("textarea");
       el.rows = 2;
-      el.placeholder = JSON_PLACEHOLDER[f.key] || "(not set: JSON)";
+      if (JSON_PLACEHOLDER[f.key]) el.placeholder = JSON_PLACEHOLDER[f.key];
+      else attr(el, "placeholder", "run.notSetJson");
     } else {
       el = make("input");
       el.type = "text";
-      if (f.type === "list") el.placeholder = "(default; comma-separated)";
-      else if (f.nullable) el.placeholder = "(not set)";
+      if (f.type === "list") attr(el, "placeholder", "run.listDefault");
+      else if (f.nullable) attr(el, "placeholder", "run.notSet");
     }
     el.dataset.key = f.key;
     el.id = "key-" + f.key.replace(/\./g, "-");
@@ -454,7 +472,8 @@
     const label = make("label", f.type === "bool" ? "check" : "");
     label.htmlFor = el.id;
     if (f.type === "bool") label.append(el);
-    label.append(document.createTextNode(f.label + " "), make("code", "key", f.key));
+    // The server's label, in the page's language where the catalogue knows it; the config key as it is.
+    label.append(live(make("span"), () => word(f.label)), document.createTextNode(" "), make("code", "key", f.key));
     box.append(label);
     if (f.type !== "bool") box.append(el);
     box.append(make("p", "help", f.help || ""));
@@ -484,11 +503,11 @@
     state.advancedCount = advanced;
     options($("run-method"), (form.methods || []).map((m) => [m, m]));
     options($("run-models"), (form.models || []).map((m) => [m.id, m.label || m.id]));
-    options($("run-preset"), [["", "(none)"], ...(form.presets || []).map((p) => [p.name, p.name])]);
+    options($("run-preset"), [["", () => t("common.noneParen")], ...(form.presets || []).map((p) => [p.name, p.name])]);
     refreshRunMenus();
-    if (form.formats) options($("upload-format"), [["", "detect"], ...form.formats.map((f) => [f, f])]);
+    if (form.formats) options($("upload-format"), [["", () => t("data.detect")], ...form.formats.map((f) => [f, f])]);
     const maxSeq = schemaOf("max_seq_length");
-    if (maxSeq && typeof maxSeq.default === "number") $("upload-max-seq").placeholder = `${maxSeq.default} (the default)`;
+    if (maxSeq && typeof maxSeq.default === "number") attr($("upload-max-seq"), "placeholder", "data.theDefault", { n: maxSeq.default });
     state.exportTypes = { gguf: form.gguf_types || [], adapter: form.adapter_types || [] };
     syncExportType();
     syncExportNote();
@@ -506,9 +525,9 @@
 
   /** The menus of runs with an adapter: start_from and DPO's reference. */
   function refreshRunMenus() {
-    runOptions($("run-start-from"), "(a new adapter)");
+    runOptions($("run-start-from"), "run.newAdapter");
     const ref = controlOf("reference_adapter_file");
-    if (ref) runOptions(ref, "(the base model, adapter off)");
+    if (ref) runOptions(ref, "run.refBase");
   }
 
   function setControl(el, f, value) {
@@ -579,9 +598,9 @@
       if (run) setControl(el, schemaOf(key), key === "method" ? run.method : key === "model" ? run.model : valueAt(run, key));
     }
     $("adapter-locked").hidden = !run;
-    $("adapter-locked").textContent = run ? `The shapes of ${run.name}'s adapter, which this run continues.` : "";
+    say($("adapter-locked"), run ? "run.locked" : null, run ? { name: run.name } : undefined);
     const ref = controlOf("reference_adapter_file");
-    if (ref) ref.options[0].textContent = run ? `(${run.name}'s adapter: where this run starts)` : "(the base model, adapter off)";
+    if (ref) say(ref.options[0], run ? "run.refFromStart" : "run.refBase", run ? { name: run.name } : undefined);
     syncForm();
   }
 
@@ -600,7 +619,7 @@
     if (epochs && iters) iters.disabled = epochs.value.trim() !== "";
     const note = $("run-method-note");
     note.hidden = current.method !== "dora";
-    note.textContent = current.method === "dora" ? DORA_NOTE : "";
+    say(note, current.method === "dora" ? "run.doraNote" : null);
     refreshForm();
   }
 
@@ -678,13 +697,13 @@
       return el && !el.disabled && box && !box.hidden && JSON.stringify(readControl(el, f)) !== JSON.stringify(f.default ?? null);
     }).length;
     const all = state.advancedCount ?? 0;
-    $("advanced-count").textContent = `(${all} settings${changed ? `, ${changed} changed` : ""})`;
+    say($("advanced-count"), changed ? "run.advancedChanged" : "run.advancedCount", { all, changed });
   }
 
   /** Until the server has answered for the form as it is now, what the panel shows is not the form's. */
   function markResolved(stale) {
     $("run-resolved").classList.toggle("stale", stale);
-    $("run-resolved-note").textContent = stale ? "(updating…)" : "";
+    say($("run-resolved-note"), stale ? "run.updating" : null);
   }
 
   function refreshForm() {
@@ -711,19 +730,20 @@
       $("run-yaml").hidden = false;
       $("run-command").textContent = spec.command;
       $("run-start").disabled = false;
-      status.textContent = `run folder: ${spec.name}`;
+      say(status, "run.folder", { name: spec.name });
       status.classList.remove("error");
       renderEstimate(spec.estimate);
       return;
     }
     // Nothing that was shown still holds: no command, no config, no estimate.
-    $("run-command").textContent = "(the form has a problem: see the marked field)";
+    say($("run-command"), "run.formProblem");
     $("run-yaml").textContent = "";
     $("run-yaml").hidden = true;
     renderEstimate(null);
     $("run-start").disabled = true;
     const marked = markField(failure.message);
-    status.textContent = marked ? "Fix the marked field." : failure.message;
+    if (marked) say(status, "run.fixMarked");
+    else status.textContent = failure.message;
     status.classList.add("error");
   }
 
@@ -731,10 +751,11 @@
     $("run-estimate").hidden = !est;
     if (!est) return;
     const tokens = typeof est.tokens === "number" ? est.tokens.toLocaleString("en-US") : "–";
-    $("est-tokens").textContent = typeof est.steps === "number" ? `${tokens} in ${est.steps} steps` : tokens;
-    $("est-time").textContent = typeof est.seconds === "number" ? `about ${duration(est.seconds)}` : "no measurement yet";
-    $("est-memory").textContent = typeof est.peak_memory_gb === "number"
-      ? `about ${fmt(est.peak_memory_gb, 2)} GB` : "no measurement yet";
+    if (typeof est.steps === "number") say($("est-tokens"), "est.tokensInSteps", { tokens, steps: est.steps });
+    else $("est-tokens").textContent = tokens;
+    live($("est-time"), () => (typeof est.seconds === "number" ? t("est.about", { what: duration(est.seconds) }) : t("est.unmeasured")));
+    live($("est-memory"), () => (typeof est.peak_memory_gb === "number"
+      ? t("est.about", { what: `${fmt(est.peak_memory_gb, 2)} GB` }) : t("est.unmeasured")));
     $("est-time").classList.toggle("unmeasured", typeof est.seconds !== "number");
     $("est-memory").classList.toggle("unmeasured", typeof est.peak_memory_gb !== "number");
     $("est-basis").textContent = est.basis || "";
@@ -750,7 +771,8 @@
       showTab("jobs");
       selectJob(data.job.id);
     } catch (err) {
-      $("run-status").textContent = markField(err.message) ? "Fix the marked field." : err.message;
+      if (markField(err.message)) say($("run-status"), "run.fixMarked");
+      else $("run-status").textContent = err.message;
       $("run-status").classList.add("error");
     } finally {
       $("run-start").disabled = false;
@@ -796,20 +818,22 @@
     bar.max = typeof p.total === "number" && p.total > 0 ? p.total : 1;
     if (typeof p.total === "number" && typeof p.done === "number") bar.value = Math.min(p.done, bar.max);
     else bar.removeAttribute("value"); // indeterminate: the work has no known size yet
-    bar.setAttribute("aria-label", p.stage ? `${p.stage} progress` : "progress");
+    attr(bar, "aria-label", p.stage ? "progress.stage" : "progress.label", { stage: p.stage });
     const facts = [];
     if (typeof p.done === "number") facts.push(typeof p.total === "number"
       ? `${number(p.done)} / ${number(p.total)}${p.unit ? " " + p.unit : ""}` : `${number(p.done)}${p.unit ? " " + p.unit : ""}`);
     if (typeof p.rate === "number") facts.push(`${number(p.rate)} ${p.rate_unit || ""}`.trim());
-    if (typeof p.eta_s === "number") facts.push(`ETA ${duration(p.eta_s)}`);
+    // The numbers and units are the job's own; "ETA" and the duration's units are the page's.
     const head = make("div", "progress-head");
-    head.append(make("span", "progress-stage", p.stage || job.state), make("span", "progress-facts", facts.join(" · ")));
+    const stage = p.stage ? make("span", "progress-stage", p.stage) : knownEl(make("span", "progress-stage"), "state.", job.state);
+    head.append(stage, live(make("span", "progress-facts"), () =>
+      facts.concat(typeof p.eta_s === "number" ? [t("progress.eta", { d: duration(p.eta_s) })] : []).join(" · ")));
     box.replaceChildren(head, bar);
     if (p.line) box.append(make("div", "progress-line", p.line));
   }
 
   function badge(job) {
-    return make("span", "badge state-" + job.state, job.state);
+    return knownEl(make("span", "badge state-" + job.state), "state.", job.state);
   }
 
   function renderJobs() {
@@ -825,7 +849,7 @@
       if (job.id === state.selected) tr.classList.add("selected");
       const st = make("td");
       st.append(badge(job));
-      tr.append(make("td", "", job.id), make("td", "", job.kind), make("td", "", job.run ?? "–"), st,
+      tr.append(make("td", "", job.id), knownEl(make("td"), "kind.", job.kind), make("td", "", job.run ?? "–"), st,
         make("td", "num", stepText(job)), make("td", "", when(job.started)), make("td", "", job.error ? "⚠" : ""));
       tr.addEventListener("click", () => selectJob(job.id));
       body.append(tr);
@@ -876,9 +900,9 @@
     $("job-card").hidden = !job;
     if (!job) return;
     const p = job.progress || {};
-    $("job-title").textContent = `${job.kind} job ${job.id}` + (job.run ? ` · ${job.run}` : "");
+    live($("job-title"), () => t("jobs.title", { kind: known("kind.", job.kind), id: job.id }) + (job.run ? ` · ${job.run}` : ""));
     const st = $("job-state");
-    st.textContent = job.state;
+    knownEl(st, "state.", job.state);
     st.className = "badge state-" + job.state;
     $("job-stop").hidden = job.state !== "running";
     $("job-resume").hidden = !RESUMABLE.has(job.state);
@@ -919,7 +943,7 @@
     const job = state.jobs.find((j) => j.id === state.selected);
     if (!job || job.kind !== "train" || $("tab-jobs").hidden) return;
     const series = [window.lossChart.series(job.run || "run", COLORS[0], state.metrics.get(job.run) || [])];
-    window.studioChart = { drawn: window.lossChart.draw($("job-chart"), series, "No loss reported yet.") };
+    window.studioChart = { drawn: window.lossChart.draw($("job-chart"), series, t("jobs.noLoss")) };
   }
 
   async function jobAction(action) {
@@ -946,7 +970,7 @@
     $("compare-b").value = items.some(([v]) => v === hadB) && hadB !== $("compare-a").value ? hadB
       : (runs[0] ? runs[0].id : $("compare-a").value);
     // Token counts and previews take the ids of this list (a run's template is its base's), not the form's sources.
-    options($("upload-model"), [["", "(the served model)"], ...runs.map((m) => [m.id, m.label || m.id])], true);
+    options($("upload-model"), [["", () => t("data.servedModel")], ...runs.map((m) => [m.id, m.label || m.id])], true);
     options($("ship-run"), runs.map((m) => [m.run, m.run]), true);
     $("eval-start").disabled = $("export-start").disabled = runs.length === 0;
     syncCompareDefaults();
@@ -967,7 +991,7 @@
     if (own) body.use_model_defaults = true; // each model's generation defaults win where it has them
     const status = $("compare-status");
     const box = $("compare-answers");
-    status.textContent = "Answering…";
+    say(status, "compare.answering");
     $("compare-send").disabled = true;
     const columns = models.map((id) => answerColumn(id));
     box.replaceChildren(...columns.map((c) => c.el));
@@ -977,9 +1001,9 @@
         const data = await api("POST", "/api/studio/compare", body);
         (data.answers || []).forEach((a, i) => columns[i] && finishColumn(columns[i], a, a.text));
       }
-      status.textContent = "";
+      say(status, null);
     } catch (err) {
-      status.textContent = "";
+      say(status, null);
       box.replaceChildren();
       showError(err.message);
     } finally {
@@ -1031,7 +1055,7 @@
           col.el.classList.remove("pending");
           col.textEl.textContent = col.text;
           col.el.append(make("div", "small error", msg.error));
-          if (msg.settings) col.el.append(make("div", "muted small answer-settings", "settings: " + settingsText(msg.settings)));
+          if (msg.settings) col.el.append(makeT("div", "muted small answer-settings", "compare.settings", { settings: settingsText(msg.settings) }));
         } else if (col && msg.done) {
           finishColumn(col, msg, col.text);
         }
@@ -1050,7 +1074,7 @@
     el.append(make("h2", "", model ? model.label || id : id));
     const defaults = model && model.generation_defaults;
     if (defaults && typeof defaults === "object" && Object.keys(defaults).length) {
-      el.append(make("div", "muted small answer-defaults", "defaults: " + settingsText(defaults)));
+      el.append(makeT("div", "muted small answer-defaults", "compare.defaults", { settings: settingsText(defaults) }));
     }
     const textEl = make("div", "answer-text", "…");
     el.append(textEl);
@@ -1069,11 +1093,14 @@
     col.el.classList.remove("pending");
     col.textEl.textContent = text ?? "";
     if (answer.error) col.el.append(make("div", "small error", answer.error));
-    const meta = [answer.tokens === 1 ? "1 token" : `${answer.tokens ?? "?"} tokens`, `${fmt(answer.seconds, 2)} s`];
-    if (typeof answer.ttft_s === "number") meta.push(`first token ${fmt(answer.ttft_s, 2)} s`);
-    if (typeof answer.switch_ms === "number") meta.push(`switch ${fmt(answer.switch_ms, 1)} ms`);
-    col.el.append(make("div", "muted small answer-meta", meta.join(" · ")));
-    if (answer.settings) col.el.append(make("div", "muted small answer-settings", "settings: " + settingsText(answer.settings)));
+    const meta = () => [
+      answer.tokens === 1 ? t("compare.oneToken") : t("compare.tokens", { n: answer.tokens ?? "?" }),
+      `${fmt(answer.seconds, 2)} s`,
+      ...(typeof answer.ttft_s === "number" ? [t("compare.firstToken", { s: fmt(answer.ttft_s, 2) })] : []),
+      ...(typeof answer.switch_ms === "number" ? [t("compare.switch", { ms: fmt(answer.switch_ms, 1) })] : []),
+    ].join(" · ");
+    col.el.append(live(make("div", "muted small answer-meta"), meta));
+    if (answer.settings) col.el.append(makeT("div", "muted small answer-settings", "compare.settings", { settings: settingsText(answer.settings) }));
   }
 
   function syncCompareDefaults() {
@@ -1086,7 +1113,7 @@
   // ---- Evaluate and ship -----------------------------------------------------------------------------------------
 
   async function startJob(body, status) {
-    status.textContent = "Starting…";
+    say(status, "ship.starting");
     try {
       const data = await api("POST", "/api/studio/jobs", body);
       jobUpdated(data.job);
@@ -1126,13 +1153,17 @@
       try {
         const est = await api("POST", "/api/studio/jobs/estimate", { kind: "eval", run, ...evalOptions() });
         if (seq !== state.evalEstimateSeq) return;
-        const parts = [];
-        if (typeof est.examples === "number") parts.push(est.examples === 1 ? "1 example" : `${number(est.examples)} examples`);
-        if (typeof est.budget_tokens === "number") {
-          parts.push(`up to ${number(est.budget_tokens)} tokens` + (typeof est.passes === "number" ? ` in ${est.passes} passes` : ""));
-        }
-        parts.push(typeof est.seconds === "number" ? `about ${duration(est.seconds)}` : "time: no measurement yet");
-        el.replaceChildren(make("span", "estimate-line", `Estimate: ${parts.join(" · ")}`));
+        const line = () => {
+          const parts = [];
+          if (typeof est.examples === "number") parts.push(est.examples === 1 ? t("long.one") : t("long.many", { n: number(est.examples) }));
+          if (typeof est.budget_tokens === "number") {
+            const upTo = { n: number(est.budget_tokens), passes: est.passes };
+            parts.push(t(typeof est.passes === "number" ? "ship.upToPasses" : "ship.upTo", upTo));
+          }
+          parts.push(typeof est.seconds === "number" ? t("est.about", { what: duration(est.seconds) }) : t("ship.timeUnmeasured"));
+          return t("ship.estimate", { parts: parts.join(" · ") });
+        };
+        el.replaceChildren(live(make("span", "estimate-line"), line));
         if (est.basis) el.append(make("span", "estimate-basis", est.basis));
         el.classList.remove("error");
       } catch (err) {
@@ -1154,15 +1185,16 @@
   }
 
   function jobStatusText(job) {
-    if (job.state === "failed") return `failed: ${job.error || "see the Jobs tab"}`;
+    if (job.state === "failed") return job.error ? t("ship.failed", { error: job.error }) : t("ship.failedSeeJobs");
     const p = job.progress || {};
-    if (p.line || typeof p.total === "number") return `job ${job.id}: ${job.state}`; // the bar below says the rest
+    const head = t("ship.jobState", { id: job.id, state: known("state.", job.state) });
+    if (p.line || typeof p.total === "number") return head; // the bar below says the rest
     const last = (job.log_tail || []).filter((l) => l.trim()).slice(-1)[0];
-    return `job ${job.id}: ${job.state}` + (last && !TERMINAL.has(job.state) ? ` · ${last}` : "");
+    return head + (last && !TERMINAL.has(job.state) ? ` · ${last}` : "");
   }
 
   function renderEval(job) {
-    $("eval-status").textContent = jobStatusText(job);
+    live($("eval-status"), () => jobStatusText(job));
     renderProgress($("eval-progress"), job);
     if (job.state !== "done" || !job.result) return;
     $("eval-progress").hidden = true; // the scores below say it has finished
@@ -1188,7 +1220,7 @@
   ];
 
   function shownValue(v, kind, digits) {
-    if (v === null || v === undefined) return "n/a";
+    if (v === null || v === undefined) return t("ship.na");
     if (kind === "percent") return `${(v * 100).toFixed(1)}%`;
     if (kind === "integer") return String(Math.round(v));
     return v.toFixed(digits ?? 3);
@@ -1221,11 +1253,12 @@
   }
 
   function showEval(entry, predictions) {
-    const limit = typeof entry.limit === "number" ? `, at most ${entry.limit} examples` : "";
-    $("eval-where").textContent = `the ${entry.split ?? "test"} split${limit}`;
+    const split = entry.split ?? "test";
+    if (typeof entry.limit === "number") say($("eval-where"), "ship.whereLimit", { split, n: entry.limit });
+    else say($("eval-where"), "ship.where", { split });
     $("eval-when").textContent = entry.time ? `· ${when(entry.time)}` : "";
     const columns = entry.columns || [];
-    const tables = [["all", entry.metrics || []]];
+    const tables = [[() => t("ship.all"), entry.metrics || []]];
     for (const [v, rows] of Object.entries(entry.groups || {})) tables.push([`${entry.by_field} = ${v}`, rows]);
     $("eval-tables").replaceChildren(...tables.map(([title, rows]) => scoreTable(title, columns, rows)));
     $("eval-predictions-box").hidden = !predictions.length;
@@ -1253,12 +1286,15 @@
     const both = columns.length === 2 && columns[0] === "base" && columns[1] === "tuned";
     const table = make("table", "runs-table score-table");
     const head = make("tr");
-    for (const h of [title, ...columns, ...(both ? ["change"] : [])]) head.append(make("th", h === title ? "" : "num", h));
+    // The title is the page's "all" (a function) or the server's `field = value`; base and tuned are eval's names.
+    head.append(typeof title === "function" ? live(make("th"), title) : make("th", "", title));
+    for (const c of columns) head.append(knownEl(make("th", "num"), "column.", c));
+    if (both) head.append(makeT("th", "num", "ship.change"));
     table.append(head);
     for (const row of rows) {
       const tr = make("tr");
       tr.dataset.metric = row.key;
-      tr.append(make("td", "", row.label || row.key));
+      tr.append(live(make("td"), () => word(row.label || row.key)));
       for (const c of columns) tr.append(make("td", "num", (row.shown || {})[c] ?? "-"));
       if (both) {
         const [a, b] = columns.map((c) => (row.values || {})[c]);
@@ -1275,7 +1311,8 @@
   function predictionsTable(rows, columns) {
     const table = $("eval-predictions");
     const head = make("tr");
-    for (const h of ["where", "prompt", "expected", ...columns]) head.append(make("th", "", h));
+    for (const id of ["ship.colWhere", "ship.colPrompt", "ship.colExpected"]) head.append(makeT("th", "", id));
+    for (const c of columns) head.append(knownEl(make("th"), "column.", c));
     const body = rows.map((row) => {
       const tr = make("tr");
       const prompt = Array.isArray(row.input) ? (row.input.filter((m) => m.role === "user").pop() || {}).content : "";
@@ -1311,7 +1348,7 @@
   }
 
   function renderExport(job) {
-    $("export-status").textContent = jobStatusText(job);
+    live($("export-status"), () => jobStatusText(job));
     renderProgress($("export-progress"), job);
     if (job.state !== "done" || !job.result) return;
     $("export-progress").hidden = true; // the files below say it has finished
@@ -1329,7 +1366,8 @@
     $("ollama-line").textContent = job.result.ollama || "";
     $("llama-box").hidden = !llama;
     $("llama-line").textContent = llama;
-    $("ollama-copied").textContent = $("llama-copied").textContent = "";
+    say($("ollama-copied"), null);
+    say($("llama-copied"), null);
     $("ollama-adapter-note").hidden = !(job.result.ollama && /--lora/.test(llama));
     $("run-lines").hidden = !job.result.ollama && !llama;
     $("export-result").hidden = false;
@@ -1345,10 +1383,10 @@
       range.selectNodeContents($(lineId));
       getSelection().removeAllRanges();
       getSelection().addRange(range);
-      $(statusId).textContent = "Selected: press Ctrl-C (⌘-C) to copy.";
+      say($(statusId), "ship.selected");
       return;
     }
-    $(statusId).textContent = "Copied.";
+    say($(statusId), "ship.copied");
   }
 
   /** What the chosen format is for (llama.cpp, Ollama), and that a DoRA run has no adapter form. */
@@ -1363,7 +1401,7 @@
     // A full GGUF and a LoRA adapter GGUF take different types; a fused HF folder none.
     const format = $("export-format").value;
     const types = (state.exportTypes || {})[format] || [];
-    options($("export-type"), [["", "(export's default)"], ...types.map((t) => [t, t])], true);
+    options($("export-type"), [["", () => t("ship.exportDefault")], ...types.map((type) => [type, type])], true);
     $("export-type").disabled = format === "hf";
   }
 
@@ -1401,6 +1439,7 @@
   window.addEventListener("resize", () => {
     if (!resizeFrame) resizeFrame = requestAnimationFrame(() => { resizeFrame = 0; drawJobChart(); });
   });
+  document.addEventListener("i18n:change", drawJobChart); // the chart's words are drawn, not marked
 
   async function start() {
     showTab(location.hash.slice(1));
