@@ -192,7 +192,8 @@ def prepare(
         if not any(placed.values()):
             raise UserError(
                 f"all {len(unique)} examples are longer than max_seq_length {stats.max_seq_length}: skipping them "
-                "leaves nothing; raise max_seq_length, or cut the prompts' start instead (truncate: prompt)"
+                "leaves nothing; raise max_seq_length, or cut the prompts' start instead"
+                " (prepare --truncate prompt; in the studio, the cut-the-prompt fix)"
             )
 
     out = Path(out)

@@ -323,6 +323,7 @@ def format_stats(stats: DataStats) -> str:
     if left_out := sum(s.left_out for s in stats.splits.values()):
         lines.append(
             f"  {left_out} pairs have prompts that fill max_seq_length {stats.max_seq_length}: training leaves them "
-            "out (no answer token is left); raise max_seq_length, or cut their prompts' start (truncate: prompt)"
+            "out (no answer token is left); raise max_seq_length, or cut their prompts' start"
+            " (prepare --truncate prompt; in the studio, the cut-the-prompt fix)"
         )
     return "\n".join(lines)

@@ -162,7 +162,8 @@ class TokenizedPairs:
         if self.dropped:  # never quietly: say why, and what would keep them
             note += (
                 f", as their prompts fill max_seq_length{_stored_note(self.fit, max_seq_length)}; to keep them, raise "
-                "max_seq_length or prepare the set with its prompts cut at the start (truncate: prompt)"
+                "max_seq_length or prepare the set with its prompts cut at the start"
+                " (prepare --truncate prompt; in the studio, the cut-the-prompt fix)"
             )
         return note
 

@@ -125,7 +125,7 @@ def test_a_set_stored_at_8192_and_trained_at_512_says_at_the_start_how_many_pair
     err = capsys.readouterr().err
     train_line = next(line for line in err.splitlines() if "train.jsonl:" in line)
     assert f"{dropped} of them keep no token of an answer and are left out" in train_line, train_line
-    assert "checked at max_seq_length 8192" in train_line and "truncate: prompt" in train_line
+    assert "checked at max_seq_length 8192" in train_line and "--truncate prompt" in train_line
 
 
 def test_prepare_flags_fit_the_set_as_the_upload_fields_do(qwen2_dir, tmp_path, capsys):
