@@ -52,7 +52,7 @@ class Record:
 
 
 def duration(seconds: float | None) -> str:
-    """`3m05s`, `1h02m`, or `?` (training's spelling, loop._duration)."""
+    """`3m05s`, `1h02m`, or `?`: how training and every other long command spell the time left."""
     if seconds is None or not math.isfinite(seconds):
         return "?"
     s = int(max(seconds, 0))

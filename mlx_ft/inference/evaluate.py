@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_ft import data, progress
@@ -30,8 +29,7 @@ from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
 from mlx_ft.resources import local_or_shipped
 from mlx_ft.training import loop as training_loop
-from mlx_ft.training.batches import TokenizedChats, TokenizedPairs, iterate_batches
-from mlx_ft.training.loss import masked_loss
+from mlx_ft.training.batches import TokenizedChats, TokenizedPairs
 from mlx_ft.training.preference import pair_scores
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
@@ -151,9 +149,8 @@ def split_loss(
 
 
 def mean_loss(model: nn.Module, chats: TokenizedChats, batch_size: int, max_len: int, stage: str | None) -> float:
-    """Mean loss per learned token over all of `chats`: what validation in training computes
-    (`training.loop.evaluate`: the same batches, the same masked loss, on one worker), with progress lines."""
-    model.eval()
+    """Mean loss per learned token over all of `chats`: validation's own `training.loop.evaluate` over every batch,
+    with progress lines."""
     all_tokens = max(sum(len(ids) for ids, _ in chats.items), 1)
     reporter = progress.Reporter(stage, len(chats), "examples", "tok/s") if stage else None
     seen = tokens = 0
@@ -162,17 +159,14 @@ def mean_loss(model: nn.Module, chats: TokenizedChats, batch_size: int, max_len:
         nonlocal seen, tokens
         seen, tokens = seen + len(lengths), tokens + sum(lengths)
 
-    total, count = mx.array(0.0), mx.array(0.0)
-    for batch in iterate_batches(chats, batch_size, max_len, on_batch=counted):
-        loss, ntoks = masked_loss(model, *batch)  # eval batches are normalised by their own learned tokens
-        total, count = total + loss * ntoks, count + ntoks
-        mx.eval(total, count)
-        training_loop.clear_cache(0)
+    def report() -> None:
         if reporter is not None:
             reporter.update(seen, tokens, tokens / all_tokens)
+
+    loss = training_loop.evaluate(model, chats, batch_size, max_len, -1, on_batch=counted, after_batch=report)
     if reporter is not None:
         reporter.finish(tokens)
-    return (total / count).item()
+    return loss
 
 
 def split_preferences(

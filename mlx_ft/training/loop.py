@@ -35,6 +35,7 @@ from mlx_lm.tuner.trainer import grad_checkpoint
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 from tqdm import tqdm
 
+from mlx_ft import progress
 from mlx_ft.atomic import atomic_dir, atomic_path
 from mlx_ft.config import TrainConfig
 from mlx_ft.errors import UserError
@@ -209,18 +210,24 @@ def evaluate(
     max_seq_length: int,
     num_batches: int,
     clear_cache_threshold: int = 0,
+    on_batch: Callable[[list[int], int], None] | None = None,
+    after_batch: Callable[[], None] | None = None,
 ) -> float:
     """Mean loss per learned token over `num_batches` batches of `dataset` (-1: all of it), over all workers.
-    Leaves the model in eval mode."""
+    Leaves the model in eval mode. `on_batch` sees each batch's lengths as it is made (iterate_batches'), and
+    `after_batch` runs once its loss is computed (eval's progress lines)."""
     model.eval()
     world = mx.distributed.init()
     total, count = mx.array(0.0), mx.array(0.0)
     limit = range(num_batches) if num_batches > 0 else itertools.count()
-    for _, batch in zip(limit, iterate_batches(dataset, batch_size, max_seq_length, comm_group=world)):
+    batches = iterate_batches(dataset, batch_size, max_seq_length, comm_group=world, on_batch=on_batch)
+    for _, batch in zip(limit, batches):
         loss, ntoks = masked_loss(model, *batch)  # eval batches are normalised by their own learned tokens
         total, count = total + loss * ntoks, count + ntoks
         mx.eval(total, count)
         clear_cache(clear_cache_threshold)
+        if after_batch is not None:
+            after_batch()
     total, count = (mx.distributed.all_sum(x, stream=mx.cpu) for x in (total, count))
     return (total / count).item()
 
@@ -438,7 +445,7 @@ class RunLog:
         self._say(
             f"step {step}/{self.iters}  loss {row['loss']:.3f}{_preference_text(row)}  lr {lr:.2e}  "
             f"{row['tokens_per_s']:,.0f} tok/s{speed}  peak {row['peak_memory_gb']:.2f} GB  "
-            f"eta {_duration(eta)}"
+            f"eta {progress.duration(eta)}"
         )
         self.bar.set_postfix_str(
             f"loss {row['loss']:.3f} lr {lr:.1e} {row['tokens_per_s']:,.0f} tok/s mem {row['peak_memory_gb']:.2f}GB",
@@ -479,10 +486,3 @@ def _preference_text(row: dict[str, Any], prefix: str = "") -> str:
         f"  {prefix}acc {row['accuracy']:.0%}  {prefix}margin {row['reward_margin']:.3f}  "
         f"chosen {row['rewards_chosen']:.3f}  rejected {row['rewards_rejected']:.3f}"
     )
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
