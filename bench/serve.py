@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -208,7 +209,8 @@ def main() -> None:
     one = statistics.median(aggregate(r) for r in runs[1])
     print(
         f"{loaded.label}: {len(questions)} different questions (stream i asks question i), greedy, "
-        f"max_tokens {args.max_tokens}, {args.repeats} rounds (median); BLAS: {blas.describe(blas.use_fast_blas())}"
+        f"max_tokens {args.max_tokens}, {args.repeats} rounds (median); BLAS: {blas.describe(blas.use_fast_blas())}; "
+        f"both sides in this one process, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end"
     )
     print(f"{'':18}{'streams':>8}{'tokens':>8}{'agg tok/s':>11}{'TTFT med':>10}{'TTFT max':>10}{'x one':>7}")
     bare_agg = statistics.median(aggregate([b]) for b in bares)
