@@ -21,9 +21,9 @@ from pathlib import Path
 
 import mlx_ft  # noqa: F401  (binds MLX to OpenBLAS on Linux before mlx.core loads)
 from mlx_ft import config, data
+from mlx_ft.inference.engine import BASE, Engine, ModelRef
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
-from mlx_ft.server.engine import BASE, Engine, ModelRef
 from mlx_ft.training.run import train
 
 QUESTION = [{"role": "user", "content": "金鱼浮在水面怎么办？"}]

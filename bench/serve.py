@@ -39,9 +39,9 @@ import mlx_ft  # noqa: F401  (first: it binds MLX to OpenBLAS on Linux, which on
 from mlx_lm.generate import stream_generate
 
 from mlx_ft import chat_template
+from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
 from mlx_ft.server.app import create_app, make_wsgi_server
-from mlx_ft.server.engine import Engine
 from mlx_ft.server.state import ServeConfig
 from mlx_ft.system import blas
 

@@ -15,7 +15,7 @@ from mlx_ft.data import recipes
 from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.inference.sampling import CHAT_TEMPERATURE, MAX_TOKENS
-from mlx_ft.server import MAX_UPLOAD_MB
+from mlx_ft.services.serve_config import MAX_UPLOAD_MB
 from mlx_ft.system.blas import blas_warning
 
 if TYPE_CHECKING:

@@ -6,3 +6,12 @@ The CLI prints its message on one line without a traceback and exits 2; anything
 
 class UserError(Exception):
     """A problem with the user's input or environment; the message says what to do."""
+
+
+class NotFound(UserError):
+    """What was asked for does not exist (no such job, task or file); the server answers 404."""
+
+
+class Conflict(UserError):
+    """What was asked for cannot happen in the current state (a job already running, one that has finished); the
+    server answers 409."""

@@ -1,4 +1,4 @@
-"""`serve`: the web chat, its JSON APIs (the seed's, the page's, OpenAI's) and the runs dashboard."""
-
-# Here, not in state.py, so that the CLI can show it in `serve --help` without importing Flask and MLX.
-MAX_UPLOAD_MB = 64  # the largest data set upload the studio takes by default (`serve --max-upload-mb`)
+"""`serve`: the web app. One blueprint package per product: `chat/` (the pages and the page's conversation API),
+`openai/` (the OpenAI-compatible API), `studio/` (data, the new-run form, jobs, models and compare, runs), `tasks/`
+(a recipe's task endpoints); `app.py` builds it, `guard.py` keeps other sites out, `http.py` reads requests and
+writes answers, `state.py` is what every request reads. What they serve lives below, in `mlx_ft.services`."""

@@ -18,23 +18,30 @@ from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, request
 from waitress import create_server
 from waitress.server import BaseWSGIServer
 from werkzeug.exceptions import HTTPException
 
-from mlx_ft.checks import FieldError
-from mlx_ft.errors import UserError
+from mlx_ft.errors import Conflict, NotFound, UserError
+from mlx_ft.inference.engine import Engine, ModelRef
 from mlx_ft.models import loader
 from mlx_ft.resources import resource
-from mlx_ft.server import api, datasets, guard, openai_api, runs, studio_data, studio_jobs, studio_models, tasks
-from mlx_ft.server.engine import Engine, ModelRef
-from mlx_ft.server.history import DEFAULT_SETTINGS, History
+from mlx_ft.server import guard, pages
+from mlx_ft.server.chat import routes as api
 from mlx_ft.server.http import ApiError, FiniteJSONProvider, error_response
-from mlx_ft.server.job_runner import JobRunner
-from mlx_ft.server.jobs import JobStore
+from mlx_ft.server.openai import routes as openai_api
 from mlx_ft.server.state import EXTENSION, ServeConfig, ServerState, of
-from mlx_ft.server.task_service import TaskService
+from mlx_ft.server.studio import data as studio_data
+from mlx_ft.server.studio import jobs as studio_jobs
+from mlx_ft.server.studio import models as studio_models
+from mlx_ft.server.studio import runs
+from mlx_ft.server.tasks import routes as tasks
+from mlx_ft.services import datasets
+from mlx_ft.services.history import History
+from mlx_ft.services.job_runner import JobRunner
+from mlx_ft.services.job_store import JobStore
+from mlx_ft.services.tasks import TaskService
 
 
 def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
@@ -63,9 +70,10 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     def _api_error(e: ApiError) -> tuple[Response, int]:
         return error_response(e.message, e.status)
 
-    @app.errorhandler(FieldError)
-    def _field_error(e: FieldError) -> tuple[Response, int]:
-        return error_response(str(e), 400)
+    @app.errorhandler(UserError)
+    def _user_error(e: UserError) -> tuple[Response, int]:
+        # The services' errors (a bad field, an unknown job, a job in the wrong state) in their status codes.
+        return error_response(str(e), 404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 400)
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Any:
@@ -74,42 +82,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
             return error_response(message, e.code or 500)
         return e
 
-    @app.context_processor
-    def _home() -> dict[str, str]:
-        return {"home": config.home}  # the nav bar marks the page at / as the one it is
-
-    @app.get("/chat")
-    def chat_page() -> str:
-        return render_template(
-            "chat.html",
-            model_label=engine.loaded.label,
-            adapter=adapter_name(engine),
-            default_settings=DEFAULT_SETTINGS,
-        )
-
-    @app.get("/")
-    def home_page() -> str:
-        # `serve` with no RUN is there to train one: it opens on the studio; `serve RUN` on the chat with that run.
-        return studio_page() if config.home == "studio" else chat_page()
-
-    @app.get("/runs")
-    def runs_page() -> str:
-        return render_template("runs.html", model_label=engine.loaded.label, adapter=adapter_name(engine))
-
-    @app.get("/studio")
-    def studio_page() -> str:
-        return render_template("studio.html", model_label=engine.loaded.label, adapter=adapter_name(engine))
-
-    @app.get("/api/info")
-    def info() -> Response:
-        return jsonify(
-            model=engine.loaded.label,
-            adapter=adapter_name(engine),
-            defaults=DEFAULT_SETTINGS,
-            context=engine.context,
-            generation_defaults=engine.generation_defaults(None),  # its generation_config.json: a hint for the page
-        )
-
+    app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(runs.bp)
@@ -143,11 +116,6 @@ def _more_runs(config: ServeConfig) -> dict[str, Path]:
             raise UserError(f"two of the served runs are named {name!r}; serve one of them from another folder")
         out[name] = path
     return out
-
-
-def adapter_name(engine: Engine) -> str | None:
-    loaded = engine.loaded
-    return str(loaded.adapter_file.parent) if loaded.adapter_file is not None else None
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:

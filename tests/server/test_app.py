@@ -13,9 +13,9 @@ import pytest
 
 from mlx_ft import cli
 from mlx_ft.errors import UserError
+from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
 from mlx_ft.server.app import check_port, create_app
-from mlx_ft.server.engine import Engine
 from mlx_ft.server.state import ServeConfig
 from tests.conftest import REPO
 from tests.serving import call, free_port, start_server

@@ -9,12 +9,12 @@ import signal
 
 import pytest
 
+from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
 from mlx_ft.server import guard
 from mlx_ft.server.app import create_app
-from mlx_ft.server.engine import Engine
-from mlx_ft.server.history import History
 from mlx_ft.server.state import ServeConfig
+from mlx_ft.services.history import History
 from tests.serving import call, free_port, start_server
 
 EVIL = "https://evil.example"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlx_ft.errors import UserError
-from mlx_ft.server.history import DEFAULT_SETTINGS, DEFAULT_TITLE, SCHEMA_VERSION, Conversation, History, Message
+from mlx_ft.services.history import DEFAULT_SETTINGS, DEFAULT_TITLE, SCHEMA_VERSION, Conversation, History, Message
 
 
 @pytest.fixture

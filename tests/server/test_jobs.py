@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from mlx_ft import config, data, progress
+from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
-from mlx_ft.server import job_runner
 from mlx_ft.server.app import create_app
-from mlx_ft.server.engine import Engine
-from mlx_ft.server.jobs import Job, JobStore
 from mlx_ft.server.state import ServeConfig, of
+from mlx_ft.services import job_runner
+from mlx_ft.services.job_store import Job, JobStore
 from mlx_ft.training import checkpoints
 from mlx_ft.training.run import train
 from tests.serving import call, free_port, start_server

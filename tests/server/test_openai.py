@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from mlx_ft import config, data
+from mlx_ft.inference.engine import Engine
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
-from mlx_ft.server.engine import Engine
 from mlx_ft.training.run import train
 from tests.serving import openai_client, serving
 

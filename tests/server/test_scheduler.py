@@ -7,9 +7,9 @@ import pytest
 
 from mlx_ft import chat_template
 from mlx_ft.inference import generation
+from mlx_ft.inference.engine import Engine, ModelRef
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
-from mlx_ft.server.engine import Engine, ModelRef
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 from mlx_ft import chat_template, cli, data
 from mlx_ft import config as config_mod
 from mlx_ft.export.tensor_types import FILE_TYPES
+from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
 from mlx_ft.server.app import create_app
-from mlx_ft.server.engine import Engine
 from mlx_ft.server.state import ServeConfig
 from mlx_ft.training.batches import TokenizedChats
 
@@ -458,7 +458,7 @@ def _metrics_run(runs: Path, name: str, model: str, rows: list[dict], **cfg) -> 
 
 
 def _done_job(client, run: Path, state: str = "done", created: float = 1.0) -> None:
-    from mlx_ft.server.jobs import Job
+    from mlx_ft.services.job_store import Job
 
     job = Job(Job.new_id(), "train", run.name, str(run), [], "", str(run / "studio.log"), created, state=state)
     client.application.extensions["mlx_ft"].jobs.store.save(job)

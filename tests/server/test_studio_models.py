@@ -12,12 +12,12 @@ import pytest
 from mlx_ft import config, data
 from mlx_ft.cli import build_parser
 from mlx_ft.config import TrainConfig
+from mlx_ft.inference.engine import Engine
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
 from mlx_ft.server.app import create_app
-from mlx_ft.server.engine import Engine
-from mlx_ft.server.history import History
 from mlx_ft.server.state import MAX_UPLOAD_BYTES, ServeConfig, of
+from mlx_ft.services.history import History
 from mlx_ft.training.run import train
 
 EVIL = "https://evil.example"
@@ -55,8 +55,9 @@ def test_the_readmes_api_section_lists_every_studio_route():
 
     from flask import Flask
 
-    from mlx_ft.server import studio_data, studio_jobs
-    from mlx_ft.server import studio_models as models_api
+    from mlx_ft.server.studio import data as studio_data
+    from mlx_ft.server.studio import jobs as studio_jobs
+    from mlx_ft.server.studio import models as models_api
 
     app = Flask("routes")
     for bp in (studio_data.bp, models_api.bp, studio_jobs.bp):
@@ -278,7 +279,7 @@ def test_runs_serve_was_given_answer_by_name_in_the_studio_and_the_openai_api(en
 
 
 def test_a_variant_dropped_from_the_cache_is_rebuilt_the_same(client, truth, monkeypatch):
-    from mlx_ft.server import engine as engine_mod
+    from mlx_ft.inference import engine as engine_mod
 
     monkeypatch.setattr(engine_mod, "MAX_VARIANTS", 1)
     answers = _compare(client, "run:A", "run:B", "run:A", "base")
@@ -296,7 +297,7 @@ def test_a_prompt_for_a_third_base_leaves_a_running_answer_on_another_alone(engi
     is answering reads D's tokenizer only: C's base stays loaded under its batch, and C's answers are whole."""
     cfg = config.load(runs / "C" / "config.yaml")
     train(config.build({**cfg.__dict__, "adapter_path": str(tmp_path / "D"), "quantize": 8}))
-    from mlx_ft.server.engine import ModelRef
+    from mlx_ft.inference.engine import ModelRef
 
     c, d = ModelRef("C", runs / "C"), ModelRef("D", tmp_path / "D")
     long = Sampling(temp=0.0, max_tokens=32, top_logprobs=0)  # a piece per token

@@ -10,12 +10,12 @@ import pytest
 from mlx_ft import cli
 from mlx_ft.data import recipes
 from mlx_ft.errors import UserError
+from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
 from mlx_ft.server import state
 from mlx_ft.server.app import create_app
-from mlx_ft.server.engine import Engine
 from mlx_ft.server.state import ServeConfig
-from mlx_ft.server.task_service import TaskService
+from mlx_ft.services.tasks import TaskService
 from tests.serving import call, free_port, start_server
 
 LISTINGS = ["m50s 26w 124t gtd 1020u $1020.0", "蚂蚁 s19jpro 104t 现货 1300u", "avalon a1246 90T 330usdt"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mlx_ft.server import datasets
-from mlx_ft.server.datasets import UPLOAD_PREFIX, Refused, remove_scratch
+from mlx_ft.services import datasets
+from mlx_ft.services.datasets import UPLOAD_PREFIX, Refused, remove_scratch
 
 DEEP = 100_000
 

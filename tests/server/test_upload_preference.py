@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mlx_ft import chat_template, data
+from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
 from mlx_ft.server.app import create_app
-from mlx_ft.server.engine import Engine
 from mlx_ft.server.state import ServeConfig
 from mlx_ft.training.batches import TokenizedPairs
 from tests.data import dpo_demo

@@ -16,12 +16,13 @@ from mlx_lm.tokenizer_utils import _byte_decoder
 
 from mlx_ft import chat_template
 from mlx_ft.inference import generation
+from mlx_ft.inference.engine import Engine
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
-from mlx_ft.server import api, studio_models
 from mlx_ft.server.app import create_app
-from mlx_ft.server.engine import Engine
+from mlx_ft.server.chat import routes as api
 from mlx_ft.server.state import ServeConfig
+from mlx_ft.server.studio import models as studio_models
 
 REPLACEMENT = "\ufffd"
 QUESTION = "你好"

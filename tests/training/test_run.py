@@ -368,7 +368,7 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_adapter(qwen2_dir, ti
     """Adam at lr 1e30 takes the fixture's weights to ~1e30 in one update, and step 2's forward pass overflows.
     The CLI stops there with one line (exit 2; the studio's job shows the same line), and neither the run's adapter
     nor best/ is written; the checkpoint of step 1, taken before the loss went bad, stays."""
-    from mlx_ft.server.job_runner import failure
+    from mlx_ft.services.job_runner import failure
 
     run = tmp_path / "run"
     flags = {"model": qwen2_dir, "data": tiny_data, "adapter-path": run, "fine-tune-type": "lora", "num-layers": 2}

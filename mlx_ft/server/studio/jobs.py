@@ -36,16 +36,16 @@ from flask import Blueprint, Response, jsonify, send_file
 from mlx_ft import checks
 from mlx_ft.errors import UserError
 from mlx_ft.inference import evaluate
+from mlx_ft.inference.engine import ModelRef
 from mlx_ft.models import loader
 from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.resources import local_or_shipped
-from mlx_ft.server import run_form
-from mlx_ft.server.engine import ModelRef
 from mlx_ft.server.http import ApiError, event_stream, field, finite, json_body, sse
-from mlx_ft.server.job_runner import command_line
-from mlx_ft.server.jobs import KINDS, Job
 from mlx_ft.server.state import ServeConfig, current
-from mlx_ft.server.studio_data import local_models
+from mlx_ft.server.studio.data import local_models
+from mlx_ft.services import run_form
+from mlx_ft.services.job_runner import command_line
+from mlx_ft.services.job_store import KINDS, Job
 
 bp = Blueprint("studio_jobs", __name__, url_prefix="/api/studio")
 

@@ -16,9 +16,10 @@ from mlx_ft import checks, data
 from mlx_ft import config as config_mod
 from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
-from mlx_ft.server import datasets, run_form, studio_models
 from mlx_ft.server.http import ApiError, json_body
 from mlx_ft.server.state import current
+from mlx_ft.server.studio import models as studio_models
+from mlx_ft.services import datasets, run_form
 
 bp = Blueprint("studio_data", __name__, url_prefix="/api/studio")
 # `truncate` and `skip_long` fit a set's long examples to max_seq_length: what an upload's `fixes` offer.

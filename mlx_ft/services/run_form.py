@@ -31,8 +31,8 @@ from mlx_ft.errors import UserError
 from mlx_ft.models import sources
 from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.resources import local_or_shipped
-from mlx_ft.server import datasets
-from mlx_ft.server.state import ServeConfig
+from mlx_ft.services import datasets
+from mlx_ft.services.serve_config import ServeConfig
 from mlx_ft.training.loss_plot import read_metrics
 
 # method → (fine_tune_type, quantize): QLoRA is LoRA on a quantized base.

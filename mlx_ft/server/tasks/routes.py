@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from mlx_ft.data import recipes
 from mlx_ft.server.http import ApiError, json_body
 from mlx_ft.server.state import current
-from mlx_ft.server.task_service import TaskService
+from mlx_ft.services.tasks import TaskService
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/tasks")
 

@@ -41,9 +41,9 @@ from typing import Any
 import yaml
 
 from mlx_ft import progress as progress_lines
+from mlx_ft.errors import Conflict, NotFound
 from mlx_ft.models.adapters import ADAPTERS
-from mlx_ft.server.http import ApiError
-from mlx_ft.server.jobs import ACTIVE, FINAL, RESUMABLE, Job, JobStore
+from mlx_ft.services.job_store import ACTIVE, FINAL, RESUMABLE, Job, JobStore
 from mlx_ft.training import checkpoints
 from mlx_ft.training.loss_plot import read_metrics
 
@@ -296,7 +296,7 @@ class JobRunner:
     def job(self, job_id: str) -> Job:
         job = self.store.get(job_id)
         if job is None:
-            raise ApiError(404, f"no job {job_id!r}")
+            raise NotFound(f"no job {job_id!r}")
         return job
 
     def jobs(self) -> list[Job]:
@@ -356,11 +356,11 @@ class JobRunner:
         """A file the job produced; nothing else (the name must be one of the job's own files)."""
         job = self.job(job_id)
         if name not in job.files or job.out_dir is None:
-            raise ApiError(404, f"job {job_id} produced no file {name!r}")
+            raise NotFound(f"job {job_id} produced no file {name!r}")
         folder = Path(job.out_dir).resolve()
         path = (folder / name).resolve()
         if not path.is_relative_to(folder) or not path.is_file():
-            raise ApiError(404, f"{name} of job {job_id} is gone")
+            raise NotFound(f"{name} of job {job_id} is gone")
         return path
 
     # --- what the API does -------------------------------------------------------------------------------------------
@@ -381,7 +381,7 @@ class JobRunner:
             for other in self.store.all():
                 same = other.kind == "train" and Path(other.run_dir) == Path(run_dir)
                 if kind == "train" and same and other.state not in ("failed", "cancelled"):
-                    raise ApiError(409, f"job {other.id} already trains {run_dir} ({other.state})")
+                    raise Conflict(f"job {other.id} already trains {run_dir} ({other.state})")
             job_id = job_id or Job.new_id()
             now = time.time()
             log = self.runs_dir / ".studio" / f"{job_id}.log"  # a train job's moves into its run folder later
@@ -406,7 +406,7 @@ class JobRunner:
         job = self.job(job_id)
         if job.state not in states:
             advice = f"; {hint[1]}" if job.state == hint[0] else ""
-            raise ApiError(409, f"job {job_id} is {job.state}: {rule}{advice}")
+            raise Conflict(f"job {job_id} is {job.state}: {rule}{advice}")
         return job
 
     def stop(self, job_id: str) -> Job:
@@ -434,7 +434,7 @@ class JobRunner:
             job = self.job(job_id)
             if job.state in RESUMABLE and finished(job):  # it ended in its last step: resuming would find no work
                 self._settle_done(job)
-                raise ApiError(409, f"job {job_id} has finished ({_finished_words(job)}): nothing is left to resume")
+                raise Conflict(f"job {job_id} has finished ({_finished_words(job)}): nothing is left to resume")
             job = self._job_in(
                 job_id,
                 RESUMABLE,

@@ -23,12 +23,13 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from mlx_ft import chat_template
 from mlx_ft.errors import UserError
 from mlx_ft.inference import generation, tool_calls
+from mlx_ft.inference.engine import ModelRef
 from mlx_ft.inference.sampling import Sampling
-from mlx_ft.server import openai_request, studio_models
-from mlx_ft.server.engine import ModelRef
+from mlx_ft.inference.scheduler import Job
 from mlx_ft.server.http import ApiError, event_stream, json_body, sse
-from mlx_ft.server.scheduler import Job
+from mlx_ft.server.openai import request as openai_request
 from mlx_ft.server.state import current
+from mlx_ft.server.studio import models as studio_models
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 _BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}  # byte-level BPE's printable stand-ins for raw bytes

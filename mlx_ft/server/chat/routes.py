@@ -8,12 +8,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from mlx_ft.errors import UserError
+from mlx_ft.inference.engine import ModelRef
 from mlx_ft.inference.sampling import Sampling
-from mlx_ft.server import studio_models
-from mlx_ft.server.engine import ModelRef
-from mlx_ft.server.history import Conversation
 from mlx_ft.server.http import ApiError, event_stream, json_body, sse, text_field
 from mlx_ft.server.state import current
+from mlx_ft.server.studio import models as studio_models
+from mlx_ft.services.history import Conversation
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

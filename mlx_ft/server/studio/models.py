@@ -47,13 +47,13 @@ from mlx_ft import chat_template, checks
 from mlx_ft import config as config_mod
 from mlx_ft.errors import UserError
 from mlx_ft.inference import generation
+from mlx_ft.inference.engine import BASE, Engine, ModelRef
 from mlx_ft.inference.sampling import Sampling
+from mlx_ft.inference.scheduler import Job, merged
 from mlx_ft.models import loader
-from mlx_ft.server.engine import BASE, Engine, ModelRef
-from mlx_ft.server.history import DEFAULT_SETTINGS, MAX_TOKENS_LIMIT
 from mlx_ft.server.http import ApiError, event_stream, field, json_body, sse, text_field
-from mlx_ft.server.scheduler import Job, merged
 from mlx_ft.server.state import current
+from mlx_ft.services.history import DEFAULT_SETTINGS, MAX_TOKENS_LIMIT
 
 bp = Blueprint("studio_models", __name__, url_prefix="/api/studio")
 SERVED = "served"  # the id of the model `serve` started with when it is a run outside the runs folder

@@ -32,8 +32,8 @@ from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.inference import generation
 from mlx_ft.inference.sampling import Sampling
+from mlx_ft.inference.scheduler import Job, Scheduler
 from mlx_ft.models import loader, sources
-from mlx_ft.server.scheduler import Job, Scheduler
 
 FALLBACK_CONTEXT = 4096  # when the model config names no context length
 MAX_VARIANTS = 8  # runs kept ready per base; an older one is rebuilt (a first switch) when asked for again

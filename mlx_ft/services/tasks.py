@@ -13,10 +13,9 @@ from typing import Any
 
 from mlx_ft.data import recipes
 from mlx_ft.data.formats import with_system
-from mlx_ft.errors import UserError
+from mlx_ft.errors import NotFound, UserError
+from mlx_ft.inference.engine import Engine, TooLong
 from mlx_ft.inference.sampling import Sampling
-from mlx_ft.server.engine import Engine, TooLong
-from mlx_ft.server.http import ApiError
 
 CACHE_SIZE = 4096  # answers kept; one is a few hundred bytes
 MAX_BATCH = 256  # inputs in one request
@@ -52,21 +51,21 @@ class TaskService:
     def served(self, name: str) -> Served:
         if name not in self.tasks:
             known = ", ".join(self.tasks) or "none (start serve with --task RECIPE)"
-            raise ApiError(404, f"unknown task {name!r}; served: {known}")
+            raise NotFound(f"unknown task {name!r}; served: {known}")
         return self.tasks[name]
 
     def run(self, name: str, inputs: list[str]) -> list[dict[str, Any]]:
         """One result per input, `{"output", "fields", "parsed", "cached"}`, in order; repeats from the cache."""
         served = self.served(name)
         if not inputs:
-            raise ApiError(400, "'inputs' is empty")
+            raise UserError("'inputs' is empty")
         if len(inputs) > self.max_batch:
-            raise ApiError(400, f"{len(inputs)} inputs in one request; at most {self.max_batch}")
+            raise UserError(f"{len(inputs)} inputs in one request; at most {self.max_batch}")
         for i, text in enumerate(inputs):
             if not isinstance(text, str) or not text.strip():
-                raise ApiError(400, f"input {i} must be a non-empty string")
+                raise UserError(f"input {i} must be a non-empty string")
             if len(text) > MAX_INPUT_CHARS:
-                raise ApiError(400, f"input {i} is {len(text)} characters; at most {MAX_INPUT_CHARS}")
+                raise UserError(f"input {i} is {len(text)} characters; at most {MAX_INPUT_CHARS}")
         results: dict[str, dict[str, Any]] = {}
         with self._cache_lock:
             for text in inputs:
@@ -85,7 +84,7 @@ class TaskService:
                     for t in todo
                 ]
             except TooLong as e:
-                raise ApiError(400, str(e)) from None
+                raise UserError(str(e)) from None
             outputs = self.engine.answer_many(prompts, Sampling(temp=0.0, max_tokens=task.max_tokens))
             with self._cache_lock:
                 for text, output in zip(todo, outputs):

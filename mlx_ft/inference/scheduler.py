@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
@@ -28,8 +28,14 @@ from mlx_lm.generate import BatchGenerator, make_stop_sequences
 from mlx_ft.inference import generation
 from mlx_ft.inference.sampling import Sampling
 
-if TYPE_CHECKING:
-    from mlx_ft.server.engine import Engine, ModelRef
+
+class Models(Protocol):
+    """What the scheduler needs of the models it answers with (the engine): make one of them the one answering."""
+
+    def activate(self, ref: Any) -> tuple[Any, float]:
+        """(the base now wearing `ref`'s adapter, with `.model` and `.tokenizer`; milliseconds the switch took)."""
+        ...
+
 
 MAX_BATCH = 16  # answers decoded together; more wait for a free place (memory grows with each one's cache)
 PREFILL_BATCH = 8  # prompts processed together when several arrive at once
@@ -41,7 +47,7 @@ class Job:
 
     prompt: list[int]
     sampling: Sampling
-    ref: ModelRef | None
+    ref: Any  # the engine's ModelRef (None: the served model)
     key: Any = None  # the engine's model key: jobs with equal keys are generated in one batch
     events: queue.Queue[Any] = field(default_factory=queue.Queue)  # Chunk ... then None; or an exception
     switch_ms: float | None = None  # the time it took to make the job's model the one answering
@@ -102,7 +108,7 @@ class _Active:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Models) -> None:
         self._engine = engine
         self._inbox: queue.Queue[list[Job]] = queue.Queue()
         self._waiting: deque[Job] = deque()

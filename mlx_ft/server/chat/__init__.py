@@ -1,0 +1,1 @@
+"""The chat: its pages (`/`, `/chat`) and the page's conversation API over the history, and the seed's `/api/chat`."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API (`/v1/...`): `request` checks what a request asks, `routes` answers it."""
