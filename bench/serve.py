@@ -36,14 +36,14 @@ from pathlib import Path
 import mlx_ft  # noqa: F401  (first: it binds MLX to OpenBLAS on Linux, which only works before mlx.core loads)
 
 # isort: split
-from mlx_lm.generate import stream_generate
-
 from mlx_ft import chat_template
 from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
 from mlx_ft.server.app import create_app, make_wsgi_server
 from mlx_ft.server.state import ServeConfig
 from mlx_ft.system import blas
+
+from mlx_lm.generate import stream_generate
 
 QUESTIONS = [
     "我的金鱼最近不爱吃东西，总是浮在水面，应该怎么办？请详细说明。",

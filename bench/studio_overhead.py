@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 import mlx_ft  # noqa: E402,F401 -- binds MLX to OpenBLAS before anything imports mlx.core
 from mlx_ft.training.loss_plot import read_metrics  # noqa: E402
+
 from tests.serving import call, free_port, start_server  # noqa: E402  (the tests' real-server helpers)
 
 

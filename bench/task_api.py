@@ -28,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import mlx_ft  # noqa: E402,F401  (first, as in every benchmark: this process loads no model, its server does)
+
 from tests.serving import call, free_port, start_server  # noqa: E402  (the tests' real-server helpers)
 
 TASK = "miner-name"

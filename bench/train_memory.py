@@ -34,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_overhead import REPO, SETTINGS, Sides, equal_length_set, train_only_copy
-
 from mlx_ft import models
+
+from train_overhead import REPO, SETTINGS, Sides, equal_length_set, train_only_copy
 
 VARIANTS = {
     "lora": {"fine_tune_type": "lora"},

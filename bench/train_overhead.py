@@ -64,18 +64,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import mlx_ft  # noqa: F401 -- binds MLX to OpenBLAS before anything imports mlx.core
+from mlx_ft import data as ft_data
+from mlx_ft import models
+from mlx_ft.training import batches as ft_batches
+from mlx_ft.training.loss_plot import read_metrics
+
 import numpy as np
 import yaml
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import iterate_batches as mlx_lm_batches
 from mlx_lm.utils import load_tokenizer
 
-import mlx_ft  # noqa: F401 -- binds MLX to OpenBLAS before anything imports mlx.core
-from mlx_ft import data as ft_data
-from mlx_ft import models
-from mlx_ft.system.blas import use_fast_blas
-from mlx_ft.training import batches as ft_batches
-from mlx_ft.training.loss_plot import read_metrics
+from blas_sides import fast_blas, mapped, same_blas
 
 REPO = Path(__file__).resolve().parent.parent
 # The settings both commands train with (mlx_lm's key names; `mlx_ft train` reads the same file).
@@ -236,17 +237,17 @@ def time_pair(cfg: Path, data: Path, work: Path, iters: int, k: int) -> dict[str
     """One run of each command on `data`; per side: wall time of steps 2..iters, start time, the child's counts."""
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     base.update(PYTHONUNBUFFERED="1", COLUMNS="120")
-    lm_env = {**base, "LD_PRELOAD": use_fast_blas().library or ""}
+    lm_env = {**base, "LD_PRELOAD": fast_blas() or ""}  # mlx_lm cannot bind it itself
     common = ["-c", str(cfg), "--data", str(data), "--iters", str(iters)]
     out = {}
     for side in ("mlx_lm", "mlx_ft"):
         run = work / f"{side}-{k}"
         if side == "mlx_lm":
             cmd = [sys.executable, "-m", "mlx_lm", "lora", "--train", *common, "--adapter-path", str(run)]
-            res = run_child(cmd, lm_env, MLX_LM_STEP)
+            res = run_child(cmd, lm_env, MLX_LM_STEP, mapped)
         else:
             cmd = [sys.executable, "-m", "mlx_ft", "train", *common, "--adapter-path", str(run)]
-            res = run_child(cmd, base, MLX_FT_STEP)
+            res = run_child(cmd, base, MLX_FT_STEP, mapped)
         steps = res["steps"]
         if sorted(steps) != list(range(1, iters + 1)):
             raise SystemExit(f"{side}: expected a line for each of steps 1..{iters}, got {sorted(steps)}")
@@ -256,6 +257,7 @@ def time_pair(cfg: Path, data: Path, work: Path, iters: int, k: int) -> dict[str
             "start": stamps[0],
             "other": res["other"],
             "step_times": np.diff(stamps).tolist(),
+            "blas": res["probe"],  # what the child had mapped at step 1
         }
         if side == "mlx_lm":  # its running count of loss tokens, printed as e.g. 3.1k
             out[side]["loss_k"] = [float(steps[i][1].group(2)) for i in range(1, iters + 1)]
@@ -263,6 +265,7 @@ def time_pair(cfg: Path, data: Path, work: Path, iters: int, k: int) -> dict[str
             rows = [r for r in read_metrics(run / "metrics.jsonl") if "tokens" in r]
             out[side]["tokens"] = [r["tokens"] for r in rows]
         shutil.rmtree(run, ignore_errors=True)
+    print(f"  run {k + 1}: {same_blas({side: r['blas'] for side, r in out.items()})}")
     return out
 
 
@@ -351,7 +354,7 @@ def main() -> None:
     sides = Sides(model_dir)
     load = os.getloadavg()
     print(f"cpu cores: {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"model: {model_dir}\nBLAS: {use_fast_blas().library} (mlx_ft binds it, mlx_lm gets it by LD_PRELOAD)")
+    print(f"model: {model_dir}\nBLAS: {fast_blas()} (mlx_ft binds it, mlx_lm gets it by LD_PRELOAD)")
     with tempfile.TemporaryDirectory(prefix="mlx_ft-bench-") as tmp:
         work = Path(tmp)
         cfg = write_config(work / "config.yaml", model_dir)

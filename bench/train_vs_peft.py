@@ -72,15 +72,16 @@ from typing import Any
 
 PEFT_CHILD = "--peft-child"
 if sys.argv[1:2] != [PEFT_CHILD]:  # the parent, in the project's venv; the PEFT child has no mlx
-    import yaml
-    from train_overhead import MLX_FT_STEP, REPO, SETTINGS, Sides, run_child, train_only_copy
-
     import mlx_ft  # noqa: F401 -- binds MLX to OpenBLAS before anything imports mlx.core
     from mlx_ft import data as ft_data
     from mlx_ft import models
-    from mlx_ft.system.blas import use_fast_blas
     from mlx_ft.training.batches import PAD_TO
     from mlx_ft.training.loss_plot import read_metrics
+
+    import yaml
+
+    from blas_sides import fast_blas, mapped, same_blas
+    from train_overhead import MLX_FT_STEP, REPO, SETTINGS, Sides, run_child, train_only_copy
 
 PEFT_PINS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0"]
 LORA_KEYS = [
@@ -322,17 +323,12 @@ def ensure_peft_venv(venv: Path) -> Path:
 
 def probe(pid: int) -> dict:
     """What a running child has mapped of BLAS/threading libraries, and how many threads it runs."""
-    libs: set[str] = set()
     threads = "?"
     try:
-        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-            name = Path(line.split()[-1]).name if "/" in line else ""
-            if re.search(r"blas|mkl|gomp|libomp|iomp", name):
-                libs.add(name)
         threads = re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1)
     except (OSError, AttributeError):
         pass
-    return {"libs": sorted(libs), "threads": threads}
+    return {"libs": mapped(pid) or [], "threads": threads}
 
 
 def write_inputs(sides: Sides, data: Path, work: Path, model_dir: str, args: argparse.Namespace) -> dict:
@@ -472,10 +468,7 @@ def main() -> None:
     iters = args.steps + 1
     load = os.getloadavg()
     print(f"cpu cores: {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(
-        f"model: {model_dir}\nmlx_ft BLAS: {use_fast_blas().library} (bound by import mlx_ft); "
-        f"threads {args.threads} a side"
-    )
+    print(f"model: {model_dir}\nmlx_ft BLAS: {fast_blas()} (bound by import mlx_ft); threads {args.threads} a side")
     thread_vars = {"mlx_ft": ["OPENBLAS_NUM_THREADS"], "peft": ["OMP_NUM_THREADS", "MKL_NUM_THREADS"]}
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and k not in sum(thread_vars.values(), [])}
     base.update(PYTHONUNBUFFERED="1", COLUMNS="120")
@@ -519,8 +512,7 @@ def main() -> None:
         print(f"  mlx_ft: {note}")
     for side, r in (("mlx_ft", m), ("peft", p)):
         print(f"  {side} child at step 1: {r['probe']['threads']} threads; maps {', '.join(r['probe']['libs'])}")
-    if not any(lib.startswith("libopenblas") for lib in m["probe"]["libs"]):
-        print("  warning: the mlx_ft child has no OpenBLAS mapped: MLX multiplied on its slow bundled BLAS")
+    same_blas({"mlx_ft": m["probe"]["libs"]})  # the PEFT side multiplies on torch's own MKL by design
     print(f"\ntimed steps 2..{iters} of each run, {args.repeats} run(s) a side, alternating")
     print(
         f"  {'side':<13} {'real tok/s':>10} {'s/step':>7} {'runs':>15} {'peak RSS MB':>12} {'final loss':>11} "
