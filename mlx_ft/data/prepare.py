@@ -167,18 +167,13 @@ def prepare(
     has it loaded), and leave out the long examples when it says `skip_long`. With `group`, examples sharing that
     field's value land in one split (paraphrases of one question, listings of one product): the test split then
     measures what was never seen, not near-copies of training examples."""
-    if fmt is not None and fmt not in FORMATS:
-        raise UserError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
-        raise UserError("--valid and --test are fractions whose sum must stay below 1")
+    _check_settings(fmt, valid, test)
     if group is not None and opts.keep is not None and group not in opts.keep:
         opts = dataclasses.replace(opts, keep=(*opts.keep, group))
     srcs, skipped_datasets = sources([Path(p) for p in inputs], fmt, datasets)
     examples, formats_seen, problems, invalid = _read_all(srcs, opts)
     if group is not None:
-        ungrouped = [f"{ex.where}: missing field {group!r} (--group-field)" for ex in examples if group not in ex.meta]
-        problems, invalid = problems + ungrouped, invalid + len(ungrouped)
-        examples = [ex for ex in examples if group in ex.meta]
+        examples, problems, invalid = _only_grouped(examples, group, problems, invalid)
     if problems and not skip_invalid:
         raise DataError(problems)
     if not examples:
@@ -188,17 +183,9 @@ def prepare(
     placed = _place(unique, seed, valid, test, group)
     measured = None
     if stats:  # measured before writing, so every problem and long example is named by the file the user gave
-        placed, measured = data_stats.fit_splits(placed, stats, tokenizer)
-        if not any(placed.values()):
-            raise UserError(
-                f"all {len(unique)} examples are longer than max_seq_length {stats.max_seq_length}: skipping them "
-                "leaves nothing; raise max_seq_length, or cut the prompts' start instead"
-                " (prepare --truncate prompt; in the studio, the cut-the-prompt fix)"
-            )
-
-    out = Path(out)
+        placed, measured = _fit_lengths(placed, stats, tokenizer, len(unique))
     report = Report(
-        out,
+        Path(out),
         "+".join(sorted(formats_seen)),
         {split: len(placed[split]) for split in SPLITS},
         duplicates=len(examples) - len(unique),
@@ -207,10 +194,58 @@ def prepare(
         skipped_datasets=skipped_datasets,
         skipped_long=measured.count("skipped") if measured else 0,
     )
-    recipe: dict[str, Any] = {
+    recipe = _recipe(report, inputs, srcs, opts, group, stats, seed=seed, valid=valid, test=test)
+    _write(report.out, placed, recipe)
+    return report
+
+
+def _check_settings(fmt: str | None, valid: float, test: float) -> None:
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
+        raise UserError("--valid and --test are fractions whose sum must stay below 1")
+
+
+def _only_grouped(
+    examples: list[Example], group: str, problems: list[str], invalid: int
+) -> tuple[list[Example], list[str], int]:
+    """The examples that have the --group-field, each one without it counted as invalid with its problem."""
+    ungrouped = [f"{ex.where}: missing field {group!r} (--group-field)" for ex in examples if group not in ex.meta]
+    return [ex for ex in examples if group in ex.meta], problems + ungrouped, invalid + len(ungrouped)
+
+
+def _fit_lengths(
+    placed: dict[str, list[Example]], stats: data_stats.StatsSettings, tokenizer: Any, n_unique: int
+) -> tuple[dict[str, list[Example]], data_stats.DataStats]:
+    """The splits fitted to max_seq_length as `stats` says, and their token statistics; an error when that leaves
+    nothing."""
+    placed, measured = data_stats.fit_splits(placed, stats, tokenizer)
+    if not any(placed.values()):
+        raise UserError(
+            f"all {n_unique} examples are longer than max_seq_length {stats.max_seq_length}: skipping them "
+            "leaves nothing; raise max_seq_length, or cut the prompts' start instead"
+            " (prepare --truncate prompt; in the studio, the cut-the-prompt fix)"
+        )
+    return placed, measured
+
+
+def _recipe(
+    report: Report,
+    inputs: list[Path],
+    srcs: list[Source],
+    opts: Options,
+    group: str | None,
+    stats: data_stats.StatsSettings | None,
+    *,
+    seed: int,
+    valid: float,
+    test: float,
+) -> dict[str, Any]:
+    """prepare.json: how the set was made and what came out."""
+    return {
         "inputs": [str(p) for p in inputs],
         "datasets": sorted({s.dataset for s in srcs if s.dataset}) or None,
-        "datasets_skipped": skipped_datasets or None,
+        "datasets_skipped": report.skipped_datasets or None,
         "format": report.format,
         "seed": seed,
         "valid": valid,
@@ -222,10 +257,13 @@ def prepare(
         "counts": report.counts,
         "duplicates_dropped": report.duplicates,
         "invalid_skipped": report.skipped,
-        "stats": measured.to_dict() if measured else None,
+        "stats": report.stats.to_dict() if report.stats else None,
         # How the set meets max_seq_length; training cuts it the same way and says what it leaves out (`Split.fit`).
         "fit": _fit(stats, report.skipped_long),
     }
+
+
+def _write(out: Path, placed: dict[str, list[Example]], recipe: dict[str, Any]) -> None:
     # Every file is written under a temporary name first and all are renamed together at the end, so an interrupted
     # run never leaves a new train.jsonl beside an old valid.jsonl (which could put one example in both).
     with contextlib.ExitStack() as stack:
@@ -236,7 +274,6 @@ def prepare(
             )
         tmp = stack.enter_context(atomic_path(out / "prepare.json"))
         tmp.write_text(json.dumps(recipe, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return report
 
 
 def _empty_note(inputs: list[Path]) -> str:
