@@ -12,17 +12,16 @@ import builtins
 import contextlib
 import enum
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mlx_ft import checks
-from mlx_ft.errors import UserError
 from mlx_ft.inference.sampling import CHAT_TEMPERATURE, MAX_TOKENS
+from mlx_ft.services.sqlite_store import Database, Schema, statements
 
 SCHEMA_VERSION = 2  # 2: conversations.model
 DEFAULT_TITLE = "New chat"
@@ -32,9 +31,8 @@ MAX_TITLE_CHARS = 200
 AUTO_TITLE_CHARS = 40
 MAX_TOKENS_LIMIT = 32768
 MAX_MODEL_ID_CHARS = 1000
-BUSY_TIMEOUT_MS = 5000
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS conversations (
     id          TEXT PRIMARY KEY,
     title       TEXT NOT NULL,
@@ -55,8 +53,26 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 """
-# Executed one statement at a time: `executescript` would COMMIT first and so escape our transaction.
-_SCHEMA_STATEMENTS = [s.strip() for s in _SCHEMA.split(";") if s.strip()]
+
+
+def _add_model_column(conn: sqlite3.Connection) -> None:
+    """Schema 1 to 2: the model that answers a conversation."""
+    if "model" not in {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}:
+        conn.execute("ALTER TABLE conversations ADD COLUMN model TEXT NULL")
+
+
+def _newer(path: Path, version: int) -> str:
+    return (
+        f"{path} was written by a newer mlx_ft (history schema {version}, this version "
+        f"reads {SCHEMA_VERSION}); upgrade mlx_ft or pass another --db path"
+    )
+
+
+def _unusable(path: Path, error: str) -> str:
+    return f"{path} is not a usable chat history database ({error}); pass another --db path or move this file away"
+
+
+_SCHEMA = Schema(statements(_TABLES), SCHEMA_VERSION, (_add_model_column,), _newer)
 
 _CONVERSATION_COLUMNS = "id, title, system, temperature, top_p, max_tokens, created, updated, model"
 
@@ -183,68 +199,19 @@ def _message(row: tuple) -> Message:
 
 
 class History:
-    """Conversations and their messages in one SQLite file; safe to share between threads and processes.
-
-    Threads share ONE connection (`check_same_thread=False`) behind a lock rather than one connection per thread:
-    Werkzeug's threaded server starts a fresh thread per request, so per-thread connections would be opened on every
-    request and never closed deterministically (`close()` cannot close another thread's connection). Each operation
-    takes well under a millisecond, so serialising them costs nothing a chat UI could notice, and SQLite serialises
-    writers anyway. Other processes are handled by WAL (readers don't block) and busy_timeout (writers wait).
-    """
+    """Conversations and their messages in one SQLite file; safe to share between threads and processes (one
+    connection behind a lock, WAL between processes: `sqlite_store`)."""
 
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self._clock = clock  # injectable so tests can order conversations without sleeping
-        self._lock = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: the sqlite3 module opens no transactions behind our back; we BEGIN explicitly.
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-        )
-        try:
-            self._setup(self._conn)
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            self._conn = None
-            raise UserError(
-                f"{self.path} is not a usable chat history database ({exc}); "
-                "pass another --db path or move this file away"
-            ) from exc
-        except BaseException:
-            self._conn.close()
-            self._conn = None
-            raise
-
-    def _setup(self, conn: sqlite3.Connection) -> None:
-        # These pragmas are per connection (or, for journal_mode, must be set outside a transaction).
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite: without it ON DELETE CASCADE does nothing
-        conn.execute("PRAGMA journal_mode=WAL")
-        # IMMEDIATE: two processes starting on a fresh file must not both try to create the schema half-way.
-        conn.execute("BEGIN IMMEDIATE")
-        with conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise UserError(
-                    f"{self.path} was written by a newer mlx_ft (history schema {version}, this version "
-                    f"reads {SCHEMA_VERSION}); upgrade mlx_ft or pass another --db path"
-                )
-            for statement in _SCHEMA_STATEMENTS:
-                conn.execute(statement)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
-            if "model" not in columns:  # a file from schema 1
-                conn.execute("ALTER TABLE conversations ADD COLUMN model TEXT NULL")
-            if version < SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # PRAGMA takes no parameters; a constant
+        self._db = Database(self.path, _SCHEMA, owner="History", unusable=_unusable)
 
     # --- connection plumbing ----------------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the file (idempotent). The last connection to close checkpoints WAL back into the main file."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
     def __enter__(self) -> History:
         return self
@@ -253,28 +220,13 @@ class History:
         self.close()
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("History is closed")
-        return self._conn
+        return self._db.connection()
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. IMMEDIATE takes the write lock up front: a deferred transaction that reads, then
-        writes, can fail with SQLITE_BUSY at once (no busy_timeout wait) when another process wrote in between."""
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            with conn:  # commits on success, rolls back on any exception (KeyboardInterrupt included)
-                yield conn
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: several SELECTs see one snapshot even while another process writes."""
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN")
-            with conn:
-                yield conn
+    def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.read()
 
     # --- conversations ----------------------------------------------------------------------------------------------
 

@@ -18,23 +18,27 @@ schema migration, and one `INSERT OR REPLACE` writes it atomically.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mlx_ft.errors import UserError
+from mlx_ft.services.sqlite_store import Database, Schema
 
 KINDS = ("train", "eval", "export")
 STATES = ("queued", "running", "stopping", "stopped", "interrupted", "failed", "done", "cancelled")
 ACTIVE = ("running", "stopping")  # a process runs for it
 RESUMABLE = ("stopped", "interrupted")
 FINAL = ("stopped", "interrupted", "failed", "done", "cancelled")  # no process runs for it and none will by itself
-BUSY_TIMEOUT_S = 5.0
+# No version of its own (the file's one version is the history's): the record is JSON, so a new field needs no
+# migration, a record written before it simply lacks it and reads as the field's default.
+_SCHEMA = Schema(
+    ("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL NOT NULL, record TEXT NOT NULL)",)
+)
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL NOT NULL, record TEXT NOT NULL)"
+
+def _unusable(path: Path, error: str) -> str:
+    return f"{path} cannot hold the studio's jobs ({error}); pass another --db path"
 
 
 @dataclass
@@ -52,6 +56,9 @@ class Job:
     started: float | None = None
     ended: float | None = None
     pid: int | None = None  # of the current (or last) process, the leader of its own process group
+    # that process's start time (psutil's create_time): with the pid, what tells it from a later one given its pid.
+    # None in records written before it was kept (and if the process was gone before it could be read).
+    pid_started: float | None = None
     start_step: int = 0  # the step its current process started from (a resumed train does not start at 0)
     stop_requested: bool = False
     error: str | None = None
@@ -71,47 +78,30 @@ class Job:
 
 
 class JobStore:
-    """The `jobs` table. One connection shared by the server's threads behind a lock (every operation is one short
-    statement in autocommit mode); WAL lets the history's connection and other processes read meanwhile."""
+    """The `jobs` table, on its own connection to the file (`sqlite_store`: shared by the server's threads behind a
+    lock; WAL lets the history's connection and other processes read meanwhile)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            conn.close()
-            raise UserError(f"{self.path} cannot hold the studio's jobs ({e}); pass another --db path") from e
-        self._conn: sqlite3.Connection | None = conn
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("JobStore is closed")
-        return self._conn
+        self._db = Database(self.path, _SCHEMA, owner="JobStore", unusable=_unusable)
 
     def save(self, job: Job) -> None:
-        with self._lock:
-            self._db().execute(
+        with self._db.write() as conn:
+            conn.execute(
                 "INSERT OR REPLACE INTO jobs (id, created, record) VALUES (?, ?, ?)",
                 (job.id, job.created, json.dumps(asdict(job), ensure_ascii=False)),
             )
 
     def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            row = self._db().execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._db.read() as conn:
+            row = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_json(row[0]) if row else None
 
     def all(self) -> list[Job]:
         """Every job, newest first."""
-        with self._lock:
-            rows = self._db().execute("SELECT record FROM jobs ORDER BY created DESC, rowid DESC").fetchall()
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT record FROM jobs ORDER BY created DESC, rowid DESC").fetchall()
         return [Job.from_json(r[0]) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
