@@ -24,6 +24,7 @@ from mlx_ft import config as config_mod
 from mlx_ft.errors import UserError
 from mlx_ft.models import adapters, sources
 from mlx_ft.models.adapters import ADAPTERS
+from mlx_ft.models.run_folder import Run
 
 GENERATION_CONFIG = "generation_config.json"
 GENERATION_KEYS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float}
@@ -95,7 +96,7 @@ class Loaded:
 def find_run(path: Path) -> tuple[Path, Path] | None:
     """(run folder, adapter file) when `path` is a run folder or an adapter folder inside one, else None."""
     for run in (path, path.parent, path.parent.parent):
-        if (run / "config.yaml").is_file() and (run / "adapter_config.json").is_file():
+        if Run(run).is_loadable():
             return run, path / ADAPTERS
     return None
 
@@ -104,15 +105,12 @@ def run_config(source: str) -> config_mod.TrainConfig | None:
     """The training config of the run `source` is (or is inside), without loading any model; None for a model."""
     path = Path(source).expanduser()
     found = find_run(path) if path.is_dir() else None
-    return config_mod.load(found[0] / "config.yaml") if found else None
+    return Run(found[0]).config() if found else None
 
 
 def training_system(run: Path) -> str | None:
     """The system prompt every training example of `run` had, if one (inference defaults to it)."""
-    try:
-        return json.loads((run / "adapter_config.json").read_text(encoding="utf-8")).get("system_prompt")
-    except (OSError, ValueError):
-        return None
+    return Run(run).system_prompt()
 
 
 def generation_defaults(model_path: str) -> dict[str, float | int]:
@@ -150,6 +148,13 @@ def _hub_cached(repo_id: str, filename: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+def _saved_adapters(run: Run) -> list[Path]:
+    """The adapter folders to suggest when a run has no final adapter: best/ and the newest checkpoint."""
+    offered = dict(run.adapters())  # best first, then the checkpoints oldest first
+    best = offered.pop("best", None)
+    return [p for p in (best, *list(offered.values())[-1:]) if p is not None]
+
+
 def load(source: str, adapter: bool = True, fuse: bool = True) -> Loaded:
     """Load `source` for generation (adapter fused in, when `fuse`). With adapter=False a run's base model is loaded
     bare (quantized as it was trained), and `apply_adapter()` adds the adapter later: `eval --compare-base` scores
@@ -162,10 +167,9 @@ def load(source: str, adapter: bool = True, fuse: bool = True) -> Loaded:
     else:
         run, adapter_file = found
         if not adapter_file.is_file():
-            saved = [run / "best" / ADAPTERS, *sorted(run.glob(f"checkpoints/*/{ADAPTERS}"))[-1:]]
-            hint = " or ".join(str(p.parent) for p in saved if p.is_file())
+            hint = " or ".join(str(p) for p in _saved_adapters(Run(run)))
             raise UserError(f"{path}: no {ADAPTERS} (did the training finish?)" + (f"; try {hint}" if hint else ""))
-        cfg = config_mod.load(run / "config.yaml")
+        cfg = Run(run).config()
         print(f"mlx_ft: loading {cfg.model} for {path}", file=sys.stderr)
         model, tokenizer = load_model(sources.resolve(cfg.model), cfg.model)
         if cfg.quantize:

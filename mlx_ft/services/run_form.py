@@ -23,17 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mlx_ft import checks
 from mlx_ft import config as config_mod
 from mlx_ft.errors import UserError
 from mlx_ft.models import sources
 from mlx_ft.models.adapters import ADAPTERS
+from mlx_ft.models.run_folder import Run
 from mlx_ft.resources import local_or_shipped
 from mlx_ft.services import datasets
 from mlx_ft.services.serve_config import ServeConfig
-from mlx_ft.training.loss_plot import read_metrics
 
 # method → (fine_tune_type, quantize): QLoRA is LoRA on a quantized base.
 METHODS: dict[str, tuple[str, int | None]] = {
@@ -156,8 +154,8 @@ def _reference(value: Any, runs_dir: Path) -> str:
     """DPO's reference adapter, from the form: a run's name (its adapter), or an adapters.safetensors inside the runs
     folder. Nothing else on disk can be named through the page."""
     label = "config key 'reference_adapter_file'"
-    if isinstance(value, str) and checks.NAME.fullmatch(value) and (runs_dir / value / ADAPTERS).is_file():
-        return str(runs_dir / value / ADAPTERS)
+    if isinstance(value, str) and checks.NAME.fullmatch(value) and Run(runs_dir / value).has_adapter():
+        return str(Run(runs_dir / value).adapter_file)
     path = checks.inside(value, label, runs_dir)
     if path.name != ADAPTERS or not path.is_file():
         raise checks.FieldError(label, f"must name a run of {runs_dir}/ that has an adapter ({ADAPTERS})")
@@ -250,14 +248,14 @@ def _warm_start(value: Any, runs_dir: Path) -> WarmStart:
     """The run `start_from` names: a run of the runs folder with an adapter (a name, never a path)."""
     label = "key 'start_from'"
     name = checks.name(value, label)
-    run = runs_dir / name
-    if not (run / "config.yaml").is_file() or not (run / ADAPTERS).is_file():
+    run = Run(runs_dir / name)
+    if not run.is_run() or not run.has_adapter():
         raise checks.FieldError(label, f"must name a run of {runs_dir}/ that has an adapter ({ADAPTERS})")
     try:
-        saved = config_mod.load(run / "config.yaml")
+        saved = run.config()
     except UserError as e:
         raise checks.FieldError(label, f"names run {name!r}, whose config.yaml cannot be read: {e}") from None
-    return WarmStart(name, saved, run / ADAPTERS)
+    return WarmStart(name, saved, run.adapter_file)
 
 
 def _warm_overrides(warm: WarmStart, method: Any, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -294,12 +292,11 @@ def adapter_runs(runs_dir: Path) -> list[dict[str, Any]]:
     name, with what the page shows and fills in for each (its base, method, objective and adapter shape)."""
     root = Path(runs_dir)
     found = []
-    for run in root.iterdir() if root.is_dir() else ():
-        adapter = run / ADAPTERS
-        if not checks.NAME.fullmatch(run.name) or not adapter.is_file() or not (run / "config.yaml").is_file():
+    for run in (Run(p) for p in root.iterdir()) if root.is_dir() else ():
+        if not checks.NAME.fullmatch(run.name) or not run.has_adapter() or not run.is_run():
             continue
         try:
-            cfg = config_mod.load(run / "config.yaml")
+            cfg = run.config()
         except UserError:
             continue  # a half-written or foreign folder
         entry = {
@@ -311,7 +308,7 @@ def adapter_runs(runs_dir: Path) -> list[dict[str, Any]]:
             "num_layers": cfg.num_layers,
             "lora_parameters": cfg.lora_parameters,
         }
-        found.append((adapter.stat().st_mtime, entry))
+        found.append((run.adapter_file.stat().st_mtime, entry))
     return [e for _, e in sorted(found, key=lambda t: (t[0], t[1]["name"]), reverse=True)]
 
 
@@ -463,14 +460,14 @@ def _measured(jobs: Iterable[Any], model: str) -> tuple[dict[str, Any] | None, s
     for job in jobs:  # newest first
         if job.kind != "train" or job.state != "done":
             continue
-        run = Path(job.run_dir)
+        run = Run(job.run_dir)
+        saved = run.raw_config()  # {} when unreadable: such a run measured nothing we can attribute
         try:
-            saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-            rows = read_metrics(run / "metrics.jsonl")
-        except (OSError, ValueError, yaml.YAMLError):
+            rows = run.metrics()
+        except (OSError, ValueError):
             continue
         reports = [r for r in rows if isinstance(r.get("tokens_per_s"), (int, float)) and r["tokens_per_s"] > 0]
-        if not reports or not isinstance(saved, dict):
+        if not reports or not saved:
             continue
         if saved.get("model") != model:
             other = other or job.run

@@ -7,12 +7,12 @@ A checkpoint is a folder `RUN/checkpoints/step-NNNNNNN/` holding
   improvement).
 The data order and the random stream need no saving: both are functions of (seed, step) (see `loop.py`).
 Each folder is written under a temporary name and renamed when complete, so a crash never leaves half of one.
+Where they are and their order (by step) is the run folder's business: `models.run_folder.Run`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +26,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_ft.atomic import atomic_dir, atomic_path
 from mlx_ft.errors import UserError
 from mlx_ft.models.adapters import ADAPTERS
-
-_NAME = re.compile(r"^step-(\d{7})$")
+from mlx_ft.models.run_folder import Run
 
 
 @dataclass
@@ -53,7 +52,7 @@ def save_weights(model: nn.Module, dest: Path) -> None:
 
 
 def checkpoint_dir(run: Path, step: int) -> Path:
-    return Path(run) / "checkpoints" / f"step-{step:07d}"
+    return Run(run).checkpoint_dir(step)
 
 
 def save(run: Path, model: nn.Module, optimizer: optim.Optimizer, state: TrainerState) -> Path:
@@ -66,8 +65,7 @@ def save(run: Path, model: nn.Module, optimizer: optim.Optimizer, state: Trainer
 
 
 def latest(run: Path) -> Path | None:
-    folders = [p for p in (Path(run) / "checkpoints").glob("step-*") if _NAME.match(p.name) and p.is_dir()]
-    return max(folders, key=lambda p: p.name) if folders else None
+    return Run(run).latest_checkpoint()
 
 
 def load(folder: Path, model: nn.Module, optimizer: optim.Optimizer) -> TrainerState:
@@ -88,6 +86,5 @@ def prune(run: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (keep <= 0: keep them all)."""
     if keep <= 0:
         return
-    folders = sorted(p for p in (Path(run) / "checkpoints").glob("step-*") if _NAME.match(p.name))
-    for old in folders[:-keep]:
+    for old in Run(run).checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

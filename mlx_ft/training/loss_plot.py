@@ -1,21 +1,12 @@
-"""`loss.png`: the training and validation loss curves of a run, redrawn from its metrics.jsonl."""
+"""`loss.png`: the training and validation loss curves of a run, redrawn from its metrics.jsonl (read by
+`models.run_folder.read_metrics`, still importable from here)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mlx_ft.atomic import atomic_path
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl; a last line still being written (no newline yet) is left for the next read."""
-    rows = []
-    text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
-    for line in text.splitlines(keepends=True):
-        if line.endswith("\n") and line.strip():
-            rows.append(json.loads(line))
-    return rows
+from mlx_ft.models.run_folder import read_metrics
 
 
 def draw(metrics: Path, dest: Path) -> None:

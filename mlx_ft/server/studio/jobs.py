@@ -38,7 +38,7 @@ from mlx_ft.errors import UserError
 from mlx_ft.inference import evaluate
 from mlx_ft.inference.engine import ModelRef
 from mlx_ft.models import loader
-from mlx_ft.models.adapters import ADAPTERS
+from mlx_ft.models.run_folder import Run
 from mlx_ft.resources import local_or_shipped
 from mlx_ft.server.http import ApiError, event_stream, field, finite, json_body, sse
 from mlx_ft.server.state import ServeConfig, current
@@ -72,12 +72,12 @@ def _trained_run(body: dict[str, Any], cfg: ServeConfig) -> tuple[str, Path]:
     if body.get("run") is None:
         raise ApiError(400, "field 'run' is required: the name of a run folder")
     name = field(body, "run", checks.name)
-    run = Path(cfg.runs_dir) / name
-    if not (run / "config.yaml").is_file():
+    run = Run(Path(cfg.runs_dir) / name)
+    if not run.is_run():
         raise ApiError(404, f"no run {name!r} in {cfg.runs_dir}")
-    if not (run / ADAPTERS).is_file():
+    if not run.has_adapter():
         raise ApiError(409, f"run {name!r} has no adapter yet: let its training finish (or stop it) first")
-    return name, run
+    return name, run.path
 
 
 def _eval_argv(body: dict[str, Any], run: Path) -> list[str]:
@@ -292,7 +292,7 @@ def run_evals(name: str) -> Response:
     Labels, kinds and the shown text come from `evaluate.METRICS`, the terminal table's one list."""
     name = checks.name(name, "run name")
     run = Path(current().config.runs_dir) / name
-    if not (run / "config.yaml").is_file():
+    if not Run(run).is_run():
         raise ApiError(404, f"no run {name!r} in {current().config.runs_dir}")
     found = []
     for folder in run.glob("eval-job-*"):

@@ -44,13 +44,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from mlx_ft import chat_template, checks
-from mlx_ft import config as config_mod
 from mlx_ft.errors import UserError
 from mlx_ft.inference import generation
 from mlx_ft.inference.engine import BASE, Engine, ModelRef
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.inference.scheduler import Job, merged
 from mlx_ft.models import loader
+from mlx_ft.models.run_folder import Run
 from mlx_ft.server.http import ApiError, event_stream, field, json_body, sse, text_field
 from mlx_ft.server.state import current
 from mlx_ft.services.history import DEFAULT_SETTINGS, MAX_TOKENS_LIMIT
@@ -90,24 +90,17 @@ class Entry:
         return {k: getattr(self, k) for k in ("id", "label", "kind", "run", "checkpoint", "base")}
 
 
-def _checkpoints(run: Path) -> list[tuple[str, Path]]:
-    """(name, folder) of every adapter a run has saved: best/ and checkpoints/step-N/, oldest step first."""
-    found = [("best", run / "best")] if (run / "best" / loader.ADAPTERS).is_file() else []
-    steps = [p for p in (run / "checkpoints").glob("*") if (p / loader.ADAPTERS).is_file()]
-    steps.sort(key=lambda p: (len(p.name), p.name))  # step-9 before step-10
-    return found + [(p.name, p) for p in steps]
-
-
-def _run_entries(run: Path) -> list[Entry]:
+def _run_entries(run: Run) -> list[Entry]:
+    """The run's final adapter, best/ and every checkpoint's (oldest step first), as entries."""
     try:
-        cfg = config_mod.load(run / "config.yaml")
+        cfg = run.config()
     except UserError:
         return []  # a half-written or foreign folder: not a model to offer
     what = f"{cfg.fine_tune_type}{f', {cfg.quantize}-bit' if cfg.quantize else ''} on {cfg.model}"
     out = []
-    if (run / loader.ADAPTERS).is_file():
-        out.append(Entry(f"run:{run.name}", f"{run.name} ({what})", "run", cfg.model, run.name, None, run))
-    for name, folder in _checkpoints(run):
+    if run.has_adapter():
+        out.append(Entry(f"run:{run.name}", f"{run.name} ({what})", "run", cfg.model, run.name, None, run.path))
+    for name, folder in run.adapters():
         label = f"{run.name} @ {name} ({what})"
         out.append(Entry(f"run:{run.name}@{name}", label, "checkpoint", cfg.model, run.name, name, folder))
     return out
@@ -120,8 +113,8 @@ def catalogue() -> list[Entry]:
     entries = [Entry(BASE.id, f"{engine.loaded.base} (base)", "base", engine.loaded.base)]
     root = Path(state.config.runs_dir)
     if root.is_dir():
-        for run in sorted(p for p in root.iterdir() if p.is_dir()):
-            if loader.find_run(run) == (run, run / loader.ADAPTERS):
+        for run in (Run(p) for p in sorted(root.iterdir()) if p.is_dir()):
+            if run.is_loadable():
                 entries += _run_entries(run)
     served = engine.served.adapter_dir
     if served is not None and not any(_same(e.adapter_dir, served) for e in entries):
