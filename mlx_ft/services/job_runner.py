@@ -17,6 +17,8 @@ id>.log` for the others. A thread per process waits for it and records how it en
   Resume of a finished job is refused (409): nothing is left to run.
 - A job's progress, as the page shows it, is one record read from the last progress line of its log
   (`mlx_ft.progress`): the card and the log's last line never disagree.
+- A job's viewers (the page's event streams) share one reading of it: while anyone watches, its watcher thread reads
+  it again every POLL_S and each change of its record is read at once; the streams wait for what changed (`_Feed`).
 - When the server was killed (SIGKILL, a crash) its job's process lives on with nobody to watch it. The next server
   does not adopt it (it could not learn how it ends): at start it stops it as Stop does, waits, and shows the job
   `interrupted`, resumable from that checkpoint. A job that was running and whose process is gone is `interrupted`
@@ -25,6 +27,7 @@ id>.log` for the others. A thread per process waits for it and records how it en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,23 +37,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
+import psutil
 
 from mlx_ft import progress as progress_lines
 from mlx_ft.errors import Conflict, NotFound
-from mlx_ft.models.adapters import ADAPTERS
+from mlx_ft.models.run_folder import Run, step_of
 from mlx_ft.services.job_store import ACTIVE, FINAL, RESUMABLE, Job, JobStore
 from mlx_ft.training import checkpoints
-from mlx_ft.training.loss_plot import read_metrics
 
-POLL_S = 0.5  # how often a waiting process's log is looked after and an event stream looks for changes
+POLL_S = 0.5  # how often a running job's log is looked after and its view read again for its viewers
 HEARTBEAT_S = 15.0  # an SSE comment this often while a job shows no change
 STOP_WAIT_S = 120.0  # how long a stopped process gets to finish its step and save its checkpoint
 LOG_TAIL_LINES = 20
+# How far a process's start time may move between two reads: on Linux psutil adds the boot time, which follows
+# changes of the system clock. A pid is reused within this window of its last owner's start hardly ever.
+START_TIME_SLACK_S = 1.0
 LOG_TAIL_BYTES = 16 << 10
 LOG_SCAN_BYTES = 64 << 10  # how far back a log is searched for its last progress line
 PREDICTIONS_SHOWN = 50
@@ -98,7 +103,7 @@ def progress(job: Job, lines: list[str] | None = None) -> dict[str, Any]:
     metrics.jsonl, its step and iters those of that same line. The ETA is shown only while a process runs."""
     out: dict[str, Any] = dict.fromkeys(RECORD_KEYS + TRAIN_KEYS)
     if job.kind == "train":
-        out.update(_train_figures(Path(job.run_dir)))
+        out.update(_train_figures(Run(job.run_dir)))
     record = last_record(job, log_lines(Path(job.log), LOG_SCAN_BYTES) if lines is None else lines, out["iters"])
     if record is not None:
         out.update(record)
@@ -132,20 +137,11 @@ def measured_rate(job: Job) -> float | None:
     return None
 
 
-def _iters(run: Path) -> int | None:
-    try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    iters = cfg.get("iters") if isinstance(cfg, dict) else None
-    return iters if isinstance(iters, int) else None
-
-
-def _train_figures(run: Path) -> dict[str, Any]:
+def _train_figures(run: Run) -> dict[str, Any]:
     """A run's iters and its latest figures from metrics.jsonl."""
-    out: dict[str, Any] = {"iters": _iters(run)}
+    out: dict[str, Any] = {"iters": run.iters()}
     try:
-        rows = read_metrics(run / "metrics.jsonl")
+        rows = run.metrics()
     except (OSError, ValueError):
         return out
     train_rows = [r for r in rows if "loss" in r]
@@ -167,9 +163,10 @@ def resume_line(run: Path, step: int) -> str | None:
     """A progress line for a train resumed at `step`, written into its log before its process starts: the speed of
     the last report before that step and the ETA it gives for the steps left. The page then shows the resumed
     job's ETA at once, not the stopped process's last one (nor none until the first new report)."""
-    iters = _iters(run)
+    folder = Run(run)
+    iters = folder.iters()
     try:
-        rows = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r and r["step"] <= step]
+        rows = [r for r in folder.metrics() if "loss" in r and r["step"] <= step]
     except (OSError, ValueError):
         return None
     if iters is None or not rows:
@@ -212,18 +209,7 @@ def _result(job: Job) -> tuple[dict[str, Any] | None, list[str]]:
 def _train_finished(job: Job) -> bool:
     """Whether a train job's run trained all its iters: its last checkpoint at the last step, the final adapter
     written after it, and metrics at that step (what train leaves at its end, even when stopped in that step)."""
-    if job.kind != "train":
-        return False
-    run = Path(job.run_dir)
-    ckpt, iters = checkpoints.latest(run), _iters(run)
-    if ckpt is None or iters is None or _step_of(ckpt) < iters:
-        return False
-    try:
-        final_adapter = (run / ADAPTERS).stat().st_mtime_ns >= (ckpt / ADAPTERS).stat().st_mtime_ns
-        rows = read_metrics(run / "metrics.jsonl")
-    except (OSError, ValueError):
-        return False
-    return final_adapter and any(r.get("step") == iters and "loss" in r for r in rows)
+    return job.kind == "train" and Run(job.run_dir).finished()
 
 
 def _eval_finished(job: Job) -> bool:
@@ -239,7 +225,7 @@ def finished(job: Job) -> bool:
 
 def _finished_words(job: Job) -> str:
     if job.kind == "train":
-        return f"its run trained all {_iters(Path(job.run_dir))} steps and wrote its adapter"
+        return f"its run trained all {Run(job.run_dir).iters()} steps and wrote its adapter"
     return "its results are written"
 
 
@@ -249,20 +235,29 @@ def _resume_words(job: Job) -> str:
 
 
 def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix("step-"))
+    return step_of(checkpoint)
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether `pid` is a live (not zombie) mlx_ft process leading its own group: a job's process, not another
-    program that got its pid after it ended."""
+def _process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether `pid` is still the job's live (not zombie) process, not another program that got its pid after it
+    ended: the process of that pid started at `started` (the job's record), or, for a record from before start times
+    were kept, it is an mlx_ft process leading its own group."""
     try:
-        if os.getpgid(pid) != pid:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        ps = subprocess.run(["ps", "-o", "stat=", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    except (OSError, ProcessLookupError):
+        if started is not None:
+            return abs(proc.create_time() - started) <= START_TIME_SLACK_S
+        return os.getpgid(pid) == pid and "mlx_ft" in " ".join(proc.cmdline())
+    except (psutil.Error, OSError):
         return False
-    parts = ps.stdout.strip().split(None, 1)
-    return len(parts) == 2 and not parts[0].startswith("Z") and "mlx_ft" in parts[1]
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:  # already gone (and reaped): nothing can take it for the job's any more
+        return None
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -280,6 +275,52 @@ def _append_note(log: Path, text: str) -> None:
         pass
 
 
+class _Feed:
+    """The latest view of each job that someone watches, read again by whoever changes the job (a save, the job's
+    watcher thread at each POLL_S) and waited on by its event streams: however many viewers a job has, its record
+    and files are read once per look, not once per viewer."""
+
+    def __init__(self, read: Callable[[str], dict[str, Any]]) -> None:
+        self._read = read
+        self._changed = threading.Condition()  # its lock also keeps reads in order: a stale view never wins
+        self._viewers: dict[str, int] = {}
+        self._views: dict[str, tuple[int, dict[str, Any]]] = {}  # job id -> (serial, view)
+
+    def publish(self, job_id: str) -> None:
+        """Read the job's view again when anyone watches it, and wake its viewers if it changed."""
+        with self._changed:
+            if self._viewers.get(job_id):
+                self._refresh(job_id)
+
+    def _refresh(self, job_id: str) -> None:
+        view = self._read(job_id)
+        serial, last = self._views.get(job_id, (0, None))
+        if view != last:
+            self._views[job_id] = (serial + 1, view)
+            self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def watching(self, job_id: str) -> Iterator[None]:
+        """One viewer of the job, for as long as the block runs; the first one reads its view."""
+        with self._changed:
+            if job_id not in self._views:
+                self._refresh(job_id)
+            self._viewers[job_id] = self._viewers.get(job_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._viewers[job_id] -= 1
+                if not self._viewers[job_id]:  # nobody keeps it fresh any more
+                    del self._viewers[job_id], self._views[job_id]
+
+    def wait(self, job_id: str, seen: int, timeout: float) -> tuple[int, dict[str, Any]]:
+        """The job's (serial, view) once its serial is past `seen`, or as it is after `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._views[job_id][0] != seen, max(timeout, 0.0))
+            return self._views[job_id]
+
+
 class JobRunner:
     def __init__(self, store: JobStore, runs_dir: Path, python: str = sys.executable) -> None:
         self.store = store
@@ -289,6 +330,7 @@ class JobRunner:
         self._procs: dict[str, subprocess.Popen] = {}
         self._watchers: dict[str, threading.Thread] = {}
         self._closing = False
+        self._feed = _Feed(lambda job_id: self.view(self.job(job_id)))
         self._recover()
 
     # --- what the API reads ------------------------------------------------------------------------------------------
@@ -337,20 +379,20 @@ class JobRunner:
     def events(self, job_id: str) -> Iterator[dict[str, Any] | None]:
         """The job's view each time it changes, until it reaches a final state; None after HEARTBEAT_S without a
         change, for the stream to write something: only a write finds a viewer that went away, and until then it
-        holds one of the server's threads."""
-        last, quiet_since = None, time.monotonic()
-        while True:
-            job = self.job(job_id)
-            view = self.view(job)
-            if view != last:
-                yield view
-                last, quiet_since = view, time.monotonic()
-            elif time.monotonic() - quiet_since >= HEARTBEAT_S:
-                yield None
-                quiet_since = time.monotonic()
-            if job.state in FINAL:
-                return
-            time.sleep(POLL_S)
+        holds one of the server's threads. The views come from the job's feed (`_Feed`), not from reading the job
+        here: a job with many viewers is read as often as a job with one."""
+        with self._feed.watching(job_id):
+            seen, last, quiet_since = 0, None, time.monotonic()
+            while True:
+                seen, view = self._feed.wait(job_id, seen, quiet_since + HEARTBEAT_S - time.monotonic())
+                if view != last:
+                    yield view
+                    last, quiet_since = view, time.monotonic()
+                elif time.monotonic() - quiet_since >= HEARTBEAT_S:
+                    yield None
+                    quiet_since = time.monotonic()
+                if view["state"] in FINAL:
+                    return
 
     def file(self, job_id: str, name: str) -> Path:
         """A file the job produced; nothing else (the name must be one of the job's own files)."""
@@ -397,7 +439,7 @@ class JobRunner:
                 queued=now,
                 out_dir=str(out_dir) if out_dir is not None else None,
             )
-            self.store.save(job)
+            self._save(job)
             self._start_next()
             return self.job(job_id)
 
@@ -415,7 +457,7 @@ class JobRunner:
                 job_id, ("running",), "only a running job can be stopped", ("queued", "cancel it instead")
             )
             job.stop_requested, job.state = True, "stopping"
-            self.store.save(job)
+            self._save(job)
             if job.pid is not None:
                 _signal_group(job.pid, signal.SIGINT)  # train's Ctrl-C: checkpoint after this step, then exit
             return job
@@ -426,7 +468,7 @@ class JobRunner:
                 job_id, ("queued",), "only a queued job can be cancelled", ("running", "stop it instead")
             )
             job.state, job.ended = "cancelled", time.time()
-            self.store.save(job)
+            self._save(job)
             return job
 
     def resume(self, job_id: str) -> Job:
@@ -443,7 +485,7 @@ class JobRunner:
             )
             job.state, job.queued = "queued", time.time()
             job.stop_requested, job.error, job.result, job.ended = False, None, None, None
-            self.store.save(job)
+            self._save(job)
             self._start_next()
             return self.job(job_id)
 
@@ -510,15 +552,21 @@ class JobRunner:
                 )
         except OSError as e:
             job.state, job.ended, job.error = "failed", time.time(), f"could not start: {e}"
-            self.store.save(job)
+            self._save(job)
             return False
         job.state, job.started, job.ended, job.pid = "running", time.time(), None, proc.pid
-        self.store.save(job)
+        job.pid_started = _start_time(proc.pid)
+        self._save(job)
         self._procs[job.id] = proc
         watcher = threading.Thread(target=self._watch, args=(job.id, proc), name=f"job-{job.id}", daemon=True)
         self._watchers[job.id] = watcher
         watcher.start()
         return True
+
+    def _save(self, job: Job) -> None:
+        """Store the job and show its viewers what changed."""
+        self.store.save(job)
+        self._feed.publish(job.id)
 
     def _watch(self, job_id: str, proc: subprocess.Popen) -> None:
         while True:
@@ -527,6 +575,7 @@ class JobRunner:
                 break
             except subprocess.TimeoutExpired:
                 self._move_log_into_run(job_id)
+                self._feed.publish(job_id)  # its progress: the log and the run folder grow without a save
         self._move_log_into_run(job_id)
         with self._lock:
             self._finish(self.job(job_id), returncode)
@@ -538,7 +587,7 @@ class JobRunner:
         with self._lock:
             job = self.job(job_id)
             target = Path(job.run_dir) / TRAIN_LOG
-            if job.kind != "train" or Path(job.log) == target or not (Path(job.run_dir) / "config.yaml").is_file():
+            if job.kind != "train" or Path(job.log) == target or not Run(job.run_dir).is_run():
                 return
             if target.exists():
                 return
@@ -547,7 +596,7 @@ class JobRunner:
             except OSError:
                 return
             job.log = str(target)
-            self.store.save(job)
+            self._save(job)
 
     def _settle_done(self, job: Job) -> None:
         """Record a job as done (its results read from its folder)."""
@@ -557,7 +606,7 @@ class JobRunner:
             job.state, job.error = "done", None
         except (OSError, ValueError) as e:
             job.state, job.error = "failed", f"it finished, but its results cannot be read: {e}"
-        self.store.save(job)
+        self._save(job)
 
     def _finish(self, job: Job, returncode: int) -> None:
         job.ended = time.time()
@@ -571,7 +620,7 @@ class JobRunner:
             job.state, job.error = "stopped", None
         else:
             job.state, job.error = "failed", failure(Path(job.log), returncode)
-        self.store.save(job)
+        self._save(job)
 
     def _recover(self) -> None:
         """At start: jobs stored as running belong to a server that is gone; and a job stopped or interrupted (by an
@@ -586,7 +635,7 @@ class JobRunner:
                 self._move_log_into_run(job.id)
                 job = self.job(job.id)
                 why = "the server stopped while this job ran"
-                if job.pid is not None and _process_alive(job.pid):
+                if job.pid is not None and _process_alive(job.pid, job.pid_started):
                     self._stop_orphan(job)
                     why = (
                         f"the server was killed while this job ran; its process (pid {job.pid}) was stopped when "
@@ -597,7 +646,7 @@ class JobRunner:
                     self._settle_done(job)
                     continue
                 job.state, job.error = "interrupted", f"{why}; {_resume_words(job)}"
-                self.store.save(job)
+                self._save(job)
             self._start_next()
 
     def _stop_orphan(self, job: Job) -> None:
@@ -606,7 +655,7 @@ class JobRunner:
         _append_note(Path(job.log), "a new server found this job's process still running: stopping it (SIGINT)")
         _signal_group(job.pid, signal.SIGINT)
         deadline = time.monotonic() + STOP_WAIT_S
-        while _process_alive(job.pid):
+        while _process_alive(job.pid, job.pid_started):
             if time.monotonic() > deadline:
                 _signal_group(job.pid, signal.SIGKILL)
                 break
