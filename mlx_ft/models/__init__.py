@@ -5,6 +5,7 @@
   its tables (tensor names, architectures, pre-tokenizers), shared with the GGUF export
 - `loader`: a run, adapter folder, fused or plain model → a model ready to answer
 - `adapters`: LoRA/DoRA/full layers on a base (and the QLoRA quantization), as training built them
+- `run_folder`: `Run`, the one reader of a run folder (config, metrics, adapter, best/, checkpoints, status)
 
 The names below are the package's face: what the rest of mlx_ft uses of `sources`.
 """
