@@ -14,12 +14,21 @@ from tests.fixture_models import build_random_qwen, fixture_home
 
 REPO = Path(__file__).resolve().parent.parent
 
-# `slow`: a test that loads a model (any of these fixtures, directly or through another fixture) or whose module
-# starts processes (servers, the CLI, mlx.launch workers, a browser, llama.cpp). `python -m pytest -m "not slow"` is
-# the loop of a few minutes; CI runs everything.
-MODEL_FIXTURES = {"smollm2_dir", "qwen2_dir", "qwen3_dir"}
-PROCESS_MODULES = {"test_blas", "test_doctor", "test_browser", "test_llama_cpp", "test_packaging", "test_style"}
-
+# `slow`: a test that loads a model (any of these fixtures, directly, through another fixture, or named by its
+# parametrization, as `@pytest.mark.parametrize("fixture", ["qwen2_dir", ...])` tests do) or whose module starts
+# processes (servers, the CLI, mlx.launch workers, a browser, llama.cpp). `python -m pytest -m "not slow"` is the
+# inner loop (under 2 minutes on 2 cores); CI runs everything.
+MODEL_FIXTURES = {"smollm2_dir", "qwen2_dir", "qwen3_dir", "miner_run"}
+PROCESS_MODULES = {
+    "test_blas",
+    "test_doctor",
+    "test_browser",
+    "test_llama_cpp",
+    "test_lora_llama_cpp",
+    "test_packaging",
+    "test_recipe_runs",
+    "test_style",
+}
 
 # The tool the tool-calling tests offer, in OpenAI's shape.
 WEATHER_TOOL = {
@@ -35,7 +44,9 @@ WEATHER_TOOL = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = Path(str(item.fspath)).stem
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or module in PROCESS_MODULES:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        named = set(getattr(item, "fixturenames", ())) | {v for v in params.values() if isinstance(v, str)}
+        if MODEL_FIXTURES & named or module in PROCESS_MODULES:
             item.add_marker(pytest.mark.slow)
 
 
