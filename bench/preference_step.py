@@ -37,7 +37,8 @@ from mlx_ft.models import adapters
 from mlx_ft.training.batches import TokenizedChats, TokenizedPairs, iterate_batches, pair_batches
 from mlx_ft.training.loop import compiled_step
 from mlx_ft.training.loss import masked_loss
-from mlx_ft.training.preference import Objective, Reference
+from mlx_ft.training.objectives import pair_objective
+from mlx_ft.training.preference import Reference
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,10 +101,10 @@ def main() -> None:
             batches = iterate_batches(sft_set, args.batch_size, n, **order)
             prepare = lambda b: b  # noqa: E731
         else:
-            objective = Objective(name, 0.1, Reference(model) if name == "dpo" else None)
+            objective = pair_objective(name, 0.1, Reference(model) if name == "dpo" else None)
             step_fn, state = compiled_step(model, optimizer, 1, objective.loss)
             batches = pair_batches(pair_set, args.batch_size, n, **order)
-            prepare = objective.with_reference
+            prepare = objective.prepare
         model.train()
         results.append(measure(name, step_fn, state, batches, prepare, args.steps))
     sft = results[0]

@@ -15,7 +15,6 @@ LoRA layers come in through run.py), not its loop.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import shutil
@@ -23,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,13 @@ from mlx_ft.atomic import atomic_dir, atomic_path
 from mlx_ft.config import TrainConfig
 from mlx_ft.errors import UserError
 from mlx_ft.models.adapters import ADAPTERS
+from mlx_ft.models.run_folder import Run
 from mlx_ft.system import devices
 from mlx_ft.training import checkpoints, flops, loss_plot
-from mlx_ft.training.batches import TokenizedChats, TokenizedPairs, iterate_batches, pair_batches
+from mlx_ft.training.batches import TokenizedChats, TokenizedPairs
 from mlx_ft.training.checkpoints import TrainerState
 from mlx_ft.training.loss import masked_loss
-from mlx_ft.training.preference import METRICS, Objective
+from mlx_ft.training.objectives import Objective, clear_cache
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -65,109 +66,135 @@ def loop(
     state: TrainerState,
     train_set: TokenizedChats | TokenizedPairs,
     valid_set: TokenizedChats | TokenizedPairs,
-    objective: Objective | None = None,
+    objective: Objective[Any],
 ) -> str:
     """Train from step `state.step` to `cfg.iters`, writing into the run folder `run`; return why training ended:
     "finished", or the early stop's explanation. Ctrl-C raises `TrainingInterrupted` after saving a checkpoint.
     A NaN or infinite training or validation loss raises `UserError` at once, before anything is saved from that
     step on: the run's adapter and best/ are never written from diverged weights (earlier checkpoints stay).
-    With a preference `objective` (DPO, ORPO) the sets are pairs, each batch gets its reference log-probabilities
-    before the step, and the reports carry the rewards, margin and accuracy too."""
+    The `objective` (objectives.py) cuts the batches, prepares each one (DPO: its reference log-probabilities,
+    part of the step's cost), gives the step's loss and scores the validation split."""
     world = mx.distributed.init()
-    main = world.rank() == 0  # the one worker that writes files
-    accumulate = cfg.grad_accumulation_steps
-    patience = cfg.early_stopping_patience
     maybe_set_recommended_wired_limit()
     if cfg.grad_checkpoint:
         grad_checkpoint(model.layers[0])  # every layer of that class recomputes its activations in the backward pass
-    step_fn, step_state = compiled_step(model, optimizer, accumulate, objective.loss if objective else masked_loss)
-    log = RunLog(run, model, state, cfg.iters, world)
-    # Whether the weights may differ from those the run started from (a resumed run's were trained): a loss that
-    # is already non-finite before that cannot be the learning rate's fault.
-    trained = state.step > 0
+    step_fn, step_state = compiled_step(model, optimizer, cfg.grad_accumulation_steps, objective.loss)
+    log = RunLog(run, model, state, cfg.iters, world, objective)
+    steps = Steps(cfg, run, model, optimizer, state, objective, valid_set, world, log, step_fn, step_state)
     order = dict(loop=True, seed=cfg.seed, comm_group=world, skip=state.step, on_batch=log.count_batch)
-    if objective is not None:
-        assert isinstance(train_set, TokenizedPairs)
-        batches: Iterator[tuple[mx.array, ...]] = pair_batches(train_set, cfg.batch_size, cfg.max_seq_length, **order)
-    else:
-        assert isinstance(train_set, TokenizedChats)
-        batches = iterate_batches(train_set, cfg.batch_size, cfg.max_seq_length, pack=cfg.pack, **order)
-
-    def validate(step: int) -> None:
-        """Score the validation split, keep the best adapter in best/, count evaluations without improvement."""
-        if not len(valid_set):
-            return
-        tic = time.perf_counter()
-        sizes = (cfg.batch_size, cfg.max_seq_length, cfg.val_batches, cfg.clear_cache_threshold)
-        if objective is not None:
-            assert isinstance(valid_set, TokenizedPairs)
-            extra = evaluate_pairs(objective, model, valid_set, *sizes)
-            val = extra.pop("loss")
-        else:
-            assert isinstance(valid_set, TokenizedChats)
-            val, extra = evaluate(model, valid_set, *sizes), {}
-        if kind := nonfinite(world, val):
-            raise diverged("validation loss", kind, step, optimizer.learning_rate.item(), trained)
-        model.train()
-        improved = state.best_val_loss is None or val < state.best_val_loss
-        if improved:
-            state.best_val_loss, state.best_step, state.evals_without_improvement = val, step, 0
-            if main and step > 0:
-                save_adapter_folder(run, model, run / "best")
-        else:
-            state.evals_without_improvement += 1
-        log.validation(step, val, time.perf_counter() - tic, improved, extra)
+    batches = objective.batches(train_set, cfg.batch_size, cfg.max_seq_length, **order)
 
     with deferred_interrupt() as interrupt_requested, log:
         model.train()
         if state.step == 0:
-            validate(0)
+            steps.validate(0)
         grad = None  # the gradient summed over the micro-batches since the last update
         for step in range(state.step + 1, cfg.iters + 1):
-            batch = next(batches)
-            mx.random.seed(seed_for_step(cfg.seed, step))  # dropout's draws: a function of (seed, step)
-            tic = time.perf_counter()
-            if objective is not None:
-                batch = objective.with_reference(batch)  # the reference's forward pass, part of the step's cost
-            update = step % accumulate == 0
-            loss, aux, grad = step_fn(batch, grad, update)
-            mx.eval(step_state, loss, aux, grad)
-            clear_cache(cfg.clear_cache_threshold)
-            # Checked before anything below saves: this step's update has already applied the non-finite gradient.
-            if kind := nonfinite(world, loss_value := loss.item()):
-                raise diverged("loss", kind, step, optimizer.learning_rate.item(), trained)
-            trained = trained or update
-            state.step = step
-            log.step(loss_value, time.perf_counter() - tic, aux.tolist() if objective is not None else None)
-
-            last = step == cfg.iters
-            if step % cfg.steps_per_report == 0 or last:
-                log.report(step, optimizer.learning_rate.item())
-            if step % cfg.steps_per_eval == 0 or last:
-                validate(step)
-            early_stop = patience is not None and state.evals_without_improvement >= patience
-            # Ctrl-C is heeded at the next update, and only when every worker agrees on the step to stop at.
-            interrupted = update and agreed(world, interrupt_requested())
-            checkpoint = None  # only after an update: a checkpoint never holds half an accumulated gradient
-            if update and (step % cfg.save_every == 0 or last or early_stop or interrupted):
-                log.count_tokens()  # a collective: every worker takes part
-                if main:
-                    checkpoint = checkpoints.save(run, model, optimizer, state)
-                    checkpoints.prune(run, cfg.keep_checkpoints)
-            if interrupted:
-                if main:
-                    checkpoints.save_weights(model, run / ADAPTERS)
-                raise TrainingInterrupted(step, checkpoint)
-            if early_stop:
-                if main:
-                    keep_best_adapter(run, model)
-                return (
-                    f"early stop: validation loss has not improved for {patience} evaluations; kept the best "
-                    f"adapter, from step {state.best_step}"
-                )
-    if main:
-        checkpoints.save_weights(model, run / ADAPTERS)
+            update = step % cfg.grad_accumulation_steps == 0
+            grad = steps.train(step, next(batches), grad, update)
+            steps.report(step)
+            if reason := steps.save(step, update, interrupt_requested()):
+                return reason
+    if steps.main:
+        checkpoints.save_weights(model, Run(run).adapter_file)
     return "finished"
+
+
+@dataclass
+class Steps:
+    """What happens at each step of `loop`, in order: `train` (the compiled step and its checks), `report` (the
+    progress row, validation), `save` (checkpoint, early stop, Ctrl-C). Everything is counted in global steps."""
+
+    cfg: TrainConfig
+    run: Path
+    model: nn.Module
+    optimizer: optim.Optimizer
+    state: TrainerState
+    objective: Objective[Any]
+    valid_set: TokenizedChats | TokenizedPairs
+    world: Any
+    log: RunLog
+    step_fn: Callable[..., tuple[mx.array, mx.array, Any]]
+    step_state: list
+    # Whether the weights may differ from those the run started from (a resumed run's were trained): a loss that
+    # is already non-finite before that cannot be the learning rate's fault.
+    trained: bool = field(init=False)
+    main: bool = field(init=False)  # the one worker that writes files
+
+    def __post_init__(self) -> None:
+        self.trained = self.state.step > 0
+        self.main = self.world.rank() == 0
+
+    def train(self, step: int, batch: tuple[mx.array, ...], grad: Any, update: bool) -> Any:
+        """One micro-batch through the compiled step (an optimizer update with `update`); the summed gradient."""
+        mx.random.seed(seed_for_step(self.cfg.seed, step))  # dropout's draws: a function of (seed, step)
+        tic = time.perf_counter()
+        batch = self.objective.prepare(batch)
+        loss, aux, grad = self.step_fn(batch, grad, update)
+        mx.eval(self.step_state, loss, aux, grad)
+        clear_cache(self.cfg.clear_cache_threshold)
+        # Checked before anything below saves: this step's update has already applied the non-finite gradient.
+        if kind := nonfinite(self.world, loss_value := loss.item()):
+            raise diverged("loss", kind, step, self.optimizer.learning_rate.item(), self.trained)
+        self.trained = self.trained or update
+        self.state.step = step
+        self.log.step(loss_value, time.perf_counter() - tic, aux)
+        return grad
+
+    def report(self, step: int) -> None:
+        last = step == self.cfg.iters
+        if step % self.cfg.steps_per_report == 0 or last:
+            self.log.report(step, self.optimizer.learning_rate.item())
+        if step % self.cfg.steps_per_eval == 0 or last:
+            self.validate(step)
+
+    def validate(self, step: int) -> None:
+        """Score the validation split, keep the best adapter in best/, count evaluations without improvement."""
+        cfg, run, model, state = self.cfg, self.run, self.model, self.state
+        if not len(self.valid_set):
+            return
+        tic = time.perf_counter()
+        sizes = (cfg.batch_size, cfg.max_seq_length, cfg.val_batches, cfg.clear_cache_threshold)
+        extra = self.objective.evaluate(model, self.valid_set, *sizes)
+        val = extra.pop("loss")
+        if kind := nonfinite(self.world, val):
+            raise diverged("validation loss", kind, step, self.optimizer.learning_rate.item(), self.trained)
+        model.train()
+        improved = state.best_val_loss is None or val < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_step, state.evals_without_improvement = val, step, 0
+            if self.main and step > 0:
+                save_adapter_folder(run, model, Run(run).best_dir)
+        else:
+            state.evals_without_improvement += 1
+        self.log.validation(step, val, time.perf_counter() - tic, improved, extra)
+
+    def save(self, step: int, update: bool, interrupt_requested: bool) -> str | None:
+        """Checkpoint when due, and stop early or on Ctrl-C (raising `TrainingInterrupted`): the early stop's
+        explanation, or None to go on."""
+        cfg, run, model, state = self.cfg, self.run, self.model, self.state
+        patience = cfg.early_stopping_patience
+        early_stop = patience is not None and state.evals_without_improvement >= patience
+        # Ctrl-C is heeded at the next update, and only when every worker agrees on the step to stop at.
+        interrupted = update and agreed(self.world, interrupt_requested)
+        checkpoint = None  # only after an update: a checkpoint never holds half an accumulated gradient
+        if update and (step % cfg.save_every == 0 or step == cfg.iters or early_stop or interrupted):
+            self.log.count_tokens()  # a collective: every worker takes part
+            if self.main:
+                checkpoint = checkpoints.save(run, model, self.optimizer, state)
+                checkpoints.prune(run, cfg.keep_checkpoints)
+        if interrupted:
+            if self.main:
+                checkpoints.save_weights(model, Run(run).adapter_file)
+            raise TrainingInterrupted(step, checkpoint)
+        if early_stop:
+            if self.main:
+                keep_best_adapter(run, model)
+            return (
+                f"early stop: validation loss has not improved for {patience} evaluations; kept the best "
+                f"adapter, from step {state.best_step}"
+            )
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ the compiled step
@@ -201,66 +228,6 @@ def compiled_step(
         return loss, aux, None
 
     return step, state
-
-
-def evaluate(
-    model: nn.Module,
-    dataset: TokenizedChats,
-    batch_size: int,
-    max_seq_length: int,
-    num_batches: int,
-    clear_cache_threshold: int = 0,
-    on_batch: Callable[[list[int], int], None] | None = None,
-    after_batch: Callable[[], None] | None = None,
-) -> float:
-    """Mean loss per learned token over `num_batches` batches of `dataset` (-1: all of it), over all workers.
-    Leaves the model in eval mode. `on_batch` sees each batch's lengths as it is made (iterate_batches'), and
-    `after_batch` runs once its loss is computed (eval's progress lines)."""
-    model.eval()
-    world = mx.distributed.init()
-    total, count = mx.array(0.0), mx.array(0.0)
-    limit = range(num_batches) if num_batches > 0 else itertools.count()
-    batches = iterate_batches(dataset, batch_size, max_seq_length, comm_group=world, on_batch=on_batch)
-    for _, batch in zip(limit, batches):
-        loss, ntoks = masked_loss(model, *batch)  # eval batches are normalised by their own learned tokens
-        total, count = total + loss * ntoks, count + ntoks
-        mx.eval(total, count)
-        clear_cache(clear_cache_threshold)
-        if after_batch is not None:
-            after_batch()
-    total, count = (mx.distributed.all_sum(x, stream=mx.cpu) for x in (total, count))
-    return (total / count).item()
-
-
-def evaluate_pairs(
-    objective: Objective,
-    model: nn.Module,
-    pairs: TokenizedPairs,
-    batch_size: int,
-    max_seq_length: int,
-    num_batches: int,
-    clear_cache_threshold: int = 0,
-) -> dict[str, float]:
-    """The preference loss and METRICS, means over the pairs of `num_batches` batches (-1: all), over all workers.
-    Leaves the model in eval mode."""
-    model.eval()
-    world = mx.distributed.init()
-    totals, count = mx.zeros((1 + len(METRICS),)), mx.array(0.0)
-    limit = range(num_batches) if num_batches > 0 else itertools.count()
-    for _, batch in zip(limit, pair_batches(pairs, batch_size, max_seq_length, comm_group=world)):
-        loss, metrics = objective.loss(model, *objective.with_reference(batch))
-        pairs_here = batch[3].sum()
-        totals, count = totals + mx.concatenate([loss[None], metrics]) * pairs_here, count + pairs_here
-        mx.eval(totals, count)
-        clear_cache(clear_cache_threshold)
-    totals, count = (mx.distributed.all_sum(x, stream=mx.cpu) for x in (totals, count))
-    return dict(zip(("loss", *METRICS), (totals / mx.maximum(count, 1)).tolist()))
-
-
-def clear_cache(threshold: int) -> None:
-    """Hand MLX's cached buffers back once they pass `threshold` bytes (as mlx_lm does: 0 frees them every step)."""
-    if mx.get_cache_memory() > threshold:
-        mx.clear_cache()
 
 
 def agreed(world: Any, local: bool) -> bool:
@@ -326,16 +293,16 @@ def save_adapter_folder(run: Path, model: nn.Module, dest: Path) -> None:
     """An adapter folder (weights + the run's adapter_config.json) that mlx_lm.load accepts, e.g. `run/best`."""
     with atomic_dir(dest) as tmp:
         checkpoints.save_weights(model, tmp / ADAPTERS)
-        shutil.copy2(run / "adapter_config.json", tmp / "adapter_config.json")
+        shutil.copy2(Run(run).adapter_config_file, tmp / "adapter_config.json")
 
 
 def keep_best_adapter(run: Path, model: nn.Module) -> None:
     """After an early stop the run's adapter is the best one seen (best/), or the current one if none was saved."""
-    best = run / "best" / ADAPTERS
+    best = Run(run).best_dir / ADAPTERS
     if not best.is_file():
-        checkpoints.save_weights(model, run / ADAPTERS)
+        checkpoints.save_weights(model, Run(run).adapter_file)
         return
-    with atomic_path(run / ADAPTERS) as tmp:
+    with atomic_path(Run(run).adapter_file) as tmp:
         shutil.copy2(best, tmp)
 
 
@@ -348,8 +315,11 @@ class RunLog:
     Counters are per worker until `count_tokens` sums them over all workers into `state` (a collective, so every
     worker calls it at the same steps: `report` and the checkpoint do). Only the first worker writes and prints."""
 
-    def __init__(self, run: Path, model: nn.Module, state: TrainerState, iters: int, world: Any) -> None:
+    def __init__(
+        self, run: Path, model: nn.Module, state: TrainerState, iters: int, world: Any, objective: Objective[Any]
+    ) -> None:
         self.run, self.state, self.iters, self.world = run, state, iters, world
+        self.objective = objective  # the names of its metrics, and how they read on the progress line
         self.main = world.rank() == 0
         self.work = flops.StepWork.of(model)  # None for models whose shapes it cannot read
         self.peak_flops = devices.current().peak_flops
@@ -358,7 +328,7 @@ class RunLog:
         self.tokens = self.learned = 0  # this worker's real and learned tokens since the start of this call
         self.at_report = (state.tokens, state.trained_tokens)
         self.losses: list[float] = []  # this worker's loss of each step since the last report
-        self.metrics: list[list[float]] = []  # and a preference run's METRICS of each step
+        self.metrics: list[list[float]] = []  # and the objective's metrics of each step, if it has any
         self.seconds = 0.0  # time in the steps since the last report
         self.flops = 0.0  # FLOPs this worker's batches needed since the last report (flops.py)
         self.train_seconds = 0.0  # time in the steps since the start of this call (for the ETA)
@@ -387,10 +357,11 @@ class RunLog:
         if self.work is not None:
             self.flops += self.work.batch(lengths, learned)
 
-    def step(self, loss: float, seconds: float, metrics: list[float] | None = None) -> None:
+    def step(self, loss: float, seconds: float, aux: mx.array) -> None:
+        """One step's loss and time, and the metrics in the loss's `aux` (when the objective names any)."""
         self.losses.append(loss)
-        if metrics is not None:
-            self.metrics.append(metrics)
+        if self.objective.metrics:
+            self.metrics.append(aux.tolist())
         self.seconds += seconds
         self.train_seconds += seconds
         self.bar.update(1)
@@ -409,11 +380,11 @@ class RunLog:
         if self.world.size() > 1:  # each worker's loss is its share of the global batch's mean
             loss = mx.distributed.all_sum(mx.array(loss), stream=mx.cpu).item() / self.world.size()
         means: dict[str, float] = {}
-        if self.metrics:  # each worker's are means over its own pairs, and every worker has as many
+        if self.metrics:  # each worker's are means over its own examples, and every worker has as many
             summed = mx.array(self.metrics).sum(axis=0) / (len(self.metrics) * self.world.size())
             if self.world.size() > 1:
                 summed = mx.distributed.all_sum(summed, stream=mx.cpu)
-            means = dict(zip(METRICS, summed.tolist()))
+            means = dict(zip(self.objective.metrics, summed.tolist()))
         self.count_tokens()
         st, secs = self.state, self.seconds
         row = {
@@ -443,7 +414,7 @@ class RunLog:
         )
         eta = self.train_seconds / max(step - self.start_step, 1) * (self.iters - step)
         self._say(
-            f"step {step}/{self.iters}  loss {row['loss']:.3f}{_preference_text(row)}  lr {lr:.2e}  "
+            f"step {step}/{self.iters}  loss {row['loss']:.3f}{self.objective.describe(row)}  lr {lr:.2e}  "
             f"{row['tokens_per_s']:,.0f} tok/s{speed}  peak {row['peak_memory_gb']:.2f} GB  "
             f"eta {progress.duration(eta)}"
         )
@@ -461,28 +432,18 @@ class RunLog:
             {"step": step, "val_loss": val, **{f"val_{k}": v for k, v in extra.items()}, "val_time": round(seconds, 3)}
         )
         self._say(
-            f"step {step}/{self.iters}  val_loss {val:.3f}{_preference_text(extra, 'val_')}"
+            f"step {step}/{self.iters}  val_loss {val:.3f}{self.objective.describe(extra, 'val_')}"
             + ("  (best)" if improved else f"  (best {st.best_val_loss:.3f} at step {st.best_step})")
         )
         if self.main:
-            loss_plot.draw(self.run / "metrics.jsonl", self.run / "loss.png")
+            loss_plot.draw(Run(self.run).metrics_file, Run(self.run).loss_plot)
 
     def _write(self, row: dict[str, Any]) -> None:
         if self.main:
             row = {"time": round(time.time() - self.t0, 3), **row}
-            with (self.run / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            with Run(self.run).metrics_file.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")  # one whole line per write: a live reader never sees half a row
 
     def _say(self, text: str) -> None:
         if self.main:
             self.bar.write(text, file=sys.stderr)
-
-
-def _preference_text(row: dict[str, Any], prefix: str = "") -> str:
-    """A preference run's metrics for the progress line ("" for SFT)."""
-    if "accuracy" not in row:
-        return ""
-    return (
-        f"  {prefix}acc {row['accuracy']:.0%}  {prefix}margin {row['reward_margin']:.3f}  "
-        f"chosen {row['rewards_chosen']:.3f}  rejected {row['rewards_rejected']:.3f}"
-    )

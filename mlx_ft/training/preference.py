@@ -14,22 +14,26 @@ answer's learned tokens (the prompt, and any earlier turn both sides share, are 
   are beta * m, as in TRL.
 
 Accuracy is the share of pairs whose chosen reward is above the rejected one; the margin is their mean difference.
+The DPO and ORPO objectives that put these in the loop are in `objectives.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from mlx_ft.config import TrainConfig
+from mlx_ft.errors import UserError
 from mlx_ft.training.batches import TokenizedPairs, pair_batches
 from mlx_ft.training.loss import sequence_logps
 
-MODES = ("dpo", "orpo")
 METRICS = ("rewards_chosen", "rewards_rejected", "reward_margin", "accuracy")
 
 
@@ -89,42 +93,36 @@ def _base_layer(module: nn.Module) -> nn.Module:
     return module.linear if hasattr(module, "linear") else module.embedding
 
 
-class Objective:
-    """What a preference run's step and validation compute: `with_reference` adds the reference log-probabilities to
-    a batch of `pair_batches` (zeros for ORPO, which has none), `loss` is the differentiable mean loss over the batch's
-    pairs with its metrics (METRICS, means over the pairs)."""
-
-    def __init__(self, mode: str, beta: float, reference: Reference | None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown preference mode {mode!r}")
-        self.mode, self.beta, self.reference = mode, beta, reference
-
-    def with_reference(self, batch: tuple[mx.array, ...]) -> tuple[mx.array, ...]:
-        ids, mask, positions = batch[:3]
-        if self.mode == "dpo":
-            assert self.reference is not None
-            ref = self.reference.logps(ids, mask, positions)
-        else:
-            ref = mx.zeros((ids.shape[0],), mx.float32)
-        return (*batch, ref)
-
-    def loss(
-        self, model: nn.Module, ids: mx.array, mask: mx.array, positions: mx.array, weight: mx.array, ref: mx.array
-    ) -> tuple[mx.array, mx.array]:
-        logps, counts = sequence_logps(model, ids, mask, positions)
-        n = ids.shape[0] // 2
-        if self.mode == "dpo":
-            losses, r_chosen, r_rejected = dpo_losses(logps[:n], logps[n:], ref[:n], ref[n:], self.beta)
-        else:
-            means = logps / mx.maximum(counts, 1)
-            losses, r_chosen, r_rejected = orpo_losses(means[:n], means[n:], self.beta)
-        pairs = mx.maximum(weight.sum(), 1)
-
-        def mean(x: mx.array) -> mx.array:
-            return (x.astype(mx.float32) * weight).sum() / pairs
-
-        metrics = mx.stack([mean(r_chosen), mean(r_rejected), mean(r_chosen - r_rejected), mean(r_chosen > r_rejected)])
-        return mean(losses), mx.stop_gradient(metrics)
+def reference_for(cfg: TrainConfig, model: nn.Module) -> Reference:
+    """DPO's reference, built right after the adapter is attached (before any warm start or checkpoint loads): the
+    base with the adapter switched off; a given reference adapter; or, for a full fine-tune, a frozen copy of the
+    layers it trains."""
+    trainable = dict(tree_flatten(model.trainable_parameters()))
+    if cfg.reference_adapter_file:
+        path = Path(cfg.reference_adapter_file)
+        try:
+            weights = mx.load(str(path))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise UserError(f"{path}: unreadable reference adapter ({e})") from None
+        misfits = sorted(set(weights) ^ set(trainable)) or [
+            k for k in weights if weights[k].shape != trainable[k].shape
+        ]
+        if misfits:
+            raise UserError(
+                f"{path}: the reference adapter does not fit this run's {cfg.fine_tune_type} layers (first misfit: "
+                f"{misfits[0]}); give one trained with the same fine_tune_type, num_layers and lora_parameters"
+            )
+        print(f"mlx_ft: DPO reference: the base with the adapter {path}", file=sys.stderr)
+        return Reference(model, weights)
+    if cfg.fine_tune_type == "full":
+        size = sum(v.nbytes for v in trainable.values())
+        print(
+            f"mlx_ft: DPO reference: a frozen copy of the trained layers ({size / 1e6:,.0f} MB more memory)",
+            file=sys.stderr,
+        )
+        return Reference(model, trainable)  # arrays are immutable: the optimizer's updates make new ones
+    print("mlx_ft: DPO reference: the base model with the adapter switched off (no extra memory)", file=sys.stderr)
+    return Reference(model)
 
 
 def pair_scores(model: nn.Module, pairs: TokenizedPairs, batch_size: int, max_seq_length: int) -> dict[str, Any]:

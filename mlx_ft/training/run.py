@@ -7,7 +7,8 @@ Ours:
 - a loss normalised over the global batch, so data-parallel workers (`mlx.launch`) compute what one worker would, that
   runs the output layer only on learned positions and keeps packed examples apart (`loss.py`);
 - the loop itself (`loop.py`): the compiled step, progress, metrics.jsonl, validation, checkpoints, early
-  stopping and Ctrl-C, counted in global steps so a resumed run ends where an uninterrupted one does.
+  stopping and Ctrl-C, counted in global steps so a resumed run ends where an uninterrupted one does;
+- the objective (`objectives.py`: SFT, DPO, ORPO), which the loop and `train` use without asking which it is.
 mlx_lm's: the model code and loader, the LoRA/DoRA layers (`models/adapters.py`), optimizers' schedules, gradient
 checkpointing. The run folder is an mlx-lm adapter folder: `mlx_lm.load(model, adapter_path=run)` accepts it.
 """
@@ -24,7 +25,6 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import build_schedule, print_trainable_parameters
 
 from mlx_ft import chat_template, data, models
@@ -34,14 +34,14 @@ from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.models import adapters
 from mlx_ft.models.loader import load_model
+from mlx_ft.models.run_folder import Run
 from mlx_ft.resources import local_or_shipped
-from mlx_ft.training import checkpoints
+from mlx_ft.training import checkpoints, objectives
 from mlx_ft.training import loop as training_loop
-from mlx_ft.training.batches import TokenizedChats, TokenizedPairs, batch_rows, batching_note
 from mlx_ft.training.checkpoints import TrainerState
 from mlx_ft.training.loss import check_packable
 from mlx_ft.training.loss_plot import read_metrics
-from mlx_ft.training.preference import Objective, Reference
+from mlx_ft.training.objectives import Objective
 
 
 def _data_dir(spec: str) -> Path:
@@ -95,43 +95,9 @@ def _new_run_dir(cfg: config_mod.TrainConfig, world: Any) -> Path:
 
 def _keep_metrics_until(run: Path, step: int) -> None:
     """Drop metrics rows past the checkpoint a run resumes from: those steps are about to be trained again."""
-    path = run / "metrics.jsonl"
+    path = Run(run).metrics_file
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _reference(cfg: config_mod.TrainConfig, model: nn.Module) -> Reference | None:
-    """DPO's reference, built right after the adapter is attached (before any warm start or checkpoint loads): the
-    base with the adapter switched off; a given reference adapter; or, for a full fine-tune, a frozen copy of the
-    layers it trains. None for ORPO, which needs none."""
-    if cfg.train_mode != "dpo":
-        return None
-    trainable = dict(tree_flatten(model.trainable_parameters()))
-    if cfg.reference_adapter_file:
-        path = Path(cfg.reference_adapter_file)
-        try:
-            weights = mx.load(str(path))
-        except (OSError, ValueError, RuntimeError) as e:
-            raise UserError(f"{path}: unreadable reference adapter ({e})") from None
-        misfits = sorted(set(weights) ^ set(trainable)) or [
-            k for k in weights if weights[k].shape != trainable[k].shape
-        ]
-        if misfits:
-            raise UserError(
-                f"{path}: the reference adapter does not fit this run's {cfg.fine_tune_type} layers (first misfit: "
-                f"{misfits[0]}); give one trained with the same fine_tune_type, num_layers and lora_parameters"
-            )
-        print(f"mlx_ft: DPO reference: the base with the adapter {path}", file=sys.stderr)
-        return Reference(model, weights)
-    if cfg.fine_tune_type == "full":
-        size = sum(v.nbytes for v in trainable.values())
-        print(
-            f"mlx_ft: DPO reference: a frozen copy of the trained layers ({size / 1e6:,.0f} MB more memory)",
-            file=sys.stderr,
-        )
-        return Reference(model, trainable)  # arrays are immutable: the optimizer's updates make new ones
-    print("mlx_ft: DPO reference: the base model with the adapter switched off (no extra memory)", file=sys.stderr)
-    return Reference(model)
 
 
 def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
@@ -150,27 +116,56 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
     model_path = models.resolve(cfg.model)
     print(f"mlx_ft: loading {model_path}", file=sys.stderr)
     model, tokenizer = load_model(model_path, cfg.model)
-    chats = any(ex.text is None for ex in train_chats + valid_chats)  # plain text needs no chat template
+    _check_model_takes(cfg, tokenizer, train_chats + valid_chats)
+    objective = objectives.for_config(cfg)
+    train_set, valid_set = _tokenize(cfg, objective, data_dir, tokenizer, train_chats, valid_chats)
+    if cfg.pack:
+        check_packable(model)
+    _set_iters(cfg, objective, train_set)
+    _adapt(cfg, model, objective, resume)
+    print_trainable_parameters(model)
+    optimizer = _optimizer(cfg)
+
+    world = mx.distributed.init()
+    if resume:
+        state = _resume_state(cfg, run, ckpt, model, optimizer, world)
+    else:
+        state = TrainerState()
+        # The run folder appears only once the model and data have loaded, so a bad input leaves nothing behind.
+        run = _new_run_dir(cfg, world)
+        cfg.adapter_path = str(run)
+    if world.rank() == 0:
+        _write_run_files(cfg, run, model_path, train_chats)
+    reason = _run_loop(cfg, run, model, optimizer, state, train_set, valid_set, objective)
+    if reason != "finished":
+        print(f"mlx_ft: {reason}", file=sys.stderr)
+    return run
+
+
+def _check_model_takes(cfg: config_mod.TrainConfig, tokenizer: Any, examples: list[data.Example]) -> None:
+    """Refuse data the model cannot be trained on: chats without a chat template, tool calls without tool support."""
+    chats = any(ex.text is None for ex in examples)  # plain text needs no chat template
     if chats and not chat_template.has_template(tokenizer):
         raise UserError(
             f"model {cfg.model!r} has no chat template: fine-tune an instruct/chat model on chat data "
             "(or give it plain text examples)"
         )
-    data_stats.require_tool_support(tokenizer, train_chats + valid_chats, cfg.model)
-    preference = cfg.train_mode != "sft"
-    train_set: TokenizedChats | TokenizedPairs
-    valid_set: TokenizedChats | TokenizedPairs
-    if preference:
-        train_set = TokenizedPairs(train_chats, tokenizer, cfg.max_seq_length, "train")
-        valid_set = TokenizedPairs(valid_chats, tokenizer, cfg.max_seq_length, "valid")
-    else:
-        train_set = TokenizedChats(train_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "train")
-        valid_set = TokenizedChats(valid_chats, tokenizer, cfg.mask_prompt, cfg.max_seq_length, "valid")
-        if any(ex.rejected is not None for ex in train_chats):
-            print(
-                f"mlx_ft: {data_dir} holds preference pairs; train_mode sft learns their chosen answers",
-                file=sys.stderr,
-            )
+    data_stats.require_tool_support(tokenizer, examples, cfg.model)
+
+
+def _tokenize(
+    cfg: config_mod.TrainConfig,
+    objective: Objective[Any],
+    data_dir: Path,
+    tokenizer: Any,
+    train_chats: list[data.Example],
+    valid_chats: list[data.Example],
+) -> tuple[Any, Any]:
+    """The training and validation splits as the objective reads them, with what was cut or left out said once."""
+    train_set = objective.tokenize(train_chats, tokenizer, cfg.max_seq_length, "train")
+    valid_set = objective.tokenize(valid_chats, tokenizer, cfg.max_seq_length, "valid")
+    if note := objective.data_note(train_chats):
+        print(f"mlx_ft: {data_dir} {note}", file=sys.stderr)
     for name, ds in (("train", train_set), ("valid", valid_set)):
         if note := ds.report(f"{data_dir}/{name}.jsonl", cfg.max_seq_length):
             print(f"mlx_ft: {note}", file=sys.stderr)
@@ -180,16 +175,21 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         )
     if cfg.early_stopping_patience and not len(valid_set):
         raise UserError(f"early_stopping_patience needs validation data, and {data_dir} has no usable valid.jsonl")
-    if cfg.pack:
-        check_packable(model)
-    if isinstance(train_set, TokenizedChats):
-        steps_per_epoch = len(batch_rows(train_set, cfg.batch_size, cfg.max_seq_length, loop=True, pack=cfg.pack))
-        print(f"mlx_ft: {batching_note(train_set, cfg.batch_size, cfg.max_seq_length, cfg.pack)}", file=sys.stderr)
-    else:
-        steps_per_epoch = len(train_set) // cfg.batch_size
+    return train_set, valid_set
+
+
+def _set_iters(cfg: config_mod.TrainConfig, objective: Objective[Any], train_set: Any) -> None:
+    """Say how the batches fill up, and turn `epochs` (when given) into cfg.iters."""
+    steps_per_epoch = objective.steps_per_epoch(train_set, cfg.batch_size, cfg.max_seq_length)
+    if note := objective.batching_note(train_set, cfg.batch_size, cfg.max_seq_length):
+        print(f"mlx_ft: {note}", file=sys.stderr)
     if cfg.epochs is not None:
         cfg.iters = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
+
+def _adapt(cfg: config_mod.TrainConfig, model: nn.Module, objective: Objective[Any], resume: bool) -> None:
+    """Quantize the base (QLoRA), attach the adapter, let the objective see it (DPO's reference is the model before
+    any weights load), then warm-start from resume_adapter_file."""
     n_layers = len(model.layers)
     if cfg.num_layers > n_layers:
         raise UserError(f"num_layers {cfg.num_layers} is more than the model's {n_layers} layers")
@@ -198,44 +198,55 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         print(f"mlx_ft: quantized {n} layers of the base model to {cfg.quantize} bits (QLoRA)", file=sys.stderr)
     mx.random.seed(cfg.seed)
     adapters.attach(model, cfg)
-    objective = Objective(cfg.train_mode, cfg.beta, _reference(cfg, model)) if preference else None
+    objective.bind(cfg, model)
     if cfg.resume_adapter_file and not resume:
         if not Path(cfg.resume_adapter_file).is_file():
             raise UserError(f"{cfg.resume_adapter_file}: no such adapter file (resume_adapter_file)")
         model.load_weights(cfg.resume_adapter_file, strict=False)
-    print_trainable_parameters(model)
-    optimizer = _optimizer(cfg)
 
-    world = mx.distributed.init()
-    if resume:
-        state = checkpoints.load(ckpt, model, optimizer)
-        if state.step >= cfg.iters:
-            raise UserError(
-                f"{run} already trained {state.step} steps (iters {cfg.iters}); pass a larger --iters to train further"
-            )
-        if world.rank() == 0:
-            _keep_metrics_until(run, state.step)
-        print(f"mlx_ft: resuming {run} from step {state.step}", file=sys.stderr)
-    else:
-        state = TrainerState()
-        # The run folder appears only once the model and data have loaded, so a bad input leaves nothing behind.
-        run = _new_run_dir(cfg, world)
-        cfg.adapter_path = str(run)
-    if world.rank() == 0:
-        write_text(run / "config.yaml", config_mod.dump(cfg))
-        # mlx-lm's adapter_config.json keys, so mlx_lm.load(..., adapter_path=run) and mlx_lm fuse work on the run.
-        write_json(
-            run / "adapter_config.json",
-            {
-                **cfg.to_dict(),
-                "model": model_path,
-                "base_model": cfg.model,
-                "system_prompt": data.common_system(train_chats),
-            },
+
+def _resume_state(
+    cfg: config_mod.TrainConfig, run: Path, ckpt: Path, model: nn.Module, optimizer: optim.Optimizer, world: Any
+) -> TrainerState:
+    """The checkpoint's weights, optimizer and counters, with the metrics rows past it dropped."""
+    state = checkpoints.load(ckpt, model, optimizer)
+    if state.step >= cfg.iters:
+        raise UserError(
+            f"{run} already trained {state.step} steps (iters {cfg.iters}); pass a larger --iters to train further"
         )
+    if world.rank() == 0:
+        _keep_metrics_until(run, state.step)
+    print(f"mlx_ft: resuming {run} from step {state.step}", file=sys.stderr)
+    return state
 
+
+def _write_run_files(cfg: config_mod.TrainConfig, run: Path, model_path: str, train_chats: list[data.Example]) -> None:
+    write_text(Run(run).config_file, config_mod.dump(cfg))
+    # mlx-lm's adapter_config.json keys, so mlx_lm.load(..., adapter_path=run) and mlx_lm fuse work on the run.
+    write_json(
+        Run(run).adapter_config_file,
+        {
+            **cfg.to_dict(),
+            "model": model_path,
+            "base_model": cfg.model,
+            "system_prompt": data.common_system(train_chats),
+        },
+    )
+
+
+def _run_loop(
+    cfg: config_mod.TrainConfig,
+    run: Path,
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    state: TrainerState,
+    train_set: Any,
+    valid_set: Any,
+    objective: Objective[Any],
+) -> str:
+    """The loop (loop.py); on Ctrl-C, say where the checkpoint is and how to go on."""
     try:
-        reason = training_loop.loop(cfg, run, model, optimizer, state, train_set, valid_set, objective)
+        return training_loop.loop(cfg, run, model, optimizer, state, train_set, valid_set, objective)
     except training_loop.TrainingInterrupted as e:
         print(
             f"\nmlx_ft: interrupted after step {e.step}; checkpoint saved in {e.checkpoint}; continue with "
@@ -243,6 +254,3 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
             file=sys.stderr,
         )
         raise
-    if reason != "finished":
-        print(f"mlx_ft: {reason}", file=sys.stderr)
-    return run

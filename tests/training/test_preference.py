@@ -19,7 +19,8 @@ from mlx_ft.inference import evaluate
 from mlx_ft.models import adapters
 from mlx_ft.training.batches import TokenizedPairs, pair_batches
 from mlx_ft.training.loss import sequence_logps
-from mlx_ft.training.preference import Objective, Reference, dpo_losses, orpo_losses, pair_scores
+from mlx_ft.training.objectives import pair_objective as Objective
+from mlx_ft.training.preference import Reference, dpo_losses, orpo_losses, pair_scores
 from mlx_ft.training.run import train
 from tests.conftest import REPO
 from tests.data.test_preference import lf_data  # noqa: F401  (the fixture)
