@@ -1,6 +1,7 @@
-"""How `eval` generates: one batched pass (`generation.answer_many`, mlx_lm's BatchGenerator with continuous
-batching) against answering the same prompts one at a time (`generation.answer`, mlx_lm's stream_generate, what a
-loop of `infer` calls does minus the model load), greedy, in one process on one loaded model.
+"""How `eval` generates: one batched pass (`generation.answer_many`: the decode core's scheduler, mlx_lm's
+BatchGenerator with continuous batching, up to 32 answers at once) against answering the same prompts one at a time
+(`generation.answer`: the same core with one answer in the batch, what a loop of `infer` calls does minus the model
+load), greedy, in one process on one loaded model.
 
 Default: the built-in SmolLM2-135M-Instruct on the shipped fish-care test split, at most --max-tokens per answer.
 Both sides must produce the same answers (greedy); the script checks it and prints answers/s, generated tokens/s

@@ -30,10 +30,11 @@ from mlx_ft import config as config_mod
 from mlx_ft.chat_template import Message
 from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
-from mlx_ft.inference import generation
+from mlx_ft.inference import decode
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.inference.scheduler import Job, Scheduler
 from mlx_ft.models import loader, sources
+from mlx_ft.models.run_folder import Run
 
 FALLBACK_CONTEXT = 4096  # when the model config names no context length
 MAX_VARIANTS = 8  # runs kept ready per base; an older one is rebuilt (a first switch) when asked for again
@@ -196,7 +197,7 @@ class Engine:
         found = loader.find_run(ref.adapter_dir)
         if found is None:
             raise ValueError(f"{ref.adapter_dir} is not a run or an adapter folder of one")
-        path = found[0] / "config.yaml"
+        path = Run(found[0]).config_file
         stamp = _stamp(path)
         cached = self._configs.get(path)
         if cached is None or cached[0] != stamp:
@@ -313,7 +314,7 @@ class Engine:
 
     def stream(
         self, prompt: list[int], sampling: Sampling, ref: ModelRef | None = None, timing: list[float] | None = None
-    ) -> Iterator[generation.Chunk]:
+    ) -> Iterator[decode.Chunk]:
         """The answer piece by piece. Closing the iterator early (a client that went away) cancels it, and only it.
         `ref` names the model (None: the served one); `timing` receives the switch time in ms."""
         job = self.submit(prompt, sampling, ref)

@@ -28,8 +28,8 @@ from mlx_ft.inference import generation, scores
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.models import loader
 from mlx_ft.resources import local_or_shipped
-from mlx_ft.training import loop as training_loop
-from mlx_ft.training.batches import TokenizedChats, TokenizedPairs
+from mlx_ft.training.batches import TokenizedChats
+from mlx_ft.training.objectives import SFT, Preference
 from mlx_ft.training.preference import pair_scores
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
@@ -141,16 +141,19 @@ def split_loss(
     """Mean loss over the learned tokens of `examples`, and its perplexity."""
     cfg = loaded.cfg
     max_len = cfg.max_seq_length if cfg else DEFAULT_MAX_SEQ_LENGTH
-    chats = TokenizedChats(examples, loaded.tokenizer, cfg.mask_prompt if cfg else True, max_len, "eval")
+    sft = SFT(cfg.mask_prompt if cfg else True)
+    chats = sft.tokenize(examples, loaded.tokenizer, max_len, "eval")
     if not len(chats):
         return {}
-    loss = mean_loss(loaded.model, chats, min(batch_size, len(chats)), max_len, stage)
+    loss = mean_loss(sft, loaded.model, chats, min(batch_size, len(chats)), max_len, stage)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
 
-def mean_loss(model: nn.Module, chats: TokenizedChats, batch_size: int, max_len: int, stage: str | None) -> float:
-    """Mean loss per learned token over all of `chats`: validation's own `training.loop.evaluate` over every batch,
-    with progress lines."""
+def mean_loss(
+    sft: SFT, model: nn.Module, chats: TokenizedChats, batch_size: int, max_len: int, stage: str | None
+) -> float:
+    """Mean loss per learned token over all of `chats`: validation's own `SFT.evaluate` over every batch, with
+    progress lines."""
     all_tokens = max(sum(len(ids) for ids, _ in chats.items), 1)
     reporter = progress.Reporter(stage, len(chats), "examples", "tok/s") if stage else None
     seen = tokens = 0
@@ -163,7 +166,7 @@ def mean_loss(model: nn.Module, chats: TokenizedChats, batch_size: int, max_len:
         if reporter is not None:
             reporter.update(seen, tokens, tokens / all_tokens)
 
-    loss = training_loop.evaluate(model, chats, batch_size, max_len, -1, on_batch=counted, after_batch=report)
+    loss = sft.evaluate(model, chats, batch_size, max_len, -1, on_batch=counted, after_batch=report)["loss"]
     if reporter is not None:
         reporter.finish(tokens)
     return loss
@@ -178,7 +181,7 @@ def split_preferences(
     if not pairs:
         return {}
     max_len = loaded.cfg.max_seq_length if loaded.cfg else DEFAULT_MAX_SEQ_LENGTH
-    tokenized = TokenizedPairs(pairs, loaded.tokenizer, max_len, "pairs")
+    tokenized = Preference.tokenize(pairs, loaded.tokenizer, max_len, "pairs")  # as DPO and ORPO read them
     if not len(tokenized):
         return {}
     loaded.model.eval()
@@ -210,14 +213,14 @@ def _score_column(loaded: loader.Loaded, plan: Plan, sampling: Sampling, batch_s
     # The model answers with the tools it was offered in training.
     prompts = generation.prompts_for(loaded.tokenizer, [t.prompt for t in todo], [t.example.tools for t in todo])
     tic = time.perf_counter()
-    answers = generation.generate_many(
+    answers = generation.answers(
         loaded.model, loaded.tokenizer, prompts, sampling, plan.budgets, f"scoring {name}" if todo else None
     )
     seconds = time.perf_counter() - tic
-    outputs = [generation.text_of(loaded.tokenizer, ids) for ids in answers]  # as served: whole characters
+    outputs = [a.text for a in answers]  # as served: whole characters
     if todo:
         column.update(scores.score(outputs, [t.expected for t in todo]))
-    return Column(column, outputs, sum(len(ids) for ids in answers), round(seconds, 3))
+    return Column(column, outputs, sum(len(a.tokens) for a in answers), round(seconds, 3))
 
 
 def evaluate(

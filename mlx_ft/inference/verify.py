@@ -13,9 +13,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import mlx.core as mx
-from mlx_lm.generate import generate_step
-
 from mlx_ft import chat_template, data
 from mlx_ft.chat_template import Message
 from mlx_ft.data.formats import with_system
@@ -92,14 +89,9 @@ class Report:
 
 
 def mlx_answer(model: Any, tokenizer: Any, prompt: list[int], k: int) -> list[int]:
-    """The first `k` tokens of MLX's greedy answer, ending early at the end of turn (the token itself left out)."""
-    out: list[int] = []
-    sampler = generation.sampler(Sampling(temp=0.0))
-    for token, _ in generate_step(mx.array(prompt), model, max_tokens=k, sampler=sampler):
-        if int(token) in tokenizer.eos_token_ids:
-            break
-        out.append(int(token))
-    return out
+    """The first `k` tokens of MLX's greedy answer, ending early at the end of turn (the token itself left out),
+    generated as `infer` and `serve` generate it."""
+    return generation.generate_many(model, tokenizer, [prompt], Sampling(temp=0.0, max_tokens=k))[0]
 
 
 def cpp_answer(lib: ModuleType, llm: Any, prompt: list[int], k: int, stops: list[str]) -> list[int]:
