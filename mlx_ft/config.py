@@ -356,13 +356,16 @@ def default_path() -> Path | None:
     return path if path.is_file() else None
 
 
+RUN_CONFIG = "config.yaml"  # the file a run folder keeps its config in (models.run_folder.Run reads it)
+
+
 def dump(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
 
 
 def for_resume(run: Path, flags: dict[str, Any], set_items: list[str]) -> TrainConfig:
     """The config of the run in `run`, with overrides of the keys a resumed run may change (and only those)."""
-    saved_path = Path(run) / "config.yaml"
+    saved_path = Path(run) / RUN_CONFIG
     if not saved_path.is_file():
         raise UserError(f"{run}: not a run folder (no config.yaml)")
     if flags.get("adapter_path"):

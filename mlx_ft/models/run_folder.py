@@ -26,7 +26,7 @@ import yaml
 from mlx_ft import config as config_mod
 from mlx_ft.models.adapters import ADAPTERS
 
-CONFIG = "config.yaml"
+CONFIG = config_mod.RUN_CONFIG
 ADAPTER_CONFIG = "adapter_config.json"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"

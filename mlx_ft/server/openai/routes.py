@@ -9,8 +9,6 @@ their folder names, the base, and the studio's runs and checkpoints under their 
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
 import time
 import uuid
 import weakref
@@ -22,10 +20,10 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from mlx_ft import chat_template
 from mlx_ft.errors import UserError
-from mlx_ft.inference import generation, tool_calls
+from mlx_ft.inference import decode, tool_calls
 from mlx_ft.inference.engine import ModelRef
 from mlx_ft.inference.sampling import Sampling
-from mlx_ft.inference.scheduler import Job
+from mlx_ft.inference.scheduler import Job, merged
 from mlx_ft.server.http import ApiError, event_stream, json_body, sse
 from mlx_ft.server.openai import request as openai_request
 from mlx_ft.server.state import current
@@ -88,7 +86,7 @@ def _token_text(tokenizer: Any, token: int) -> str:
     return _token_bytes(tokenizer, token).decode("utf-8", errors="replace")
 
 
-def _chat_logprobs(tokenizer: Any, tokens: list[generation.TokenLogprob]) -> dict[str, Any]:
+def _chat_logprobs(tokenizer: Any, tokens: list[decode.TokenLogprob]) -> dict[str, Any]:
     def entry(token: int, logprob: float) -> dict[str, Any]:
         raw = _token_bytes(tokenizer, token)
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
@@ -97,7 +95,7 @@ def _chat_logprobs(tokenizer: Any, tokens: list[generation.TokenLogprob]) -> dic
     return {"content": content, "refusal": None}
 
 
-def _completion_logprobs(tokenizer: Any, tokens: list[generation.TokenLogprob], offset: int) -> dict[str, Any]:
+def _completion_logprobs(tokenizer: Any, tokens: list[decode.TokenLogprob], offset: int) -> dict[str, Any]:
     texts = [_token_text(tokenizer, t.id) for t in tokens]
     offsets, at = [], offset
     for text in texts:
@@ -142,36 +140,14 @@ def _submit(prompts: list[list[int]], sampling: Sampling, n: int, ref: ModelRef 
     return engine.submit_many([(p, _seeded(sampling, i)) for p in prompts for i in range(n)], ref)
 
 
-def _merged(jobs: list[Job]) -> Iterator[tuple[int, generation.Chunk]]:
-    """The pieces of several jobs as they come, tagged with the job's index; closing it cancels them all."""
-    if len(jobs) == 1:
-        yield from ((0, c) for c in jobs[0].pieces())
-        return
-    merged: queue.Queue[tuple[int, generation.Chunk | BaseException | None]] = queue.Queue()
-
-    def forward(i: int, job: Job) -> None:
-        try:
-            for chunk in job.pieces():
-                merged.put((i, chunk))
-            merged.put((i, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the reader
-            merged.put((i, e))
-
-    for i, job in enumerate(jobs):
-        threading.Thread(target=forward, args=(i, job), daemon=True).start()
-    left = len(jobs)
-    try:
-        while left:
-            i, item = merged.get()
-            if item is None:
-                left -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield i, item
-    finally:
-        for job in jobs:
-            job.cancel()
+def _merged(jobs: list[Job]) -> Iterator[tuple[int, decode.Chunk]]:
+    """The pieces of several jobs as they come, tagged with the job's index; one job failing fails the request (a
+    reply has all its choices or none); closing it cancels them all."""
+    for i, item in merged(jobs):
+        if isinstance(item, BaseException):
+            raise item
+        if item is not None:
+            yield i, item
 
 
 class _Answer:
@@ -179,11 +155,11 @@ class _Answer:
 
     def __init__(self) -> None:
         self.text: list[str] = []
-        self.tokens: list[generation.TokenLogprob] = []
+        self.tokens: list[decode.TokenLogprob] = []
         self.reason: str | None = None
         self.n = 0
 
-    def add(self, chunk: generation.Chunk) -> None:
+    def add(self, chunk: decode.Chunk) -> None:
         self.text.append(chunk.text)
         self.tokens += chunk.tokens
         self.reason = chunk.finish_reason or self.reason
