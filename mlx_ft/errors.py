@@ -8,6 +8,10 @@ class UserError(Exception):
     """A problem with the user's input or environment; the message says what to do."""
 
 
+class Invalid(UserError):
+    """What was asked for is malformed (an empty list of inputs, too many of them); the server answers 400."""
+
+
 class NotFound(UserError):
     """What was asked for does not exist (no such job, task or file); the server answers 404."""
 

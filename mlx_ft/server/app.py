@@ -23,7 +23,8 @@ from waitress import create_server
 from waitress.server import BaseWSGIServer
 from werkzeug.exceptions import HTTPException
 
-from mlx_ft.errors import Conflict, NotFound, UserError
+from mlx_ft.checks import FieldError
+from mlx_ft.errors import Conflict, Invalid, NotFound, UserError
 from mlx_ft.inference.engine import Engine, ModelRef
 from mlx_ft.models import loader
 from mlx_ft.resources import resource
@@ -70,10 +71,14 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     def _api_error(e: ApiError) -> tuple[Response, int]:
         return error_response(e.message, e.status)
 
-    @app.errorhandler(UserError)
-    def _user_error(e: UserError) -> tuple[Response, int]:
-        # The services' errors (a bad field, an unknown job, a job in the wrong state) in their status codes.
-        return error_response(str(e), 404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 400)
+    def _service_error(e: UserError) -> tuple[Response, int]:
+        # What a request asked that the services refuse, in its status code. Other UserErrors that escape a route
+        # (a run whose config cannot be read, a base that cannot load) stay 500s, as before services raised these.
+        status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 400
+        return error_response(str(e), status)
+
+    for refused in (FieldError, Invalid, NotFound, Conflict):
+        app.register_error_handler(refused, _service_error)
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Any:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -287,10 +288,15 @@ class _Feed:
         self._views: dict[str, tuple[int, dict[str, Any]]] = {}  # job id -> (serial, view)
 
     def publish(self, job_id: str) -> None:
-        """Read the job's view again when anyone watches it, and wake its viewers if it changed."""
+        """Read the job's view again when anyone watches it, and wake its viewers if it changed. Best effort: the
+        runner publishes from its own bookkeeping (a save, the watcher thread), which a view that cannot be read (a
+        run folder someone broke) must never stop; the viewers keep the last view they had."""
         with self._changed:
             if self._viewers.get(job_id):
-                self._refresh(job_id)
+                try:
+                    self._refresh(job_id)
+                except Exception:  # noqa: BLE001 - see above; a new viewer's first read still raises in its request
+                    logging.getLogger(__name__).exception("job %s: its view could not be read", job_id)
 
     def _refresh(self, job_id: str) -> None:
         view = self._read(job_id)

@@ -13,7 +13,7 @@ from typing import Any
 
 from mlx_ft.data import recipes
 from mlx_ft.data.formats import with_system
-from mlx_ft.errors import NotFound, UserError
+from mlx_ft.errors import Invalid, NotFound, UserError
 from mlx_ft.inference.engine import Engine, TooLong
 from mlx_ft.inference.sampling import Sampling
 
@@ -58,14 +58,14 @@ class TaskService:
         """One result per input, `{"output", "fields", "parsed", "cached"}`, in order; repeats from the cache."""
         served = self.served(name)
         if not inputs:
-            raise UserError("'inputs' is empty")
+            raise Invalid("'inputs' is empty")
         if len(inputs) > self.max_batch:
-            raise UserError(f"{len(inputs)} inputs in one request; at most {self.max_batch}")
+            raise Invalid(f"{len(inputs)} inputs in one request; at most {self.max_batch}")
         for i, text in enumerate(inputs):
             if not isinstance(text, str) or not text.strip():
-                raise UserError(f"input {i} must be a non-empty string")
+                raise Invalid(f"input {i} must be a non-empty string")
             if len(text) > MAX_INPUT_CHARS:
-                raise UserError(f"input {i} is {len(text)} characters; at most {MAX_INPUT_CHARS}")
+                raise Invalid(f"input {i} is {len(text)} characters; at most {MAX_INPUT_CHARS}")
         results: dict[str, dict[str, Any]] = {}
         with self._cache_lock:
             for text in inputs:
@@ -84,7 +84,7 @@ class TaskService:
                     for t in todo
                 ]
             except TooLong as e:
-                raise UserError(str(e)) from None
+                raise Invalid(str(e)) from None
             outputs = self.engine.answer_many(prompts, Sampling(temp=0.0, max_tokens=task.max_tokens))
             with self._cache_lock:
                 for text, output in zip(todo, outputs):

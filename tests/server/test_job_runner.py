@@ -146,3 +146,17 @@ def test_a_stream_ends_after_the_final_state_it_shows(tmp_path: Path) -> None:
     runner = JobRunner(store, tmp_path / "runs")
     assert [v["state"] for v in runner.events("j")] == ["cancelled"]
     store.close()
+
+
+def test_a_view_that_cannot_be_read_never_stops_the_runner_and_viewers_keep_the_last_one():
+    """The runner publishes from its own bookkeeping (a save, the watcher): a run folder someone broke must not
+    raise there (a dead watcher would leave its job running forever, a failed _finish the queue stuck)."""
+    views = iter([{"state": "running", "step": 1}])
+
+    def read(job_id: str) -> dict:
+        return next(views)  # the second read fails, as a broken metrics.jsonl would
+
+    feed = job_runner._Feed(read)
+    with feed.watching("j"):
+        feed.publish("j")  # raises StopIteration inside: must not escape
+        assert feed.wait("j", 0, 0.0) == (1, {"state": "running", "step": 1})
