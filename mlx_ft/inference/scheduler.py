@@ -79,40 +79,33 @@ class Job:
             self.cancel()
 
 
-def _single(job: Job) -> Iterator[tuple[int, decode.Chunk | BaseException | None]]:
+def _events(job: Job) -> Iterator[decode.Chunk | BaseException | None]:
+    """One job's events as `merged` tags them: its pieces, then None when it ends or the exception that ended it."""
     try:
-        try:
-            for chunk in job.pieces():
-                yield 0, chunk
-        except Exception as e:  # noqa: BLE001 - handed to the reader, as merged() hands every job's
-            yield 0, e
-            return
-        yield 0, None
-    finally:
-        job.cancel()
+        yield from job.pieces()
+    except Exception as e:  # noqa: BLE001 - handed to the reader, tagged with its job
+        yield e
+        return
+    yield None
 
 
 def merged(jobs: Sequence[Job]) -> Iterator[tuple[int, decode.Chunk | BaseException | None]]:
     """The events of several jobs as they come, each tagged with its job's index: the job's pieces, then None when it
     ends or the exception that ended it; one job failing leaves the others going. Closing the iterator early (a
     client that went away) cancels them all."""
-    if len(jobs) == 1:  # no reader thread to start: the one job's queue is read here
-        yield from _single(jobs[0])
-        return
-    out: queue.Queue[tuple[int, decode.Chunk | BaseException | None]] = queue.Queue()
-
-    def forward(i: int, job: Job) -> None:
-        try:
-            for chunk in job.pieces():
-                out.put((i, chunk))
-            out.put((i, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the reader, tagged with its job
-            out.put((i, e))
-
-    for i, job in enumerate(jobs):  # a reader per job: a queue cannot be waited on together with others
-        threading.Thread(target=forward, args=(i, job), name="mlx_ft-merge", daemon=True).start()
-    left = len(jobs)
     try:
+        if len(jobs) == 1:  # no reader thread to start: the one job's queue is read here
+            yield from ((0, item) for item in _events(jobs[0]))
+            return
+        out: queue.Queue[tuple[int, decode.Chunk | BaseException | None]] = queue.Queue()
+
+        def forward(i: int, job: Job) -> None:
+            for item in _events(job):
+                out.put((i, item))
+
+        for i, job in enumerate(jobs):  # a reader per job: a queue cannot be waited on together with others
+            threading.Thread(target=forward, args=(i, job), name="mlx_ft-merge", daemon=True).start()
+        left = len(jobs)
         while left:
             i, item = out.get()
             if not isinstance(item, decode.Chunk):

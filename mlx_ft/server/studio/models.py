@@ -45,7 +45,7 @@ from flask import Blueprint, Response, jsonify
 
 from mlx_ft import chat_template, checks
 from mlx_ft.errors import UserError
-from mlx_ft.inference import generation
+from mlx_ft.inference import decode
 from mlx_ft.inference.engine import BASE, Engine, ModelRef
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.inference.scheduler import Job, merged
@@ -272,7 +272,7 @@ def _answers(engine: Engine, asks: list[_Ask]) -> Iterator[tuple[_Ask, dict[str,
     if not ready:
         return
     jobs = engine.submit_each([(prompt, a.sampling, a.entry.ref) for a, prompt in ready])
-    last: dict[int, generation.Chunk] = {}
+    last: dict[int, decode.Chunk] = {}
     for i, item in merged(jobs):
         ask = ready[i][0]
         if isinstance(item, BaseException):
@@ -285,7 +285,7 @@ def _answers(engine: Engine, asks: list[_Ask]) -> Iterator[tuple[_Ask, dict[str,
                 yield ask, {**ask.head(), "delta": item.text}
 
 
-def _done(job: Job, last: generation.Chunk | None) -> dict[str, Any]:
+def _done(job: Job, last: decode.Chunk | None) -> dict[str, Any]:
     """An answer's end: why, its tokens, and its times from when the scheduler took it up."""
     end = time.perf_counter()
     started = job.started if job.started is not None else end
