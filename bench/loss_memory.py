@@ -15,6 +15,7 @@ Usage: python bench/loss_memory.py [--rows 8] [--length 512] [--repeats 3] [--mo
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -29,7 +30,6 @@ from mlx_ft.training.loss import learned_positions, masked_loss  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
-from mlx_lm import load  # noqa: E402
 from mlx_lm.tuner.utils import linear_to_lora_layers  # noqa: E402
 
 from blas_sides import fast_blas  # noqa: E402
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["qwen3-tiny", "smollm2"])
     args = ap.parse_args()
     blas = fast_blas() or "the platform's"  # both losses run in this process: one BLAS, checked fast
+    load = os.getloadavg()
+    print(f"cpu cores: {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(
         f"device {mx.default_device()} (BLAS: {blas}), batch {args.rows} x {args.length}, LoRA r16 on all projections"
     )

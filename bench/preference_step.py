@@ -40,6 +40,8 @@ from mlx_ft.training.loss import masked_loss
 from mlx_ft.training.objectives import pair_objective
 from mlx_ft.training.preference import Reference
 
+from blas_sides import fast_blas
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -76,6 +78,8 @@ def main() -> None:
     args = ap.parse_args()
     load_avg = os.getloadavg()
     print(f"cpu cores: {os.cpu_count()}, load average {load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f}")
+    blas = fast_blas() or "the platform's"
+    print(f"BLAS: {blas} (every variant runs in this process)")
     model, tok = load(models.resolve(args.model))
     cfg = config.build(
         {"fine_tune_type": "lora", "num_layers": 8, "lora_parameters": {"rank": 8, "scale": 20.0, "dropout": 0.0}}
