@@ -382,6 +382,8 @@
     if (controller.signal.aborted) appendNote(row, "chat.stopped");
     else if (failed) { appendNote(row, "chat.error", true, { message: failed }); showError(failed); }
     else if (finished && finished.finish_reason === "length") appendNote(row, "chat.lengthStop");
+    // Only a whole answer has figures worth reading: a stopped or failed one's would describe a part.
+    if (finished && finished.figures && !controller.signal.aborted && !failed) appendFigures(row, finished.figures);
     scrollToBottom(false);
 
     if (finished && finished.conversation) replaceConversation(finished.conversation);
@@ -398,6 +400,32 @@
     note.className = "note" + (isError ? " error" : "");
     say(note, id, vars);
     row.append(note);
+  }
+
+  const num = (v) => typeof v === "number" && isFinite(v);
+
+  /** The answer's figures as one line: tokens, decode speed, time to the first token, prompt tokens from the cache. */
+  function figuresText(f) {
+    const parts = [f.tokens === 1 ? t("chat.figures.oneToken") : t("chat.figures.tokens", { n: f.tokens ?? "?" })];
+    // The first token's time (the prompt's prefill) is shown on its own, so the rate is the decode's alone.
+    const decode = num(f.seconds) && num(f.ttft_s) ? f.seconds - f.ttft_s : 0;
+    if (num(f.tokens) && f.tokens > 1 && decode > 0) {
+      parts.push(t("chat.figures.rate", { rate: ((f.tokens - 1) / decode).toFixed(1) }));
+    }
+    if (num(f.ttft_s)) parts.push(t("chat.figures.firstToken", { s: f.ttft_s.toFixed(2) }));
+    if (num(f.prompt_tokens) && num(f.cached_tokens)) {
+      parts.push(f.cached_tokens > 0
+        ? t("chat.figures.cached", { cached: f.cached_tokens, prompt: f.prompt_tokens })
+        : t("chat.figures.uncached", { prompt: f.prompt_tokens }));
+    }
+    return parts.join(" · ");
+  }
+
+  function appendFigures(row, figures) {
+    const line = document.createElement("div");
+    line.className = "answer-figures muted small";
+    live(line, () => figuresText(figures)); // textContent only, re-made on a language switch
+    row.append(line);
   }
 
   function stop() {

@@ -1087,7 +1087,8 @@
       .map(([k, v]) => `${k} ${v}`).join(" · ");
   }
 
-  /** The answer's end: its text, tokens, time (to the first token too) and the settings it was generated with. */
+  /** The answer's end: its text, tokens, time (to the first token too), its prompt tokens read from the prompt cache
+   * and the settings it was generated with. */
   function finishColumn(col, answer, text) {
     col.done = true;
     col.el.classList.remove("pending");
@@ -1098,6 +1099,8 @@
       `${fmt(answer.seconds, 2)} s`,
       ...(typeof answer.ttft_s === "number" ? [t("compare.firstToken", { s: fmt(answer.ttft_s, 2) })] : []),
       ...(typeof answer.switch_ms === "number" ? [t("compare.switch", { ms: fmt(answer.switch_ms, 1) })] : []),
+      ...(typeof answer.cached_tokens === "number" && typeof answer.prompt_tokens === "number"
+        ? [t("compare.cached", { cached: answer.cached_tokens, prompt: answer.prompt_tokens })] : []),
     ].join(" · ");
     col.el.append(live(make("div", "muted small answer-meta"), meta));
     if (answer.settings) col.el.append(makeT("div", "muted small answer-settings", "compare.settings", { settings: settingsText(answer.settings) }));

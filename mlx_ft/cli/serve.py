@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mlx_ft import config as config_mod
 from mlx_ft.cli.args import RUN_HELP, Subparsers, integer, number
+from mlx_ft.inference import prompt_cache
 from mlx_ft.services.serve_config import MAX_UPLOAD_MB
 
 _DESCRIPTION = (
@@ -62,7 +63,34 @@ def add_parser(sub: Subparsers) -> None:
         "0.0.0.0); by default only 127.0.0.1, localhost, [::1] and --host are, which stops DNS "
         "rebinding; '*' accepts any Host (turns that check off); repeatable",
     )
+    _add_cache_flags(p)
     p.set_defaults(func=cmd_serve, needs_mlx=True)
+
+
+def _byte_size(text: str) -> int:
+    try:
+        return prompt_cache.parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_cache_flags(p: argparse.ArgumentParser) -> None:
+    """The prompt cache: the KV state of earlier answers, so each turn of a conversation prefills only its news."""
+    p.add_argument(
+        "--prompt-cache-size",
+        type=integer(0, 1 << 20),
+        default=prompt_cache.DEFAULT_ENTRIES,
+        metavar="N",
+        help="conversations whose KV state is kept, so their next turn reads only the new tokens (default "
+        "%(default)s; the least recently used go first; 0 turns the cache off)",
+    )
+    p.add_argument(
+        "--prompt-cache-bytes",
+        type=_byte_size,
+        metavar="SIZE",
+        help="memory the prompt cache may hold, e.g. 2G or 512M (default: an eighth of this machine's memory, at "
+        "most 4G; 0 turns it off). Usage in the OpenAI API reports prompt_tokens_details.cached_tokens",
+    )
 
 
 def _add_access_flags(p: argparse.ArgumentParser) -> None:
@@ -142,5 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         home="chat" if runs else "studio",
         token=token,
         token_generated=token is not None and args.token is None and not os.environ.get(TOKEN_ENV),
+        prompt_cache_size=args.prompt_cache_size,
+        prompt_cache_bytes=args.prompt_cache_bytes,
     )
     serve(config, args.port)

@@ -105,6 +105,7 @@ class Chunk:
     generation_tokens: int
     generation_tps: float
     tokens: list[TokenLogprob] = field(default_factory=list)
+    cached_tokens: int = 0  # of the prompt's tokens, how many were read from the prompt cache
 
 
 class Detokenizer(StreamingDetokenizer):

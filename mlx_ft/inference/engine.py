@@ -31,6 +31,7 @@ from mlx_ft.chat_template import Message
 from mlx_ft.data import stats as data_stats
 from mlx_ft.errors import UserError
 from mlx_ft.inference import decode
+from mlx_ft.inference.prompt_cache import PromptCache
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.inference.scheduler import Job, Scheduler
 from mlx_ft.models import loader, sources
@@ -92,6 +93,13 @@ class _Base:
         self.variants: dict[Path, _Variant] = {}
         self.current: Path | None = None  # the adapter folder worn now; None: the bare base
 
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """The weights answering now: the base, the adapter worn and its file's stamp when built (a prompt cache
+        entry is only ever continued by the weights that computed it)."""
+        variant = self.variants.get(self.current) if self.current is not None else None
+        return self.key, self.current, variant.stamp if variant is not None else None
+
     def wear(self, adapter_dir: Path | None, cfg: config_mod.TrainConfig | None) -> None:
         """Put the adapter of `adapter_dir` on (None: take every adapter off)."""
         if adapter_dir == self.current and (adapter_dir is None or self._fresh(adapter_dir)):
@@ -152,10 +160,11 @@ class _Base:
 
 
 class Engine:
-    def __init__(self, loaded: loader.Loaded) -> None:
+    def __init__(self, loaded: loader.Loaded, prompt_cache: PromptCache | None = None) -> None:
         """Serve `loaded`. A run loaded without its adapter (`loader.load(run, adapter=False)`) is served as a
         variant of its base, so the base and other runs on it can answer too; a run loaded with its adapter fused
-        in has no bare base left, and other models then load their own (`pin` keeps one loaded for good)."""
+        in has no bare base left, and other models then load their own (`pin` keeps one loaded for good).
+        `prompt_cache`: where answers leave their KV state for the next turn (None: one with the default bounds)."""
         self.loaded = loaded
         args = getattr(loaded.model, "args", None)
         self.context = int(getattr(args, "max_position_embeddings", None) or FALLBACK_CONTEXT)
@@ -172,7 +181,7 @@ class Engine:
         self.served = ModelRef("served", loaded.adapter_file.parent) if loaded.adapter_file is not None else BASE
         if loaded.adapter_file is not None and not loaded.adapted:
             self._main.wear(loaded.adapter_file.parent, loaded.cfg)
-        self.scheduler = Scheduler(self)
+        self.scheduler = Scheduler(self, cache=prompt_cache if prompt_cache is not None else PromptCache())
 
     @property
     def tokenizer(self) -> Any:

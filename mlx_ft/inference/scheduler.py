@@ -14,6 +14,10 @@ base) and that model's jobs are generated together.
 Commands that answer a list and exit (eval, `infer --file`, `infer` and `chat` in the terminal) use the same
 scheduler without a thread: `answer_here` runs its steps in the calling thread, so a `Sampling` answers alike
 wherever it is asked.
+
+The server's scheduler keeps a prompt cache (`prompt_cache.py`): a job starts from the KV state of the earlier answer
+sharing the longest prefix with its prompt (the conversation so far) and prefills only the rest; every answer that
+ends leaves its KV state there for the next turn.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
 
 from mlx_ft.inference import decode
+from mlx_ft.inference.prompt_cache import PromptCache
 from mlx_ft.inference.sampling import Sampling
 
 
@@ -37,7 +42,8 @@ class Models(Protocol):
     """What the scheduler needs of the models it answers with (the engine): make one of them the one answering."""
 
     def activate(self, ref: Any) -> tuple[Any, float]:
-        """(the base now wearing `ref`'s adapter, with `.model` and `.tokenizer`; milliseconds the switch took)."""
+        """(the base now wearing `ref`'s adapter, with `.model`, `.tokenizer` and `.identity`: a hashable that
+        changes whenever the weights answering change; milliseconds the switch took)."""
         ...
 
 
@@ -64,9 +70,26 @@ class Job:
     first_token: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] = field(default_factory=list)  # the ids generated so far, the end-of-turn token left out
+    cached_tokens: int = 0  # how many of the prompt's tokens were read from the prompt cache, not computed
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def figures(self) -> dict[str, Any]:
+        """What a page shows under the answer: its prompt's tokens, how many of them came from the prompt cache, and
+        its times from when the scheduler took it up (so a job that waited for another model's batch is not
+        charged for the wait): `ttft_s` to the first token, `seconds` to now (its end, when asked as it ends),
+        `switch_ms` the model switch alone."""
+        now = time.perf_counter()
+        started = self.started if self.started is not None else now
+        first = self.first_token if self.first_token is not None else now
+        return {
+            "prompt_tokens": len(self.prompt),
+            "cached_tokens": self.cached_tokens,
+            "seconds": round(now - started, 3),
+            "ttft_s": round(first - started, 3),
+            "switch_ms": round(self.switch_ms or 0.0, 3),
+        }
 
     def pieces(self) -> Iterator[decode.Chunk]:
         """The answer's pieces as they come; cancels the job if the reader stops early (a client went away)."""
@@ -125,9 +148,11 @@ class _Active:
 
 
 class Scheduler:
-    def __init__(self, engine: Models, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, engine: Models, max_batch: int = MAX_BATCH, cache: PromptCache | None = None) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self.cache = cache
+        self._weights: Any = None  # the identity of the weights answering: the prompt cache's key
         self._inbox: queue.Queue[list[Job]] = queue.Queue()
         self._waiting: deque[Job] = deque()
         self._active: dict[int, _Active] = {}
@@ -221,13 +246,18 @@ class Scheduler:
             )
         self._model = job.key
         self._tokenizer = base.tokenizer
+        self._weights = base.identity
 
     def _insert(self, job: Job) -> None:
         assert self._gen is not None
         sampling = job.sampling
+        cache, job.cached_tokens = self.cache.take(self._weights, job.prompt) if self.cache is not None else (None, 0)
         (uid,) = self._gen.insert(
-            [job.prompt],
+            [job.prompt[job.cached_tokens :]],
             [sampling.max_tokens],
+            caches=[cache] if cache is not None else None,
+            # the tokens the cache holds: the penalties' context is the whole prompt, as without a cache
+            all_tokens=[job.prompt[: job.cached_tokens]],
             samplers=[decode.sampler(sampling)],
             logits_processors=[decode.logits_processors(sampling)],
             stop_sequences=[make_stop_sequences(self._tokenizer)],
@@ -274,16 +304,30 @@ class Scheduler:
                 elapsed = time.perf_counter() - a.started
                 a.job.events.put(
                     decode.Chunk(
-                        text, reason, len(a.job.prompt), a.tokens, a.tokens / elapsed if elapsed else 0.0, infos
+                        text,
+                        reason,
+                        len(a.job.prompt),
+                        a.tokens,
+                        a.tokens / elapsed if elapsed else 0.0,
+                        infos,
+                        a.job.cached_tokens,
                     )
                 )
             if reason is not None:
                 a.job.events.put(None)
                 ended.append(r.uid)
+                if r.prompt_cache is not None:
+                    self._keep(r.all_tokens, r.prompt_cache)
         for uid in ended:
             self._active.pop(uid)
         if stopped:
-            self._gen.remove(stopped)
+            for cache, tokens in self._gen.remove(stopped, return_prompt_caches=self.cache is not None).values():
+                self._keep(tokens, cache)
+
+    def _keep(self, tokens: list[int], cache: list[Any]) -> None:
+        """An ended answer's KV state (its prompt and what it generated), for a next turn to start from."""
+        if self.cache is not None:
+            self.cache.keep(self._weights, tokens, cache)
 
     def _fail_all(self, error: BaseException) -> None:
         """A step that raised (out of memory, a bug) ends every answer in the batch with the error; the thread and
@@ -310,6 +354,7 @@ class _Fixed:
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.identity = id(model)
 
     def activate(self, ref: Any) -> tuple[Any, float]:
         return self, 0.0

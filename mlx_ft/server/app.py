@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException
 from mlx_ft.checks import FieldError
 from mlx_ft.errors import Conflict, Invalid, NotFound, UserError
 from mlx_ft.inference.engine import Engine, ModelRef
+from mlx_ft.inference.prompt_cache import DEFAULT_ENTRIES, PromptCache
 from mlx_ft.models import loader
 from mlx_ft.resources import resource
 from mlx_ft.server import guard, pages
@@ -51,7 +52,11 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Flask:
     more = _more_runs(config)
     if engine is None:
         # Bare, with the adapter worn as a swappable variant: the base and the other runs on it can answer too.
-        engine = task_service.engine = Engine(loader.load(config.source, adapter=False))
+        cache = PromptCache(
+            config.prompt_cache_size if config.prompt_cache_size is not None else DEFAULT_ENTRIES,
+            config.prompt_cache_bytes,
+        )
+        engine = task_service.engine = Engine(loader.load(config.source, adapter=False), cache)
     served_models: dict[str, ModelRef | None] = {_name(config.source): None}
     for name, path in more.items():
         if name in served_models:

@@ -30,3 +30,5 @@ class ServeConfig:
     home: str = "chat"  # the page at /: "studio" when serve was started without a RUN (the chat is also at /chat)
     token: str | None = None  # asked of every request when set (`--token`, MLX_FT_TOKEN; generated off loopback)
     token_generated: bool = False  # made up at start (so printed whole), not given by the user
+    prompt_cache_size: int | None = None  # conversations the prompt cache keeps (`--prompt-cache-size`; None: default)
+    prompt_cache_bytes: int | None = None  # its bound in bytes (`--prompt-cache-bytes`; None: from the memory; 0: off)

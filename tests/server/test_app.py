@@ -87,6 +87,10 @@ def test_streamed_message_is_saved_and_titles_the_chat(client):
     assert done["done"] and done["finish_reason"] in ("stop", "length")
     assert "".join(e["delta"] for e in events[:-1]) == done["message"]["content"]
     assert done["conversation"]["title"] == "金鱼每天喂几次？"
+    figures = done["figures"]  # what the chat page shows under the answer
+    assert all(type(figures[k]) is int for k in ("tokens", "prompt_tokens", "cached_tokens")), figures
+    assert 0 <= figures["cached_tokens"] <= figures["prompt_tokens"] and figures["prompt_tokens"] > 0, figures
+    assert 0 <= figures["ttft_s"] <= figures["seconds"], figures
     saved = client.get(f"/api/conversations/{conv['id']}").get_json()["messages"]
     assert [(m["role"], m["content"]) for m in saved] == [
         ("user", "金鱼每天喂几次？"),

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import time
 import urllib.error
@@ -57,6 +59,19 @@ def server(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def _open_chat(page, server) -> None:
     page.goto(server["base"] + "/")
     page.wait_for_selector('body[data-ready="1"]')
+
+
+@pytest.fixture
+def shots(tmp_path: Path, page):
+    """shot(name): a full-page screenshot of the page as chat-NAME.png in $MLX_FT_SCREENSHOTS (default: tmp_path)."""
+    folder = Path(os.environ.get("MLX_FT_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shot(name: str) -> None:
+        page.wait_for_timeout(200)  # let the last redraw land
+        page.screenshot(path=str(folder / f"chat-{name}.png"), full_page=True)
+
+    return shot
 
 
 def test_page_shows_model_and_uses_no_outside_assets(page, server):
@@ -135,6 +150,50 @@ def test_chat_send_stream_and_reload(page, server):
     assert page.input_value("#set-system") == "You are terse."
 
 
+FIGURES = re.compile(
+    r"(\d+) tokens? · (?:[\d.]+ tokens/s · )?first token ([\d.]+) s · "
+    r"(?:(\d+) of (\d+) prompt tokens from cache|prompt (\d+) tokens, none cached)"
+)
+
+
+def _figures(page, i: int) -> dict[str, float]:
+    """The i-th answer's figures line, read back into numbers."""
+    text = page.locator(".message.assistant").nth(i).locator(".answer-figures").inner_text()
+    m = FIGURES.fullmatch(text)
+    assert m, f"not a figures line: {text!r}"
+    cached = int(m[3]) if m[3] else 0
+    prompt = int(m[4] or m[5])
+    return {"tokens": int(m[1]), "ttft_s": float(m[2]), "cached": cached, "prompt": prompt}
+
+
+def test_answers_show_their_figures_and_the_next_turn_reads_the_cache(page, server, shots):
+    _open_chat(page, server)
+    bt.new_chat(page, max_tokens=8)
+    page.fill("#prompt", "Name three rivers of Asia.")
+    page.press("#prompt", "Enter")
+    bt.wait_answer_done(page)
+    page.fill("#prompt", "And three mountains?")
+    page.press("#prompt", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('.message.assistant .answer-figures').length === 2")
+    bt.wait_answer_done(page)
+    # A fresh conversation's first answer may read some tokens from the cache too (the template's head, the system
+    # prompt, shared with other conversations), so only the second is held to reading the first turn from it.
+    first, second = _figures(page, 0), _figures(page, 1)
+    assert second["prompt"] > first["prompt"] and 0 < second["ttft_s"]
+    assert first["prompt"] - 1 <= second["cached"] < second["prompt"], (first, second)
+    shots("figures")
+    page.evaluate("() => window.i18n.setLang('zh')")  # the line is re-made in the page's language
+    zh = page.locator(".message.assistant .answer-figures").nth(1).inner_text()
+    assert f"提示词 {second['prompt']} 个 token 中 {second['cached']} 个来自缓存" in zh, zh
+    shots("figures-zh")
+    page.evaluate("() => window.i18n.setLang('en')")
+    # The server keeps no figures: a conversation read back from the history shows none.
+    page.reload()
+    page.wait_for_selector('body[data-ready="1"]')
+    assert page.locator(".message.assistant").count() == 2
+    assert page.locator(".answer-figures").count() == 0
+
+
 def test_user_text_is_never_html(page, server):
     _open_chat(page, server)
     bt.new_chat(page, max_tokens=8)
@@ -190,6 +249,7 @@ def test_stop_keeps_partial_answer(page, server):
     page.click("#stop")
     bt.wait_answer_done(page)
     assert page.inner_text(".message.assistant .note") == "stopped"
+    assert page.locator(".answer-figures").count() == 0, "a stopped answer's figures would describe a part"
     # The server keeps the partial answer (it may take a moment to notice the closed connection).
     deadline = time.monotonic() + 30
     while True:

@@ -285,3 +285,22 @@ def test_concurrent_requests_for_different_models_each_get_their_models_answer(c
     for t in threads:
         t.join()
     assert [got[i] for i in range(len(models))] == [alone[m] for m in models]
+
+
+def test_usage_reports_the_prompt_tokens_read_from_the_cache(client):
+    """The second turn of a conversation starts from the first turn's KV state: OpenAI's `cached_tokens`."""
+    first = _chat(client, "A", messages=[{"role": "user", "content": "第一个问题：鱼缸多大？"}])
+    history = [
+        {"role": "user", "content": "第一个问题：鱼缸多大？"},
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "第二个问题呢？"},
+    ]
+    second = _chat(client, "A", messages=history)
+    details = second.usage.prompt_tokens_details
+    assert first.usage.prompt_tokens < details.cached_tokens < second.usage.prompt_tokens
+    _, _, chunks = _streamed(client, "A", messages=history, stream_options={"include_usage": True})
+    streamed = chunks[-1].usage.prompt_tokens_details.cached_tokens
+    assert streamed == second.usage.prompt_tokens - 1, "the same prompt again: all but its last token"
+    for model in ("Q", "base"):  # other weights never continue run A's entries
+        other = _chat(client, model, messages=history).usage
+        assert other.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens

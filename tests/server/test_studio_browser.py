@@ -271,7 +271,11 @@ def _whole_loop(page, server, qwen2_dir: Path, tmp_path: Path, shots) -> None:
     )
     cols = page.locator("#compare-answers .answer")
     assert [cols.nth(i).get_attribute("data-model") for i in range(2)] == ["base", f"run:{RUN}"]
-    assert all("token" in t for t in page.locator(".answer-meta").all_inner_texts())
+    metas = page.locator(".answer-meta").all_inner_texts()
+    assert all("token" in t for t in metas), metas
+    for meta in metas:  # each answer says how many of its prompt's tokens came from the prompt cache
+        m = re.search(r"· cached (\d+)/(\d+)$", meta)
+        assert m and 0 <= int(m[1]) <= int(m[2]) and int(m[2]) > 0, meta
     shots("compare")
 
     # ---- Evaluate against the base ---------------------------------------------------------------------------------
@@ -503,11 +507,22 @@ def test_the_page_renders_progress_streamed_compare_eval_estimates_and_labels(pa
         {"model": "base", "delta": "鱼缸"},
         {"model": "run:studio-run", "delta": "每周"},
         {"model": "base", "delta": "的水"},
-        {"model": "base", "done": True, "tokens": 2, "seconds": 0.5, "ttft_s": 0.1, "settings": {"temperature": 0.7}},
+        {
+            "model": "base",
+            "done": True,
+            "tokens": 2,
+            "prompt_tokens": 30,
+            "cached_tokens": 12,
+            "seconds": 0.5,
+            "ttft_s": 0.1,
+            "settings": {"temperature": 0.7},
+        },
         {
             "model": "run:studio-run",
             "done": True,
             "tokens": 1,
+            "prompt_tokens": 30,
+            "cached_tokens": 0,
             "seconds": 0.4,
             "ttft_s": 0.1,
             "settings": {"top_p": 0.9},
@@ -577,5 +592,12 @@ def test_the_page_renders_progress_streamed_compare_eval_estimates_and_labels(pa
         "settings: temperature 0.7",
         "settings: top_p 0.9",
     ]
+    assert page.locator("#compare-answers .answer-meta").all_inner_texts() == [
+        "2 tokens · 0.50 s · first token 0.10 s · cached 12/30",
+        "1 token · 0.40 s · first token 0.10 s · cached 0/30",
+    ]
     _no_replacement_characters(page)
     shots("compare-stream")
+    page.evaluate("() => window.i18n.setLang('zh')")  # the meta line is re-made in the page's language
+    assert page.locator("#compare-answers .answer-meta").first.inner_text().endswith("· 缓存 12/30")
+    shots("compare-stream-zh")

@@ -335,9 +335,11 @@ def test_compare_streams_every_answer_and_ends_each_with_its_figures(client, tru
         assert end["done"] is True and end["finish_reason"] == "length" and end["tokens"] == 8
         assert end["settings"] == SETTINGS_OF_GREEDY_8
         assert 0 <= end["ttft_s"] <= end["seconds"] and end["seconds"] >= end["switch_ms"] / 1000
+        assert type(end["cached_tokens"]) is int and 0 <= end["cached_tokens"] <= end["prompt_tokens"], end
     for answer in _compare(client, *models):  # the plain form reports the same settings
         assert answer["settings"] == SETTINGS_OF_GREEDY_8 and answer["finish_reason"] == "length"
         assert 0 <= answer["ttft_s"] <= answer["seconds"]
+        assert type(answer["cached_tokens"]) is int and 0 <= answer["cached_tokens"] <= answer["prompt_tokens"]
 
 
 def _fake_run(runs: Path, name: str, base: Path | str) -> None:

@@ -117,10 +117,12 @@ def send_message(cid: str) -> Response:
         pieces: list[str] = []
         reason = None
         saved = False
+        tokens = 0
         try:
-            for chunk in engine.stream(prompt, sampling, ref):
+            job = engine.submit(prompt, sampling, ref)
+            for chunk in job.pieces():
                 pieces.append(chunk.text)
-                reason = chunk.finish_reason
+                reason, tokens = chunk.finish_reason, chunk.generation_tokens
                 if chunk.text:
                     yield sse({"delta": chunk.text})
             _, answer = history.add_exchange(cid, text, "".join(pieces))
@@ -131,6 +133,7 @@ def send_message(cid: str) -> Response:
                     "finish_reason": reason,
                     "message": answer.to_dict(),
                     "conversation": history.get(cid).to_dict(),
+                    "figures": {"tokens": tokens, **job.figures()},
                 }
             )
         except KeyError:

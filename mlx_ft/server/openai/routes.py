@@ -173,9 +173,17 @@ def _collect(jobs: list[Job]) -> list[_Answer]:
     return answers
 
 
-def _usage(prompts: list[list[int]], completion: int) -> dict[str, int]:
+def _usage(prompts: list[list[int]], jobs: list[Job], completion: int) -> dict[str, Any]:
+    """OpenAI's usage: each prompt counted once however many choices it has, and how many of its tokens were read
+    from the prompt cache (the first choice's: the choices of one prompt start together, from the same entry)."""
     prompt = sum(len(p) for p in prompts)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(job.cached_tokens for job in jobs[:: len(jobs) // len(prompts)])
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def _request(body: dict[str, Any], chat: bool) -> tuple[str, ModelRef | None, Any, Sampling]:
@@ -223,7 +231,7 @@ def chat_completions() -> Response:
             if sampling.top_logprobs is not None:
                 choice["logprobs"] = _chat_logprobs(tokenizer, a.tokens)
             out.append(choice)
-        usage = _usage([prompt], sum(a.n for a in answers))
+        usage = _usage([prompt], jobs, sum(a.n for a in answers))
         return jsonify({**head, "object": "chat.completion", "choices": out, "usage": usage})
 
     def chunk(i: int, delta: dict[str, Any], reason: str | None = None, logprobs: Any = None) -> str:
@@ -263,7 +271,7 @@ def chat_completions() -> Response:
                     **head,
                     "object": "chat.completion.chunk",
                     "choices": [],
-                    "usage": _usage([prompt], completion),
+                    "usage": _usage([prompt], jobs, completion),
                 }
             )
         yield "data: [DONE]\n\n"
@@ -318,7 +326,7 @@ def completions() -> Response:
             prefix = texts[i // n] if echo else ""
             logprobs = _completion_logprobs(tokenizer, a.tokens, 0) if sampling.top_logprobs is not None else None
             out.append({"index": i, "text": prefix + "".join(a.text), "logprobs": logprobs, "finish_reason": a.reason})
-        return jsonify({**head, "choices": out, "usage": _usage(prompts, sum(a.n for a in answers))})
+        return jsonify({**head, "choices": out, "usage": _usage(prompts, jobs, sum(a.n for a in answers))})
 
     def events() -> Iterator[str]:
         extra = {"usage": None} if usage_chunk else {}
@@ -337,7 +345,7 @@ def completions() -> Response:
             choice = {"index": i, "text": piece.text, "logprobs": logprobs, "finish_reason": piece.finish_reason}
             yield sse({**head, **extra, "choices": [choice]})
         if usage_chunk:
-            yield sse({**head, "choices": [], "usage": _usage(prompts, completion)})
+            yield sse({**head, "choices": [], "usage": _usage(prompts, jobs, completion)})
         yield "data: [DONE]\n\n"
 
     return event_stream(_reporting(events()))

@@ -16,26 +16,27 @@ worn at a time), so different models answer one after another and neighbouring a
 Every answer reports the `settings` it used: `{temperature, top_p, top_k, repetition_penalty, max_tokens}`.
 
 Without `stream`, the reply is `{"answers": [...]}` in the request's order, each `{model, text, finish_reason,
-tokens, seconds, ttft_s, switch_ms, settings}`, or `{model, error, settings}` when that model failed while
-answering. A prompt that cannot be built (too long, a base whose tokenizer cannot load) is a 400.
+tokens, prompt_tokens, cached_tokens, seconds, ttft_s, switch_ms, settings}`, or `{model, error, settings}` when
+that model failed while answering. A prompt that cannot be built (too long, a base whose tokenizer cannot load) is a
+400.
 
 With `"stream": true`, server-sent events, one JSON object per `data:` line; `index` is the model's place in
 `models` (ids may repeat):
 
     {"index": 0, "model": ID, "delta": "text"}                       a piece of that model's answer
-    {"index": 0, "model": ID, "done": true, "finish_reason": "length"|"stop", "tokens": N, "seconds": S,
-     "ttft_s": T, "switch_ms": M, "settings": {...}}                 that answer is complete
+    {"index": 0, "model": ID, "done": true, "finish_reason": "length"|"stop", "tokens": N, "prompt_tokens": P,
+     "cached_tokens": C, "seconds": S, "ttft_s": T, "switch_ms": M, "settings": {...}}   that answer is complete
     {"index": 1, "model": ID, "error": "...", "settings": {...}}     that model failed; the others go on
     {"done": true}                                                   every model has answered (the last event)
 
 Times count from when the scheduler took the answer up (its model switch included), not from the request, so a
 model that waited for another's batch is not charged for the wait: `seconds` to the last token, `ttft_s` to the
-first, `switch_ms` the switch alone.
+first, `switch_ms` the switch alone. `cached_tokens` of the `prompt_tokens` were read from the prompt cache (an
+earlier answer of the same model that shares the prompt's start), not computed.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,17 +287,12 @@ def _answers(engine: Engine, asks: list[_Ask]) -> Iterator[tuple[_Ask, dict[str,
 
 
 def _done(job: Job, last: decode.Chunk | None) -> dict[str, Any]:
-    """An answer's end: why, its tokens, and its times from when the scheduler took it up."""
-    end = time.perf_counter()
-    started = job.started if job.started is not None else end
-    first = job.first_token if job.first_token is not None else end
+    """An answer's end: why, its tokens, its prompt's (and those read from the prompt cache), and its times."""
     return {
         "done": True,
         "finish_reason": last.finish_reason if last else None,
         "tokens": last.generation_tokens if last else 0,
-        "seconds": round(end - started, 3),
-        "ttft_s": round(first - started, 3),
-        "switch_ms": round(job.switch_ms or 0.0, 3),
+        **job.figures(),
     }
 
 
