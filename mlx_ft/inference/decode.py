@@ -16,6 +16,7 @@ import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors, make_sampler
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer, StreamingDetokenizer
 
+from mlx_ft.inference import constrain
 from mlx_ft.inference.sampling import Sampling
 
 
@@ -60,9 +61,15 @@ class _SeededSampler:
         return mx.random.categorical(logprobs * (1.0 / self._temp), key=key)
 
 
-def logits_processors(sampling: Sampling) -> list[Any]:
-    """mlx_lm's processors for the penalties and logit bias of `sampling` (none: an empty list). The penalties look
-    at the whole answer so far (OpenAI's meaning), not mlx_lm's default last 20 tokens."""
+def logits_processors(sampling: Sampling, tokenizer: Any = None) -> list[Any]:
+    """mlx_lm's processors for the penalties and logit bias of `sampling` (none: an empty list), then its
+    constraint's mask (which needs the `tokenizer`), last, so no bias can bring back a token it forbids. The
+    penalties look at the whole answer so far (OpenAI's meaning), not mlx_lm's default last 20 tokens."""
+    mask = [constrain.processor(sampling.constraint, tokenizer)] if sampling.constraint is not None else []
+    return _mlx_processors(sampling) + mask
+
+
+def _mlx_processors(sampling: Sampling) -> list[Any]:
     return make_logits_processors(
         dict(sampling.logit_bias) or None,
         sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None,

@@ -11,6 +11,15 @@ OPENAI_TEMPERATURE = 1.0  # what the OpenAI API assumes when a request names non
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What an answer must match (structured outputs): `kind` ("json_object", "json_schema", "regex" or "choice",
+    for messages) and its grammar in the grammar library's form (`constrain.py` makes and applies these)."""
+
+    kind: str
+    grammar: str
+
+
+@dataclass(frozen=True)
 class Sampling:
     temp: float = 0.0  # 0: greedy, the same answer every time
     top_p: float = 1.0
@@ -26,3 +35,4 @@ class Sampling:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     stop: tuple[str, ...] = ()  # the answer ends before the first of these texts; none of it is returned
     top_logprobs: int | None = None  # None: no log-probabilities; k: the chosen token's and the k likeliest
+    constraint: Constraint | None = None  # tokens that cannot continue a match are never sampled

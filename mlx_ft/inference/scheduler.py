@@ -259,7 +259,7 @@ class Scheduler:
             # the tokens the cache holds: the penalties' context is the whole prompt, as without a cache
             all_tokens=[job.prompt[: job.cached_tokens]],
             samplers=[decode.sampler(sampling)],
-            logits_processors=[decode.logits_processors(sampling)],
+            logits_processors=[decode.logits_processors(sampling, self._tokenizer)],
             stop_sequences=[make_stop_sequences(self._tokenizer)],
         )
         self._active[uid] = _Active(job, decode.AnswerText(self._tokenizer, sampling.stop), time.perf_counter())

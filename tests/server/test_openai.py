@@ -158,7 +158,11 @@ def test_penalties_and_logit_bias_change_the_answer(client):
 @pytest.mark.parametrize(
     "kw, words",
     [
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_object"}, "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+        ),
         ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
         ({"n": 9}, "'n'"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "'stop'"),

@@ -8,12 +8,15 @@ that change nothing in the answer (`user`, `metadata`, `store`, `service_tier`) 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from mlx_ft import checks
 from mlx_ft.data import check_conversation
 from mlx_ft.data.formats import tool_calls_field, tools_field
-from mlx_ft.inference.sampling import MAX_TOKENS, OPENAI_TEMPERATURE, Sampling
+from mlx_ft.errors import Invalid
+from mlx_ft.inference import constrain
+from mlx_ft.inference.sampling import MAX_TOKENS, OPENAI_TEMPERATURE, Constraint, Sampling
 from mlx_ft.server.http import ApiError, field
 
 MAX_CHOICES = 8  # `n`: answers generated together for one request
@@ -50,13 +53,53 @@ def refuse_unsupported(body: dict[str, Any]) -> None:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise ApiError(400, "parameter 'modalities': only [\"text\"] is supported")
+
+
+JSON_SCHEMA_KEYS = ("name", "schema", "strict", "description")
+
+
+def response_format(body: dict[str, Any], tokenizer: Any) -> Constraint | None:
+    """OpenAI's structured outputs: `{"type": "text"}` (none), `{"type": "json_object"}` (any JSON object) or
+    `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`, compiled here so that a
+    schema the grammar library cannot use is this request's 400, in the library's words."""
     fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise ApiError(
-            400,
-            'parameter \'response_format\': only {"type": "text"}; JSON mode needs constrained decoding, which '
-            "this server does not do (ask for JSON in the prompt, or train the model to answer in it)",
-        )
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    try:
+        if kind == "json_object":
+            constraint = constrain.json_object()
+        elif kind == "json_schema":
+            constraint = _json_schema(fmt.get("json_schema"))
+        else:
+            raise ApiError(
+                400, 'parameter \'response_format\': \'type\' must be "text", "json_object" or "json_schema"'
+            )
+        if body.get("tools"):
+            raise ApiError(400, "parameter 'response_format' cannot be combined with 'tools'")
+        constrain.check(constraint, tokenizer)
+    except Invalid as e:
+        raise ApiError(400, f"parameter 'response_format': {e}") from None
+    return constraint
+
+
+def _json_schema(spec: Any) -> Constraint:
+    if not isinstance(spec, dict):
+        raise Invalid("'json_schema' must be an object with 'name' and 'schema'")
+    unknown = sorted(set(spec) - set(JSON_SCHEMA_KEYS))
+    if unknown:
+        raise Invalid(f"unknown field(s) in 'json_schema': {', '.join(unknown)}; known: {', '.join(JSON_SCHEMA_KEYS)}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise Invalid("'json_schema.name' must be 1 to 64 letters, digits, '_' or '-'")
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise Invalid("'json_schema.strict' must be true or false")
+    if spec.get("description") is not None and not isinstance(spec["description"], str):
+        raise Invalid("'json_schema.description' must be a string")
+    schema = spec.get("schema")
+    return constrain.json_object() if schema is None else constrain.json_schema(schema)
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
@@ -93,9 +136,9 @@ def _logit_bias(body: dict[str, Any], vocab_size: int) -> tuple[tuple[int, float
     return tuple(out)
 
 
-def sampling(body: dict[str, Any], vocab_size: int, chat: bool) -> Sampling:
-    """The sampling a request asks for. `logprobs` differs between the two APIs: a flag plus `top_logprobs` for
-    chat, the number of top entries for completions."""
+def sampling(body: dict[str, Any], tokenizer: Any, vocab_size: int, chat: bool) -> Sampling:
+    """The sampling a request asks for of a model with `tokenizer`. `logprobs` differs between the two APIs: a flag
+    plus `top_logprobs` for chat, the number of top entries for completions."""
     refuse_unsupported(body)
     if chat:
         max_tokens = _int(body, "max_completion_tokens", None, 1, 1 << 20)
@@ -122,6 +165,7 @@ def sampling(body: dict[str, Any], vocab_size: int, chat: bool) -> Sampling:
         logit_bias=_logit_bias(body, vocab_size),
         stop=_stop(body),
         top_logprobs=top_logprobs,
+        constraint=response_format(body, tokenizer),
     )
 
 

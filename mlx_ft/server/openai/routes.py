@@ -193,7 +193,7 @@ def _request(body: dict[str, Any], chat: bool) -> tuple[str, ModelRef | None, An
         tokenizer = current().engine.tokenizer_for(ref)
     except (ValueError, UserError) as e:  # a base that cannot load
         raise ApiError(400, str(e)) from None
-    return model, ref, tokenizer, openai_request.sampling(body, _vocab_size(tokenizer), chat=chat)
+    return model, ref, tokenizer, openai_request.sampling(body, tokenizer, _vocab_size(tokenizer), chat=chat)
 
 
 @bp.post("/chat/completions")
