@@ -39,11 +39,28 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch for the loss (default 8)")
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N examples of the split (a quick look)")
+    p.add_argument(
+        "--constrained",
+        action="store_true",
+        help="also answer every example held to its task's pattern from --recipe, as `serve --task` does, and "
+        "report both (columns 'base constrained', 'tuned constrained')",
+    )
+    p.add_argument(
+        "--recipe",
+        metavar="RECIPE",
+        help="the recipe whose task patterns --constrained holds answers to (a folder with recipe.yaml or a shipped "
+        "recipe name: miners, router); each example's `task` field names its task",
+    )
     p.set_defaults(func=cmd_eval, needs_mlx=True)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from mlx_ft.data import recipes
+    from mlx_ft.errors import UserError
     from mlx_ft.inference import evaluate
+
+    if args.constrained != bool(args.recipe):
+        raise UserError("--constrained and --recipe go together: the recipe's task patterns hold the answers")
 
     report = evaluate.evaluate(
         args.run,
@@ -55,5 +72,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         limit=args.limit,
+        constrained_by=recipes.load(args.recipe) if args.recipe else None,
     )
     print(evaluate.format_report(report))

@@ -9,6 +9,7 @@ whatever later serves the task must send exactly the same text, or the model see
         template: "…矿机信息：{input}"   # {input} is replaced by the raw input, nothing else is interpreted
         max_tokens: 48                   # generation settings for the task (greedy)
         pattern: '(?P<brand>\\S+) …'      # optional: named fields parsed from the model's answer
+        constrain: true                  # hold served answers to the pattern (default: true when there is one)
         get_route:                       # optional: a GET route for clients of an older service (`serve --task`)
           path: /model_generate/get-model-name
           param: simple_name             # the query parameter holding the input
@@ -46,6 +47,7 @@ class Task:
     max_tokens: int = 64
     pattern: re.Pattern[str] | None = None
     get_route: GetRoute | None = None
+    constrain: bool = False  # answers are held to `pattern` as they are generated (structured outputs)
 
     def render(self, text: str) -> str:
         """The user's message for the raw input `text`."""
@@ -84,7 +86,7 @@ def _task(name: str, spec: Any, where: Path) -> Task:
     template = spec["template"]
     if template.count(PLACEHOLDER) != 1:
         raise UserError(f"{where}: task {name!r}: the template must contain {PLACEHOLDER} exactly once")
-    unknown = set(spec) - {"template", "max_tokens", "pattern", "get_route"}
+    unknown = set(spec) - {"template", "max_tokens", "pattern", "get_route", "constrain"}
     if unknown:
         raise UserError(f"{where}: task {name!r}: unknown keys {', '.join(sorted(unknown))}")
     try:
@@ -94,7 +96,12 @@ def _task(name: str, spec: Any, where: Path) -> Task:
     max_tokens = spec.get("max_tokens", 64)
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise UserError(f"{where}: task {name!r}: max_tokens must be a positive integer")
-    return Task(name, template, max_tokens, pattern, _get_route(name, spec.get("get_route"), where))
+    constrain = spec.get("constrain", pattern is not None)
+    if not isinstance(constrain, bool):
+        raise UserError(f"{where}: task {name!r}: constrain must be true or false")
+    if constrain and pattern is None:
+        raise UserError(f"{where}: task {name!r}: constrain needs a pattern to hold the answers to")
+    return Task(name, template, max_tokens, pattern, _get_route(name, spec.get("get_route"), where), constrain)
 
 
 def _get_route(name: str, spec: Any, where: Path) -> GetRoute | None:

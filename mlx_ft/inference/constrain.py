@@ -44,7 +44,7 @@ _lock = threading.Lock()
 
 def json_object() -> Constraint:
     """Any JSON object (OpenAI's `{"type": "json_object"}`)."""
-    return Constraint("json_object", llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, _JSON_OPTIONS))
+    return _valid("json_object", llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, _JSON_OPTIONS))
 
 
 def json_schema(schema: Any) -> Constraint:
@@ -57,7 +57,7 @@ def json_schema(schema: Any) -> Constraint:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, _JSON_OPTIONS)
     except ValueError as e:
         raise Invalid(f"the JSON schema cannot be used: {e}") from None
-    return Constraint("json_schema", grammar)
+    return _valid("json_schema", grammar)
 
 
 def regex(pattern: Any) -> Constraint:
@@ -67,7 +67,7 @@ def regex(pattern: Any) -> Constraint:
         raise Invalid("the regex must be a non-empty string")
     if len(pattern) > MAX_PATTERN_CHARS:
         raise Invalid(f"the regex is longer than {MAX_PATTERN_CHARS} characters")
-    return Constraint("regex", llguidance.LLMatcher.grammar_from_regex(pattern))
+    return _valid("regex", llguidance.LLMatcher.grammar_from_regex(pattern))
 
 
 def choice(options: Any) -> Constraint:
@@ -82,7 +82,24 @@ def choice(options: Any) -> Constraint:
     if any(len(o) > MAX_CHOICE_CHARS for o in options):
         raise Invalid(f"a choice is longer than {MAX_CHOICE_CHARS} characters")
     pattern = "|".join(re.escape(o) for o in dict.fromkeys(options))
-    return Constraint("choice", llguidance.LLMatcher.grammar_from_regex(f"({pattern})"))
+    return _valid("choice", llguidance.LLMatcher.grammar_from_regex(f"({pattern})"))
+
+
+def _valid(kind: str, grammar: str) -> Constraint:
+    """The grammar as a Constraint, refused here when it cannot compile (no tokenizer needed to know that)."""
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise Invalid(f"the {kind.replace('_', ' ')} cannot be used: {_one_line(error)}")
+    return Constraint(kind, grammar)
+
+
+def _one_line(error: str) -> str:
+    """llguidance's message on one line: its first line and the line saying what is wrong, without the drawing of
+    where (carets under the grammar's text)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    said = [line.removeprefix("error:").strip() for line in lines[1:] if line.startswith("error:")]
+    first = re.sub(r"^at \d+\(\d+\): ", "", lines[0]) if lines else error
+    return ": ".join([first.rstrip(":"), *said])
 
 
 def _ll_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
@@ -103,7 +120,7 @@ def _ll_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
 def _matcher(constraint: Constraint, tokenizer: Any) -> llguidance.LLMatcher:
     matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer), constraint.grammar, log_level=0)
     if matcher.is_error():
-        raise Invalid(f"the {constraint.kind.replace('_', ' ')} cannot be used: {matcher.get_error()}")
+        raise Invalid(f"the {constraint.kind.replace('_', ' ')} cannot be used: {_one_line(matcher.get_error())}")
     return matcher
 
 
@@ -143,7 +160,8 @@ def processor(constraint: Constraint, tokenizer: Any) -> _Guide:
     return _Guide(_matcher(constraint, tokenizer))
 
 
-def allows(constraint: Constraint, tokenizer: Any, ids: Sequence[int]) -> bool:
-    """Whether `ids` (an answer's tokens, the end-of-turn one left out) is a complete match (for tests and eval)."""
+def allows(constraint: Constraint, tokenizer: Any, ids: Sequence[int], complete: bool = True) -> bool:
+    """Whether `ids` (an answer's tokens, the end-of-turn one left out) is a match, or with `complete` false the
+    start of one (an answer max_tokens cut short)."""
     matcher = _matcher(constraint, tokenizer)
-    return matcher.consume_tokens(list(ids)) and matcher.is_accepting()
+    return matcher.consume_tokens(list(ids)) and (matcher.is_accepting() or not complete)

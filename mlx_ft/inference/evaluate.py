@@ -6,7 +6,10 @@ summed log-probability above the rejected one's) and the mean log-probability ma
 metrics score each example's final assistant turn (a pair's chosen answer), answered greedily in batches from the
 prompt training put before it, each answer stopped near its own reference's length (`budgets`). With `compare_base`,
 the base model is scored first and the adapter is then put on the same loaded model, so one load serves both columns.
-Every pass prints progress lines (`mlx_ft.progress`).
+With a recipe to hold answers to (`constrained_by`, `eval --constrained --recipe`), each column is answered a second
+time with every answer held to its task's pattern, as `serve --task` holds them (columns "base constrained", "tuned
+constrained"; generation metrics only, the loss does not change). Every pass prints progress lines
+(`mlx_ft.progress`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import mlx.nn as nn
 
 from mlx_ft import data, progress
 from mlx_ft.atomic import atomic_dir
+from mlx_ft.data import recipes
 from mlx_ft.errors import UserError
-from mlx_ft.inference import generation, scores
-from mlx_ft.inference.sampling import Sampling
+from mlx_ft.inference import constrain, generation, scores
+from mlx_ft.inference.sampling import Constraint, Sampling
 from mlx_ft.models import loader
 from mlx_ft.resources import local_or_shipped
 from mlx_ft.training.batches import TokenizedChats
@@ -205,22 +209,66 @@ class Column:
 
 def _score_column(loaded: loader.Loaded, plan: Plan, sampling: Sampling, batch_size: int, name: str) -> Column:
     print(f"mlx_ft: scoring {name}: {loaded.label}", file=sys.stderr)
-    examples, todo = plan.examples, plan.todo
+    examples = plan.examples
     # Unfused: exactly the model training scored.
     column: dict[str, Any] = split_loss(loaded, examples, batch_size, f"scoring {name} loss")
     column.update(split_preferences(loaded, examples, batch_size, f"scoring {name} preferences"))
     loaded.fuse()
+    answered = _answer_column(loaded, plan, sampling, name)
+    return Column({**column, **answered.metrics}, answered.outputs, answered.generated_tokens, answered.seconds)
+
+
+def _answer_column(
+    loaded: loader.Loaded,
+    plan: Plan,
+    sampling: Sampling,
+    name: str,
+    constraints: list[Constraint | None] | None = None,
+) -> Column:
+    """The generation half of a column: every example answered (held to `constraints` when given) and scored."""
+    todo = plan.todo
     # The model answers with the tools it was offered in training.
     prompts = generation.prompts_for(loaded.tokenizer, [t.prompt for t in todo], [t.example.tools for t in todo])
     tic = time.perf_counter()
     answers = generation.answers(
-        loaded.model, loaded.tokenizer, prompts, sampling, plan.budgets, f"scoring {name}" if todo else None
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        sampling,
+        plan.budgets,
+        f"scoring {name}" if todo else None,
+        constraints,
     )
     seconds = time.perf_counter() - tic
     outputs = [a.text for a in answers]  # as served: whole characters
-    if todo:
-        column.update(scores.score(outputs, [t.expected for t in todo]))
-    return Column(column, outputs, sum(len(a.tokens) for a in answers), round(seconds, 3))
+    metrics = scores.score(outputs, [t.expected for t in todo]) if todo else {}
+    return Column(metrics, outputs, sum(len(a.tokens) for a in answers), round(seconds, 3))
+
+
+def held_answers(recipe: recipes.Recipe, todo: list[Target], tokenizer: Any) -> list[Constraint | None]:
+    """What each example's answer is held to under `recipe`: its task's pattern (the example's `task` field names
+    the task, or the recipe has one), None for a task that holds nothing."""
+    by_task: dict[str, Constraint | None] = {}
+    held = []
+    for t in todo:
+        name = t.example.meta.get(GROUP_FIELD)
+        try:
+            task = recipe.task(name if isinstance(name, str) else None)
+        except ValueError as e:
+            raise UserError(f"{t.example.where}: {e}") from None
+        if task.name not in by_task:
+            by_task[task.name] = None
+            if task.constrain and task.pattern is not None:
+                try:
+                    pattern = constrain.regex(task.pattern.pattern)
+                    constrain.check(pattern, tokenizer)
+                    by_task[task.name] = pattern
+                except UserError as e:
+                    raise UserError(f"{recipe.path}: task {task.name!r}: {e}") from None
+        held.append(by_task[task.name])
+    if not any(held):
+        raise UserError(f"recipe {recipe.name}: none of these examples' tasks has a pattern to hold answers to")
+    return held
 
 
 def evaluate(
@@ -233,9 +281,11 @@ def evaluate(
     max_tokens: int | None = None,
     batch_size: int = 8,
     limit: int | None = None,
+    constrained_by: recipes.Recipe | None = None,
 ) -> EvalReport:
     """Score `source` on `split` and write `metrics.json` and `predictions.jsonl` into `out` (default RUN/eval).
-    `max_tokens` caps every example's budget (default DEFAULT_MAX_TOKENS)."""
+    `max_tokens` caps every example's budget (default DEFAULT_MAX_TOKENS); `constrained_by`: also score every column
+    with its answers held to this recipe's patterns."""
     loaded = loader.load(source, adapter=False)
     if compare_base and loaded.cfg is None:
         raise UserError(f"--compare-base needs a run folder (base model + adapter); {source} is a plain model")
@@ -243,6 +293,7 @@ def evaluate(
     plan = make_plan(loaded.tokenizer, data_dir, split, limit, max_tokens, SPLIT_HINT)
     todo = plan.todo
     sampling = Sampling(max_tokens=plan.cap)
+    held = held_answers(constrained_by, todo, loaded.tokenizer) if constrained_by else None
 
     names = (["base", "tuned"] if compare_base else []) if loaded.cfg else ["model"]
     names = names or ["tuned"]
@@ -251,6 +302,8 @@ def evaluate(
         if name == "tuned":
             loaded.apply_adapter()
         columns[name] = _score_column(loaded, plan, sampling, batch_size, name)
+        if held is not None:
+            columns[f"{name} constrained"] = _answer_column(loaded, plan, sampling, f"{name} constrained", held)
     outputs = {name: c.outputs for name, c in columns.items()}
 
     field_name = by_field or (GROUP_FIELD if any(GROUP_FIELD in t.example.meta for t in todo) else None)

@@ -22,7 +22,7 @@ from mlx_ft.inference.decode import (  # noqa: F401 - re-exported: what an answe
     TokenLogprob,
     text_of,
 )
-from mlx_ft.inference.sampling import Sampling
+from mlx_ft.inference.sampling import Constraint, Sampling
 
 
 def stream(model: nn.Module, tokenizer: Any, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
@@ -107,18 +107,20 @@ def answers(
     sampling: Sampling,
     max_tokens: Sequence[int] | None = None,
     stage: str | None = None,
+    constraints: Sequence[Constraint | None] | None = None,
 ) -> list[Answer]:
     """Each prompt's answer, generated together by the decode core (up to `scheduler.COMMAND_BATCH` at a time).
-    `max_tokens`: each prompt's own budget, else `sampling.max_tokens` for all. With `stage`, progress lines go to
-    stderr."""
+    `max_tokens`: each prompt's own budget, else `sampling.max_tokens` for all; `constraints`: what each answer is
+    held to (None: `sampling.constraint` for all). With `stage`, progress lines go to stderr."""
     if not prompts:
         return []
     limits = list(max_tokens) if max_tokens is not None else [sampling.max_tokens] * len(prompts)
-    if len(limits) != len(prompts):
-        raise ValueError(f"{len(limits)} max_tokens for {len(prompts)} prompts")
+    held = list(constraints) if constraints is not None else [sampling.constraint] * len(prompts)
+    if not len(limits) == len(held) == len(prompts):
+        raise ValueError(f"{len(limits)} max_tokens and {len(held)} constraints for {len(prompts)} prompts")
     jobs = [
-        scheduler.Job(p, dataclasses.replace(sampling, max_tokens=n), None)
-        for p, n in zip(prompts, limits, strict=True)
+        scheduler.Job(p, dataclasses.replace(sampling, max_tokens=n, constraint=c), None)
+        for p, n, c in zip(prompts, limits, held, strict=True)
     ]
     texts: list[list[str]] = [[] for _ in prompts]
     done: list[Answer | None] = [None] * len(prompts)

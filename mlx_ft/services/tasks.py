@@ -1,7 +1,11 @@
 """A recipe's tasks answered by one engine (`serve --task RECIPE`): each input wrapped in its task's template from
 recipe.yaml, the very text `prepare --recipe` trained on, and answered greedily, so the same input always gets the
 same output and a bounded LRU cache answers repeats without generating. A list is answered in one batched
-generation. The routes are in `tasks.py`."""
+generation. The routes are in `tasks.py`.
+
+A task with a pattern holds its answers to it as they are generated (`constrain`, on by default where the recipe has a
+pattern): a tuned model's near miss (a field left out, a hashrate without its decimal) becomes an answer the pattern
+parses. A request may turn that off (`"constrain": false`) or hold its answers to its own `regex` or `choice`."""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from typing import Any
 from mlx_ft.data import recipes
 from mlx_ft.data.formats import with_system
 from mlx_ft.errors import Invalid, NotFound, UserError
+from mlx_ft.inference import constrain
 from mlx_ft.inference.engine import Engine, TooLong
-from mlx_ft.inference.sampling import Sampling
+from mlx_ft.inference.sampling import Constraint, Sampling
 
 CACHE_SIZE = 4096  # answers kept; one is a few hundred bytes
 MAX_BATCH = 256  # inputs in one request
@@ -45,8 +50,21 @@ class TaskService:
         routes = [s.task.get_route.path for s in self.tasks.values() if s.task.get_route]
         if len(routes) != len(set(routes)):
             raise UserError(f"two tasks declare the same get_route path: {', '.join(routes)}")
-        self._cache: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, Constraint | None], dict[str, Any]] = OrderedDict()
         self._cache_lock = Lock()
+        self._patterns = {name: self._pattern(s) for name, s in self.tasks.items() if s.task.constrain}
+
+    @staticmethod
+    def _pattern(served: Served) -> Constraint:
+        """A task's own constraint, compiled once; one that cannot compile stops serve before the model loads."""
+        assert served.task.pattern is not None
+        try:
+            return constrain.regex(served.task.pattern.pattern)
+        except Invalid as e:
+            raise UserError(
+                f"{served.recipe.path}: task {served.task.name!r}: {e} (set `constrain: false` to parse answers "
+                "with it without holding them to it)"
+            ) from None
 
     def served(self, name: str) -> Served:
         if name not in self.tasks:
@@ -54,8 +72,33 @@ class TaskService:
             raise NotFound(f"unknown task {name!r}; served: {known}")
         return self.tasks[name]
 
-    def run(self, name: str, inputs: list[str]) -> list[dict[str, Any]]:
-        """One result per input, `{"output", "fields", "parsed", "cached"}`, in order; repeats from the cache."""
+    def constraint(
+        self, name: str, hold: bool | None = None, regex: Any = None, choice: Any = None
+    ) -> Constraint | None:
+        """What task `name`'s answers are held to: `regex` or `choice` when given, else its pattern when `hold` (None:
+        as the recipe says), else nothing."""
+        task = self.served(name).task
+        if regex is not None and choice is not None:
+            raise Invalid("give at most one of 'regex' and 'choice'")
+        if (regex is not None or choice is not None) and hold is False:
+            raise Invalid("'constrain': false with a 'regex' or 'choice' to hold the answers to: which one?")
+        if regex is not None:
+            held = constrain.regex(regex)
+        elif choice is not None:
+            held = constrain.choice(choice)
+        elif hold if hold is not None else task.constrain:
+            if name not in self._patterns:
+                raise Invalid(f"task {name!r} has no pattern to hold its answers to; send a 'regex' or 'choice'")
+            held = self._patterns[name]
+        else:
+            return None
+        assert self.engine is not None
+        constrain.check(held, self.engine.tokenizer)  # here, not in the generation thread (the first one takes ~1 s)
+        return held
+
+    def run(self, name: str, inputs: list[str], held: Constraint | None) -> list[dict[str, Any]]:
+        """One result per input, `{"output", "fields", "parsed", "constrained", "cached"}`, in order; repeats from
+        the cache. `held`: what the answers are held to (`constraint()`)."""
         served = self.served(name)
         if not inputs:
             raise Invalid("'inputs' is empty")
@@ -69,9 +112,9 @@ class TaskService:
         results: dict[str, dict[str, Any]] = {}
         with self._cache_lock:
             for text in inputs:
-                if (name, text) in self._cache:
-                    self._cache.move_to_end((name, text))
-                    results[text] = {**self._cache[(name, text)], "cached": True}
+                if (name, text, held) in self._cache:
+                    self._cache.move_to_end((name, text, held))
+                    results[text] = {**self._cache[(name, text, held)], "cached": True}
         todo = list(dict.fromkeys(t for t in inputs if t not in results))  # a repeat inside one batch is made once
         if todo:
             task = served.task
@@ -85,7 +128,7 @@ class TaskService:
                 ]
             except TooLong as e:
                 raise Invalid(str(e)) from None
-            outputs = self.engine.answer_many(prompts, Sampling(temp=0.0, max_tokens=task.max_tokens))
+            outputs = self.engine.answer_many(prompts, Sampling(max_tokens=task.max_tokens, constraint=held))
             with self._cache_lock:
                 for text, output in zip(todo, outputs):
                     output = output.strip()
@@ -94,9 +137,10 @@ class TaskService:
                         "output": output,
                         "fields": fields,
                         "parsed": None if task.pattern is None else fields is not None,
+                        "constrained": held is not None,
                     }
                     results[text] = {**result, "cached": False}
-                    self._cache[(name, text)] = result
+                    self._cache[(name, text, held)] = result
                     while len(self._cache) > self.cache_size:
                         self._cache.popitem(last=False)
         return [results[t] for t in inputs]
@@ -108,6 +152,7 @@ class TaskService:
                 "recipe": s.recipe.name,
                 "max_tokens": s.task.max_tokens,
                 "fields": list(s.task.pattern.groupindex) if s.task.pattern else None,
+                "constrained": s.task.constrain,
                 "get_route": dataclasses.asdict(s.task.get_route) if s.task.get_route else None,
             }
             for name, s in self.tasks.items()

@@ -90,6 +90,37 @@ def test_eval_shows_training_took_exact_match_from_base_to_100(memorised, capsys
     assert rows[0]["task"] == "route" and rows[0]["input"] == [{"role": "user", "content": ROUTER[0][0]}]
 
 
+def test_eval_constrained_holds_each_task_to_its_pattern_and_reports_both(memorised, tmp_path, capsys):
+    run, _ = memorised
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "recipe.yaml").write_text(
+        "tasks:\n"
+        "  route:\n    template: '{input}'\n    pattern: '(?P<label>数据平台相关问题|通用问题)'\n"
+        "  care:\n    template: '{input}'\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "ev"
+    argv = ["eval", str(run), "--compare-base", "--constrained", "--recipe", str(recipe), "--out", str(out)]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "base constrained" in table and "tuned constrained" in table
+    result = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert list(result["metrics"]) == ["base", "base constrained", "tuned", "tuned constrained"]
+    assert "loss" not in result["metrics"]["base constrained"], "the loss does not change: scored once"
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    labels = {"数据平台相关问题", "通用问题"}
+    for r in rows:
+        if r["task"] == "route":
+            assert r["base"] not in labels and r["base constrained"] in labels  # held, even the base answers a label
+            assert r["tuned constrained"] == r["tuned"] == r["expected"]
+        else:  # no pattern: the same greedy answers
+            assert r["base constrained"] == r["base"] and r["tuned constrained"] == r["tuned"]
+    assert result["groups"]["base constrained"]["route"]["label_accuracy"] > 0.0
+    assert cli.main(["eval", str(run), "--constrained"]) == 2
+    assert "--constrained and --recipe go together" in capsys.readouterr().err
+
+
 def test_eval_loss_is_the_loss_training_measured(memorised, tmp_path):
     """The loader rebuilds the run exactly: its loss on the validation split is training's last val_loss."""
     run, _ = memorised

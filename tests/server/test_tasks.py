@@ -10,6 +10,7 @@ import pytest
 from mlx_ft import cli
 from mlx_ft.data import recipes
 from mlx_ft.errors import UserError
+from mlx_ft.inference import constrain
 from mlx_ft.inference.engine import Engine
 from mlx_ft.models import loader
 from mlx_ft.server import state
@@ -92,7 +93,14 @@ def test_fields_are_parsed_with_numbers_or_marked_unparsed(app, engine, monkeypa
         "price": 1020.0,
     }
     assert body["results"][0]["parsed"] is True
-    assert body["results"][1] == {"output": "no idea", "fields": None, "parsed": False, "cached": False}
+    # held to the pattern, an answer still fails to parse when max_tokens cuts it short
+    assert body["results"][1] == {
+        "output": "no idea",
+        "fields": None,
+        "parsed": False,
+        "constrained": True,
+        "cached": False,
+    }
 
 
 def test_seed_get_route_answers_the_standard_name(app):
@@ -140,9 +148,66 @@ def test_seed_route_without_its_parameter_and_a_too_long_prompt(app, engine, mon
 
 def test_cache_is_bounded(engine):
     service = TaskService(engine, ["router"], cache_size=2)
+    held = service.constraint("type")
     for text in ("a", "b", "c"):
-        service.run("type", [text])
-    assert list(service._cache) == [("type", "b"), ("type", "c")]
+        service.run("type", [text], held)
+    assert list(service._cache) == [("type", "b", held), ("type", "c", held)]
+
+
+def test_answers_are_held_to_the_tasks_pattern_unless_a_request_says_otherwise(app, engine):
+    """Even the random fixture's answers follow the pattern once held to it (whole, or cut short by max_tokens: its
+    `\\S+` brand is unbounded and the random model never ends it); a request may turn that off, or hold them to its
+    own regex or choice; each way has its own cache entries."""
+    client = app.test_client()
+    held = client.post("/api/tasks/miner-name", json={"inputs": LISTINGS}).get_json()["results"]
+    pattern = constrain.regex(recipes.load("miners").task("miner-name").pattern.pattern)
+    for r in held:
+        ids = engine.tokenizer.encode(r["output"], add_special_tokens=False)
+        assert r["constrained"] and constrain.allows(pattern, engine.tokenizer, ids, complete=r["parsed"]), r
+    free = client.post("/api/tasks/miner-name", json={"inputs": LISTINGS, "constrain": False}).get_json()["results"]
+    assert not any(r["cached"] or r["constrained"] for r in free)
+    assert [r["output"] for r in free] != [r["output"] for r in held]
+    labels = ["问题回答", "任务处理", "其他"]
+    chosen = client.post("/api/tasks/answer", json={"input": "发服务怎么做", "choice": labels}).get_json()
+    assert chosen["output"] in labels and chosen["constrained"] and chosen["parsed"] is None
+    digits = client.post("/api/tasks/answer", json={"input": "几点了", "regex": "[0-9]{2}:[0-9]{2}"}).get_json()
+    assert len(digits["output"]) == 5 and digits["output"][2] == ":" and digits["output"].replace(":", "").isdigit()
+    types = {t["name"]: t["constrained"] for t in client.get("/api/tasks").get_json()["tasks"]}
+    assert types == {"miner-name": True, "scene": True, "type": True, "answer": False, "extract": False}
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"input": "x", "regex": "(?=a)b"}, "look-around"),
+        ({"input": "x", "regex": "(a"}, "unclosed group"),
+        ({"input": "x", "regex": ""}, "non-empty string"),
+        ({"input": "x", "choice": []}, "list of 1 to 256"),
+        ({"input": "x", "choice": ["a", 3]}, "list of 1 to 256"),
+        ({"input": "x", "choice": ["a"], "regex": "a"}, "at most one"),
+        ({"input": "x", "constrain": False, "regex": "a"}, "which one"),
+        ({"input": "x", "constrain": "yes"}, "'constrain'"),
+        ({"input": "x", "grammar": "a"}, "unknown field(s) grammar"),
+    ],
+)
+def test_bad_constraints_are_400s(app, body, message):
+    resp = app.test_client().post("/api/tasks/answer", json=body)
+    assert resp.status_code == 400 and message in resp.get_json()["error"], resp.get_json()
+    resp = app.test_client().post("/api/tasks/answer", json={"input": "x", "constrain": True})
+    assert resp.status_code == 400 and "no pattern" in resp.get_json()["error"]
+
+
+def test_a_recipe_cannot_hold_answers_to_what_it_lacks_or_what_cannot_compile(engine, tmp_path):
+    (tmp_path / "recipe.yaml").write_text("tasks:\n  t:\n    template: '{input}'\n    constrain: true\n")
+    with pytest.raises(UserError, match="constrain needs a pattern"):
+        TaskService(engine, [str(tmp_path)])
+    (tmp_path / "recipe.yaml").write_text("tasks:\n  t:\n    template: '{input}'\n    pattern: '(?=a)a'\n")
+    with pytest.raises(UserError, match="look-around"):
+        TaskService(engine, [str(tmp_path)])
+    (tmp_path / "recipe.yaml").write_text(
+        "tasks:\n  t:\n    template: '{input}'\n    pattern: '(?=a)a'\n    constrain: false\n"
+    )
+    assert TaskService(engine, [str(tmp_path)]).tasks["t"].task.constrain is False
 
 
 def test_clashing_recipes_are_refused(engine, tmp_path):

@@ -1,7 +1,9 @@
 """Task endpoints: a recipe's tasks served as plain functions of their input (`serve --task RECIPE`).
 
-    POST /api/tasks/<name>  {"input": "..."}        → {"task", "output", "fields", "parsed", "cached"}
+    POST /api/tasks/<name>  {"input": "..."}        → {"task", "output", "fields", "parsed", "constrained", "cached"}
                             {"inputs": ["...", …]}  → {"task", "outputs": [...], "results": [{…}, …]}
+                            optional: "constrain": false (not held to the task's pattern), or "regex": "..." or
+                            "choice": ["...", …] (held to these instead)
     GET  /api/tasks                                  → the tasks served, with their routes
     GET  <get_route.path>?<param>=...                → {param: input, result: output}  (an older service's route)
 
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
+from mlx_ft import checks
 from mlx_ft.data import recipes
-from mlx_ft.server.http import ApiError, json_body
+from mlx_ft.server.http import ApiError, field, json_body
 from mlx_ft.server.state import current
 from mlx_ft.services.tasks import TaskService
 
@@ -32,12 +35,17 @@ def run_task(name: str) -> Response:
     body = json_body()
     if ("input" in body) == ("inputs" in body):
         raise ApiError(400, "give exactly one of 'input' (a string) or 'inputs' (a list of strings)")
+    unknown = sorted(set(body) - {"input", "inputs", "constrain", "regex", "choice"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; known: input, inputs, constrain, regex, choice")
+    hold = field(body, "constrain", checks.boolean, None)
+    held = tasks.constraint(name, hold, body.get("regex"), body.get("choice"))
     if "input" in body:
-        result = tasks.run(name, [body["input"]])[0]
+        result = tasks.run(name, [body["input"]], held)[0]
         return jsonify(task=name, **result)
     if not isinstance(body["inputs"], list):
         raise ApiError(400, "'inputs' must be a list of strings")
-    results = tasks.run(name, body["inputs"])
+    results = tasks.run(name, body["inputs"], held)
     return jsonify(task=name, outputs=[r["output"] for r in results], results=results)
 
 
@@ -52,6 +60,7 @@ def add_get_routes(app: Flask, tasks: TaskService) -> None:
             text = request.args.get(route.param)
             if text is None or not text.strip():
                 raise ApiError(400, f"query parameter {route.param!r} is required")
-            return jsonify({route.param: text, route.result: tasks.run(name, [text])[0]["output"]})
+            output = tasks.run(name, [text], tasks.constraint(name))[0]["output"]
+            return jsonify({route.param: text, route.result: output})
 
         app.add_url_rule(route.path, endpoint=f"task_get_{name}", view_func=view, methods=["GET"])
