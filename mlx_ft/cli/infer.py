@@ -4,6 +4,7 @@ generate from a run with the same sampling flags and the same default system pro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +34,13 @@ def add_parser(sub: Subparsers) -> None:
         "--task",
         metavar="RECIPE[:TASK]",
         help="wrap the input in a recipe task's template, as its training data was (e.g. miners, "
-        "router:scene; in --file, a line's own `task` field picks the task)",
+        "router:scene; in --file, a line's own `task` field picks the task), and hold the answer to the task's "
+        "pattern where the recipe says so, as `serve --task` does",
+    )
+    p.add_argument(
+        "--no-constrain",
+        action="store_true",
+        help="with --task: the model's own answer, not held to the task's pattern",
     )
     _add_sampling_flags(p, temp=0.0)
     p.set_defaults(func=cmd_infer, needs_mlx=True)
@@ -94,7 +101,9 @@ def cmd_infer(args: argparse.Namespace) -> None:
         raise UserError("give either a TEXT to answer or --file FILE")
     if args.file and not args.out:
         raise UserError("--file needs --out FILE for the answers")
-    ref = infer.TaskRef.parse(args.task) if args.task else None
+    if args.no_constrain and not args.task:
+        raise UserError("--no-constrain goes with --task (only a task's pattern holds answers)")
+    ref = infer.TaskRef.parse(args.task, hold=not args.no_constrain) if args.task else None
     text = args.text
     if ref and text is not None:
         try:  # before the model loads: a recipe with several tasks needs one named
@@ -109,7 +118,10 @@ def cmd_infer(args: argparse.Namespace) -> None:
         n = infer.run_file(loaded, Path(args.file), Path(args.out), _sampling(args), _system(args, loaded), ref)
         print(f"answered {n} prompts into {args.out}", file=sys.stderr)
     else:
-        infer.run_one(loaded, text, _sampling(args), _system(args, loaded))
+        sampling = _sampling(args)
+        if ref is not None:
+            sampling = dataclasses.replace(sampling, constraint=ref.held(None, loaded.tokenizer))
+        infer.run_one(loaded, text, sampling, _system(args, loaded))
 
 
 def cmd_chat(args: argparse.Namespace) -> None:

@@ -13,8 +13,8 @@ from mlx_ft.chat_template import Message
 from mlx_ft.data import DataError, check_conversation, read_records, recipes
 from mlx_ft.data.formats import with_system
 from mlx_ft.errors import UserError
-from mlx_ft.inference import generation
-from mlx_ft.inference.sampling import Sampling
+from mlx_ft.inference import constrain, generation
+from mlx_ft.inference.sampling import Constraint, Sampling
 from mlx_ft.models import loader
 
 # A batch line's text, when it has no `messages`; "text" is what each line of a .txt file becomes (one prompt a line).
@@ -27,13 +27,15 @@ def conversation(text: str, system: str | None) -> list[Message]:
 
 @dataclass(frozen=True)
 class TaskRef:
-    """`--task RECIPE[:TASK]`: inputs are wrapped in that task's template, as the recipe's training data was."""
+    """`--task RECIPE[:TASK]`: inputs are wrapped in that task's template, as the recipe's training data was, and
+    (with `hold`) answers held to the task's pattern where the recipe says so."""
 
     recipe: recipes.Recipe
     task: str | None = None
+    hold: bool = True
 
     @classmethod
-    def parse(cls, spec: str) -> TaskRef:
+    def parse(cls, spec: str, hold: bool = True) -> TaskRef:
         ref, _, task = spec.partition(":")
         recipe = recipes.load(ref)
         if task:
@@ -41,11 +43,23 @@ class TaskRef:
                 recipe.task(task)
             except ValueError as e:
                 raise UserError(str(e)) from None
-        return cls(recipe, task or None)
+        return cls(recipe, task or None, hold)
 
     def render(self, text: str, task: str | None = None) -> str:
         """`text` in the template of `task` (a batch line's own), else of the one named with --task."""
         return self.recipe.task(task or self.task).render(text)
+
+    def held(self, task: str | None, tokenizer: Any) -> Constraint | None:
+        """What an answer of `task` (a batch line's own, else the one named with --task) is held to."""
+        found = self.recipe.task(task or self.task)
+        if not (self.hold and found.constrain and found.pattern is not None):
+            return None
+        try:
+            pattern = constrain.regex(found.pattern.pattern)
+            constrain.check(pattern, tokenizer)
+        except UserError as e:
+            raise UserError(f"{self.recipe.path}: task {found.name!r}: {e}") from None
+        return pattern
 
 
 def _batch_prompt(value: Any, ref: TaskRef | None = None) -> list[Message]:
@@ -117,8 +131,25 @@ def run_file(
     """Answer every line of `src` in batches, with progress lines on stderr; write each line back with an `output`
     field to `dest` (atomically, once all are done). Returns how many were answered."""
     rows, prompts = read_batch(src, ref)
-    answers = generation.answer_many(
-        loaded.model, loaded.tokenizer, [with_system(p, system) for p in prompts], sampling, stage="answering"
-    )
+    held: list[Constraint | None] | None = None
+    if ref is not None:  # a line with its own `messages` is not a task's input: nothing to hold it to
+        compiled: dict[Any, Constraint | None] = {}
+        held = []
+        for row in rows:
+            if "messages" in row:
+                held.append(None)
+                continue
+            task = row.get("task")
+            if task not in compiled:
+                compiled[task] = ref.held(task, loaded.tokenizer)
+            held.append(compiled[task])
+    conversations = [with_system(p, system) for p in prompts]
+    prompt_ids = generation.prompts_for(loaded.tokenizer, conversations)
+    answers = [
+        a.text
+        for a in generation.answers(
+            loaded.model, loaded.tokenizer, prompt_ids, sampling, stage="answering", constraints=held
+        )
+    ]
     write_text(dest, "".join(json.dumps({**r, "output": a}, ensure_ascii=False) + "\n" for r, a in zip(rows, answers)))
     return len(rows)

@@ -316,6 +316,30 @@ def test_infer_wraps_inputs_in_the_recipes_templates(write_jsonl, tmp_path, caps
     assert "name one: --task router:scene" in capsys.readouterr().err
 
 
+def test_infer_holds_task_answers_to_their_patterns(qwen2_dir, write_jsonl, tmp_path, capsys):
+    """As `serve --task` does: the random fixture answers a scene label when held, anything when not."""
+    labels = {"数据平台相关问题", "通用问题", "无关问题"}
+    src = write_jsonl(
+        "in.jsonl",
+        [
+            {"input": "今天星期几"},
+            {"input": "地图服务怎么发布", "task": "type"},
+            {"messages": [{"role": "user", "content": "hi"}]},
+        ],
+    )
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["infer", str(qwen2_dir), "--file", str(src), "--out", str(out), "--task", "router:scene"]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows[0]["output"] in labels and rows[1]["output"] in {"问题回答", "任务处理"}
+    assert rows[2]["output"] not in labels | {"问题回答", "任务处理"}, "a line's own messages are not a task's input"
+    capsys.readouterr()
+    assert cli.main(["infer", str(qwen2_dir), "今天星期几", "--task", "router:scene"]) == 0
+    assert capsys.readouterr().out.strip() == rows[0]["output"]
+    assert cli.main(["infer", str(qwen2_dir), "今天星期几", "--task", "router:scene", "--no-constrain"]) == 0
+    assert capsys.readouterr().out.strip() not in labels
+    assert cli.main(["infer", str(qwen2_dir), "hi", "--no-constrain"]) == 2
+
+
 def test_serve_refuses_a_missing_recipe_before_loading_the_model(tmp_path, capsys):
     assert (
         cli.main(
