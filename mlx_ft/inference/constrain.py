@@ -17,7 +17,9 @@ import json
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import llguidance
@@ -38,7 +40,18 @@ MAX_CHOICE_CHARS = 256
 MAX_PATTERN_CHARS = 4096
 MAX_SCHEMA_CHARS = 64 << 10
 
-_tokenizers: weakref.WeakKeyDictionary[Any, llguidance.LLTokenizer] = weakref.WeakKeyDictionary()
+COMPILED_KEPT = 64  # grammars kept compiled per tokenizer, the least recently used dropped first
+
+
+@dataclass
+class _ForTokenizer:
+    """llguidance's view of one of our tokenizers, and the grammars compiled for it (matchers never advanced)."""
+
+    ll: llguidance.LLTokenizer
+    compiled: OrderedDict[str, llguidance.LLMatcher] = field(default_factory=OrderedDict)
+
+
+_tokenizers: weakref.WeakKeyDictionary[Any, _ForTokenizer] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -102,7 +115,7 @@ def _one_line(error: str) -> str:
     return ": ".join([first.rstrip(":"), *said])
 
 
-def _ll_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
+def _for(tokenizer: Any) -> _ForTokenizer:
     """llguidance's view of the model's tokenizer (its byte pieces and end-of-turn tokens), built once per tokenizer
     (0.3 s for a 49k vocabulary, 1.5 s for 151k)."""
     with _lock:
@@ -110,17 +123,30 @@ def _ll_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
         if found is None:
             eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [])
             try:
-                found = llguidance.hf.from_tokenizer(chat_template.hf_tokenizer(tokenizer), eos_token=eos or None)
+                ll = llguidance.hf.from_tokenizer(chat_template.hf_tokenizer(tokenizer), eos_token=eos or None)
             except ValueError as e:  # a slow (Python) tokenizer: llguidance reads only fast ones
                 raise Invalid(f"this model's tokenizer cannot be constrained ({e})") from None
-            _tokenizers[tokenizer] = found
+            found = _tokenizers[tokenizer] = _ForTokenizer(ll)
         return found
 
 
 def _matcher(constraint: Constraint, tokenizer: Any) -> llguidance.LLMatcher:
-    matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer), constraint.grammar, log_level=0)
+    """A fresh matcher for `constraint`: a copy of one compiled earlier for this tokenizer when there is one, so a
+    grammar checked in the request's thread is not compiled again in the generation thread, and a task's pattern is
+    compiled once for all its requests."""
+    side = _for(tokenizer)
+    with _lock:
+        compiled = side.compiled.get(constraint.grammar)
+        if compiled is not None:
+            side.compiled.move_to_end(constraint.grammar)
+            return compiled.deep_copy()
+    matcher = llguidance.LLMatcher(side.ll, constraint.grammar, log_level=0)
     if matcher.is_error():
         raise Invalid(f"the {constraint.kind.replace('_', ' ')} cannot be used: {_one_line(matcher.get_error())}")
+    with _lock:
+        side.compiled[constraint.grammar] = matcher.deep_copy()
+        while len(side.compiled) > COMPILED_KEPT:
+            side.compiled.popitem(last=False)
     return matcher
 
 
