@@ -99,15 +99,9 @@ def grammars() -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ library adapters
 def _bytes_decoder() -> dict[str, int]:
     """GPT-2 byte-level BPE: the printable character each byte is spelt as in tokenizer.json, inverted."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 class Adapter:

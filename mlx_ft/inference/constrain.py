@@ -172,14 +172,26 @@ class _Guide:
         return _apply(np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8), logits)
 
 
+# Each byte of a mask as the 8 values it adds to its 8 tokens' logits: 0 where allowed, -inf where not. A lookup
+# and an add (xgrammar's way) beat unpacking bits and `mx.where` on this CPU: 474 against 743 us for a 151k
+# vocabulary (`bench/grammar_cost.py`).
+_BYTE_MASKS = np.array([[0.0 if (b >> k) & 1 else -np.inf for k in range(8)] for b in range(256)], dtype=np.float32)
+_byte_masks: dict[Any, mx.array] = {}
+
+
 def _apply(bitmask: np.ndarray, logits: mx.array) -> mx.array:
-    """`logits` with -inf wherever `bitmask` (32-bit little-endian words, bit i of the vector for token i) is 0;
-    ids past the mask (a padded embedding) are never allowed."""
+    """`logits` with -inf wherever `bitmask` (bytes of 32-bit little-endian words, bit i for token i) is 0; ids past
+    the mask (a padded embedding) are never allowed."""
     vocab = logits.shape[-1]
-    allowed = np.unpackbits(bitmask, bitorder="little")[:vocab]
-    if allowed.size < vocab:
-        allowed = np.pad(allowed, (0, vocab - allowed.size))
-    return mx.where(mx.array(allowed.astype(np.bool_)), logits, -mx.inf)
+    need = (vocab + 7) // 8
+    if bitmask.size < need:
+        bitmask = np.pad(bitmask, (0, need - bitmask.size))
+    table = _byte_masks.get(logits.dtype)
+    if table is None:  # a constant, evaluated here so any thread may use it
+        table = mx.array(_BYTE_MASKS).astype(logits.dtype)
+        mx.eval(table)
+        _byte_masks[logits.dtype] = table
+    return logits + table[mx.array(bitmask[:need])].reshape(1, -1)[:, :vocab]
 
 
 def processor(constraint: Constraint, tokenizer: Any) -> _Guide:

@@ -97,6 +97,21 @@ def serving(tmp: Path, *args: str, token: str | None = None) -> Iterator[dict[st
         log.close()
 
 
+def screenshots(page: Any, tmp_path: Path, prefix: str, look: Any = None) -> Any:
+    """shot(name): a full-page screenshot of `page` as PREFIX-NAME.png in $MLX_FT_SCREENSHOTS (default: under
+    `tmp_path`), once the last redraw has landed; `look(page, name)` first, when given (a check of what is shown)."""
+    folder = Path(os.environ.get("MLX_FT_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shot(name: str) -> None:
+        page.wait_for_timeout(200)
+        if look is not None:
+            look(page, name)
+        page.screenshot(path=str(folder / f"{prefix}-{name}.png"), full_page=True)
+
+    return shot
+
+
 @contextmanager
 def chromium(sync_api: ModuleType) -> Iterator[Any]:
     with sync_api.sync_playwright() as pw:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -64,14 +63,7 @@ def _open_chat(page, server) -> None:
 @pytest.fixture
 def shots(tmp_path: Path, page):
     """shot(name): a full-page screenshot of the page as chat-NAME.png in $MLX_FT_SCREENSHOTS (default: tmp_path)."""
-    folder = Path(os.environ.get("MLX_FT_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def shot(name: str) -> None:
-        page.wait_for_timeout(200)  # let the last redraw land
-        page.screenshot(path=str(folder / f"chat-{name}.png"), full_page=True)
-
-    return shot
+    return bt.screenshots(page, tmp_path, "chat")
 
 
 def test_page_shows_model_and_uses_no_outside_assets(page, server):

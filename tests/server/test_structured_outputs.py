@@ -13,6 +13,12 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from mlx_ft.inference import constrain
+from mlx_ft.inference.engine import Engine
+from mlx_ft.inference.prompt_cache import PromptCache
+from mlx_ft.inference.sampling import Sampling
+from mlx_ft.inference.scheduler import Job
+from mlx_ft.models import loader
 from tests.serving import openai_client, serving
 
 MODEL = "base"  # the served model (SmolLM2, no adapter) under its short id
@@ -146,25 +152,26 @@ def test_completions_take_a_json_schema_too(client):
     assert set(value) == {"answer"} and isinstance(value["answer"], int)
 
 
-def test_a_constrained_answer_leaves_the_others_in_its_batch_alone(client):
-    question = [{"role": "user", "content": "Name three aquarium plants."}]
+def test_a_constrained_answer_leaves_the_others_in_its_batch_alone(smollm2_dir):
+    """Two batches of four prompts, submitted together (one prompt batch, the same shapes): all free, then two of them
+    held to a schema. The free answers are the same token for token; the held ones parse."""
+    engine = Engine(loader.load(str(smollm2_dir)), PromptCache(max_bytes=0))
+    prompts = [engine.prompt(_messages(Tags, text), 80) for _, text in PROMPTS[15:19]]
+    free = Sampling(max_tokens=80)
+    held = Sampling(max_tokens=80, constraint=constrain.json_schema(Tags.model_json_schema()))
 
-    def free() -> str:
-        reply = client.chat.completions.create(model=MODEL, messages=question, temperature=0, max_tokens=48)
-        return reply.choices[0].message.content
+    def batch(samplings: list[Sampling]) -> list[Job]:
+        jobs = engine.submit_many(list(zip(prompts, samplings)))
+        for job in jobs:
+            list(job.pieces())
+        return jobs
 
-    def constrained() -> str:
-        reply = client.chat.completions.parse(
-            model=MODEL, messages=_messages(Tags, "aquarium plants"), response_format=Tags, max_tokens=80
-        )
-        return reply.choices[0].message.content
-
-    alone = free()
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(constrained), pool.submit(free), pool.submit(constrained), pool.submit(free)]
-        results = [f.result() for f in futures]
-    assert results[1] == results[3] == alone
-    assert all(Tags.model_validate_json(results[i]) for i in (0, 2))
+    plain = batch([free] * 4)
+    mixed = batch([free, held, free, held])
+    assert [mixed[0].tokens, mixed[2].tokens] == [plain[0].tokens, plain[2].tokens]
+    for job in (mixed[1], mixed[3]):
+        Tags.model_validate_json(engine.tokenizer.decode(job.tokens))
+    assert mixed[1].tokens != plain[1].tokens
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ docs/studio-*.png are copies of them.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import urllib.request
@@ -62,14 +61,7 @@ def server(qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def shots(tmp_path: Path, page):
     """shot(name): a full-page screenshot of the page as studio-NAME.png."""
-    folder = Path(os.environ.get("MLX_FT_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def shot(name: str) -> None:
-        page.wait_for_timeout(200)  # let the last redraw land
-        page.screenshot(path=str(folder / f"studio-{name}.png"), full_page=True)
-
-    return shot
+    return bt.screenshots(page, tmp_path, "studio")
 
 
 def _post(server, path: str, body: dict) -> dict:

@@ -15,7 +15,6 @@ folder) as real-NAME.png. The README's docs/studio-*.png are copies of these.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
@@ -99,15 +98,9 @@ def server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def shots(tmp_path: Path, page):
     """shot(name): a full-page screenshot as real-NAME.png; `shot.bad` collects the U+FFFD each one saw."""
-    folder = Path(os.environ.get("MLX_FT_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def shot(name: str) -> None:
-        page.wait_for_timeout(200)  # let the last redraw land
-        shot.bad += _replacement_characters(page, name)
-        page.screenshot(path=str(folder / f"real-{name}.png"), full_page=True)
-
-    shot.bad = []
+    bad: list[str] = []
+    shot = bt.screenshots(page, tmp_path, "real", lambda pg, name: bad.extend(_replacement_characters(pg, name)))
+    shot.bad = bad
     return shot
 
 
