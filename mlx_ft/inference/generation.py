@@ -116,8 +116,9 @@ def answers(
         return []
     limits = list(max_tokens) if max_tokens is not None else [sampling.max_tokens] * len(prompts)
     held = list(constraints) if constraints is not None else [sampling.constraint] * len(prompts)
-    if not len(limits) == len(held) == len(prompts):
-        raise ValueError(f"{len(limits)} max_tokens and {len(held)} constraints for {len(prompts)} prompts")
+    for name, given in (("max_tokens", limits), ("constraints", held)):
+        if len(given) != len(prompts):
+            raise ValueError(f"{len(given)} {name} for {len(prompts)} prompts")
     jobs = [
         scheduler.Job(p, dataclasses.replace(sampling, max_tokens=n, constraint=c), None)
         for p, n, c in zip(prompts, limits, held, strict=True)

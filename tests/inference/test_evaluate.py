@@ -90,8 +90,10 @@ def test_eval_shows_training_took_exact_match_from_base_to_100(memorised, capsys
     assert rows[0]["task"] == "route" and rows[0]["input"] == [{"role": "user", "content": ROUTER[0][0]}]
 
 
-def test_eval_constrained_holds_each_task_to_its_pattern_and_reports_both(memorised, tmp_path, capsys):
-    run, _ = memorised
+def test_eval_constrained_holds_each_task_to_its_pattern_and_reports_both(smollm2_dir, memorised, tmp_path, capsys):
+    """The plain base model (one column, then the same held): its route answers become labels once held to the
+    route task's pattern; the care task has none, so its answers stay as they were."""
+    _, data_dir = memorised
     recipe = tmp_path / "recipe"
     recipe.mkdir()
     (recipe / "recipe.yaml").write_text(
@@ -101,23 +103,21 @@ def test_eval_constrained_holds_each_task_to_its_pattern_and_reports_both(memori
         encoding="utf-8",
     )
     out = tmp_path / "ev"
-    argv = ["eval", str(run), "--compare-base", "--constrained", "--recipe", str(recipe), "--out", str(out)]
-    assert cli.main(argv) == 0
-    table = capsys.readouterr().out
-    assert "base constrained" in table and "tuned constrained" in table
+    argv = ["eval", str(smollm2_dir), "--data", str(data_dir), "--constrained", "--recipe", str(recipe)]
+    assert cli.main([*argv, "--out", str(out), "--max-tokens", "24"]) == 0
+    assert "model constrained" in capsys.readouterr().out
     result = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert list(result["metrics"]) == ["base", "base constrained", "tuned", "tuned constrained"]
-    assert "loss" not in result["metrics"]["base constrained"], "the loss does not change: scored once"
+    assert list(result["metrics"]) == ["model", "model constrained"]
+    assert "loss" not in result["metrics"]["model constrained"], "the loss does not change: scored once"
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     labels = {"数据平台相关问题", "通用问题"}
     for r in rows:
         if r["task"] == "route":
-            assert r["base"] not in labels and r["base constrained"] in labels  # held, even the base answers a label
-            assert r["tuned constrained"] == r["tuned"] == r["expected"]
+            assert r["model"] not in labels and r["model constrained"] in labels  # held, even the base gives a label
         else:  # no pattern: the same greedy answers
-            assert r["base constrained"] == r["base"] and r["tuned constrained"] == r["tuned"]
-    assert result["groups"]["base constrained"]["route"]["label_accuracy"] > 0.0
-    assert cli.main(["eval", str(run), "--constrained"]) == 2
+            assert r["model constrained"] == r["model"]
+    assert result["groups"]["model constrained"]["route"]["label_accuracy"] > 0.0
+    assert cli.main(["eval", str(smollm2_dir), "--data", str(data_dir), "--constrained"]) == 2
     assert "--constrained and --recipe go together" in capsys.readouterr().err
 
 

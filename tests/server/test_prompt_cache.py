@@ -18,7 +18,7 @@ from mlx_ft.inference.scheduler import Job
 from mlx_ft.models import loader
 from mlx_ft.training.run import train
 
-GREEDY = Sampling(max_tokens=24)
+GREEDY = Sampling(max_tokens=16)
 SYSTEM = "You answer aquarium questions briefly. " * 6
 QUESTIONS = [
     "How often should I change the water in a goldfish tank?",
