@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_ft import chat_template
-from mlx_ft.errors import Invalid
+from mlx_ft.errors import Invalid, UserError
 from mlx_ft.inference.sampling import Constraint
 
 # Whitespace between JSON tokens: newlines and indentation allowed (a small model writes the JSON it was trained on,
@@ -96,6 +96,24 @@ def choice(options: Any) -> Constraint:
         raise Invalid(f"a choice is longer than {MAX_CHOICE_CHARS} characters")
     pattern = "|".join(re.escape(o) for o in dict.fromkeys(options))
     return _valid("choice", llguidance.LLMatcher.grammar_from_regex(f"({pattern})"))
+
+
+def for_task(recipe_path: Any, task: Any, tokenizer: Any = None) -> Constraint | None:
+    """What a recipe task's answers are held to: its pattern when the task says `constrain`, else None; compiled (for
+    `tokenizer` too, when given), a pattern that cannot be used refused naming the recipe and the task. `task` is a
+    `recipes.Task` (the data layer cannot import this one)."""
+    if not task.constrain or task.pattern is None:
+        return None
+    try:
+        pattern = regex(task.pattern.pattern)
+        if tokenizer is not None:
+            check(pattern, tokenizer)
+    except Invalid as e:
+        raise UserError(
+            f"{recipe_path}: task {task.name!r}: {e} (set `constrain: false` to parse answers with it without "
+            "holding them to it)"
+        ) from None
+    return pattern
 
 
 def _valid(kind: str, grammar: str) -> Constraint:

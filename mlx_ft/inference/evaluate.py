@@ -257,14 +257,7 @@ def held_answers(recipe: recipes.Recipe, todo: list[Target], tokenizer: Any) -> 
         except ValueError as e:
             raise UserError(f"{t.example.where}: {e}") from None
         if task.name not in by_task:
-            by_task[task.name] = None
-            if task.constrain and task.pattern is not None:
-                try:
-                    pattern = constrain.regex(task.pattern.pattern)
-                    constrain.check(pattern, tokenizer)
-                    by_task[task.name] = pattern
-                except UserError as e:
-                    raise UserError(f"{recipe.path}: task {task.name!r}: {e}") from None
+            by_task[task.name] = constrain.for_task(recipe.path, task, tokenizer)
         held.append(by_task[task.name])
     if not any(held):
         raise UserError(f"recipe {recipe.name}: none of these examples' tasks has a pattern to hold answers to")

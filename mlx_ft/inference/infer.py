@@ -52,14 +52,7 @@ class TaskRef:
     def held(self, task: str | None, tokenizer: Any) -> Constraint | None:
         """What an answer of `task` (a batch line's own, else the one named with --task) is held to."""
         found = self.recipe.task(task or self.task)
-        if not (self.hold and found.constrain and found.pattern is not None):
-            return None
-        try:
-            pattern = constrain.regex(found.pattern.pattern)
-            constrain.check(pattern, tokenizer)
-        except UserError as e:
-            raise UserError(f"{self.recipe.path}: task {found.name!r}: {e}") from None
-        return pattern
+        return constrain.for_task(self.recipe.path, found, tokenizer) if self.hold else None
 
 
 def _batch_prompt(value: Any, ref: TaskRef | None = None) -> list[Message]:

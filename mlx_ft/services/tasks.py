@@ -52,19 +52,9 @@ class TaskService:
             raise UserError(f"two tasks declare the same get_route path: {', '.join(routes)}")
         self._cache: OrderedDict[tuple[str, str, Constraint | None], dict[str, Any]] = OrderedDict()
         self._cache_lock = Lock()
-        self._patterns = {name: self._pattern(s) for name, s in self.tasks.items() if s.task.constrain}
-
-    @staticmethod
-    def _pattern(served: Served) -> Constraint:
-        """A task's own constraint, compiled once; one that cannot compile stops serve before the model loads."""
-        assert served.task.pattern is not None
-        try:
-            return constrain.regex(served.task.pattern.pattern)
-        except Invalid as e:
-            raise UserError(
-                f"{served.recipe.path}: task {served.task.name!r}: {e} (set `constrain: false` to parse answers "
-                "with it without holding them to it)"
-            ) from None
+        self._patterns = {  # each task's own constraint, compiled once: one that cannot stops serve before loading
+            name: constrain.for_task(s.recipe.path, s.task) for name, s in self.tasks.items() if s.task.constrain
+        }
 
     def served(self, name: str) -> Served:
         if name not in self.tasks:
