@@ -20,7 +20,7 @@ from mlx_ft.errors import UserError
 from mlx_ft.resources import local_or_shipped
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
-TRAIN_MODES = ("sft", "dpo", "orpo")  # mlx-lm-lora's key and names
+TRAIN_MODES = ("sft", "dpo", "orpo", "grpo")  # mlx-lm-lora's key and names
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
 LORA_KEYS = {"rank": int, "scale": float, "dropout": float, "keys": list}
 # mlx-lm keys that mean nothing here (our `train` command always trains and writes its own config); accepted so
@@ -69,17 +69,47 @@ class TrainConfig:
     fine_tune_type: str = _f("lora", "lora, dora or full", FINE_TUNE_TYPES)
     train_mode: str = _f(
         "sft",
-        "sft (learn the answers), or preference tuning on chosen/rejected pairs: dpo (against a reference: the "
-        "base with the adapter off, or reference_adapter_file) or orpo (no reference)",
+        "sft (learn the answers), preference tuning on chosen/rejected pairs: dpo (against a reference: the "
+        "base with the adapter off, or reference_adapter_file) or orpo (no reference), or grpo (learn from rewards "
+        "on sampled answers)",
         TRAIN_MODES,
     )
     beta: float = _f(
         0.1,
-        "dpo: strength of the pull towards the reference; orpo: weight of the odds-ratio term",
-        bounds=Bounds(0, 1000, lo_open=True),
+        "dpo: strength of the pull towards the reference; orpo: weight of the odds-ratio term; grpo: weight of the "
+        "KL penalty towards the reference (0: none, and no reference pass)",
+        bounds=Bounds(0, 1000),
     )
     reference_adapter_file: str | None = _f(
-        None, "dpo: adapters.safetensors whose model is the reference (default: the base with the adapter off)"
+        None,
+        "dpo, grpo: adapters.safetensors whose model is the reference (default: the base with the adapter off)",
+    )
+    group_size: int = _f(8, "grpo: answers sampled per prompt (a group)", bounds=Bounds(2, 256))
+    temperature: float = _f(1.0, "grpo: sampling temperature of the answers", bounds=Bounds(0, 10, lo_open=True))
+    max_completion_tokens: int = _f(64, "grpo: the longest sampled answer, in tokens", bounds=Bounds(1, 1 << 16))
+    grpo_updates: int = _f(
+        1,
+        "grpo: optimizer updates per batch of sampled answers (more than 1 clips the policy ratio)",
+        bounds=Bounds(1, 64),
+    )
+    clip_epsilon: float = _f(
+        0.2,
+        "grpo: the policy ratio is clipped to 1 +- this (matters when grpo_updates > 1)",
+        bounds=Bounds(0, 1, lo_open=True),
+    )
+    rewards: list = _f(
+        [{"name": "exact", "weight": 1.0}],
+        "grpo: rewards summed with their weights, e.g. [{name: fields, weight: 1.0}, {name: length, weight: 0.1, "
+        "max: 40}] (exact, fields, choice, regex, json_schema, length, or a function of reward_file)",
+    )
+    reward_file: str | None = _f(
+        None, "grpo: a Python file whose functions (prompt, completion, reference) -> float are rewards (terminal only)"
+    )
+    recipe: str | None = _f(
+        None, "grpo: the recipe whose task patterns and labels the fields and choice rewards read (a name or folder)"
+    )
+    init_from: str | None = _f(
+        None, "start from this run's adapter (its base, adapter type and layers too), e.g. an SFT run before grpo"
     )
     num_layers: int = _f(16, "how many of the last layers get adapters (-1: all)", bounds=Bounds(1, 1000, also=(-1,)))
     quantize: int | None = _f(None, "quantize the base model to 4 or 8 bits before training (QLoRA)", (None, 4, 8))
@@ -215,8 +245,16 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(
             f"train_mode {cfg.train_mode} compares whole answers row by row and cannot pack; set pack: false"
         )
-    if cfg.reference_adapter_file and cfg.train_mode != "dpo":
-        raise UserError("config key 'reference_adapter_file' is for train_mode dpo (only DPO has a reference model)")
+    if cfg.reference_adapter_file and cfg.train_mode not in ("dpo", "grpo"):
+        raise UserError(
+            "config key 'reference_adapter_file' is for train_mode dpo or grpo (only they have a reference model)"
+        )
+    if cfg.train_mode in ("dpo", "orpo") and cfg.beta == 0:
+        raise UserError(f"config key 'beta' must be above 0 for train_mode {cfg.train_mode}")
+    if cfg.train_mode == "grpo":
+        _check_grpo(cfg)
+    elif cfg.reward_file:
+        raise UserError("config key 'reward_file' is for train_mode grpo (only GRPO learns from rewards)")
     lora = dict(cfg.lora_parameters)
     for key, value in lora.items():
         if key not in LORA_KEYS:
@@ -227,6 +265,25 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     defaults = TrainConfig().lora_parameters
     cfg.lora_parameters = {**defaults, **lora}
     return cfg
+
+
+def _check_grpo(cfg: TrainConfig) -> None:
+    """GRPO's keys, as far as the ground floor can tell (each reward's own options are checked when the run starts,
+    by `training.rewards`, which knows them)."""
+    if not cfg.rewards or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in cfg.rewards):
+        raise UserError(
+            "config key 'rewards' must be a non-empty list of mappings with a name, e.g. [{name: exact, weight: 1.0}]"
+        )
+    if cfg.grpo_updates > 1 and cfg.grad_accumulation_steps > 1:
+        raise UserError(
+            "grpo_updates > 1 reuses each batch of sampled answers for several updates; it cannot be combined with "
+            "grad_accumulation_steps > 1 (raise batch_size instead)"
+        )
+    if cfg.max_completion_tokens >= cfg.max_seq_length:
+        raise UserError(
+            f"max_completion_tokens {cfg.max_completion_tokens} leaves no room for the prompt in max_seq_length "
+            f"{cfg.max_seq_length}"
+        )
 
 
 def _set(values: dict[str, Any], key: str, value: Any) -> None:

@@ -95,7 +95,7 @@ def test_more_bad_values(values, message):
         ({"learning_rate": float("inf")}, "'learning_rate' must be a finite number above 0"),
         ({"learning_rate": "nan"}, "'learning_rate' must be a finite number above 0"),
         ({"learning_rate": 1e999}, "'learning_rate' must be a finite number above 0"),
-        ({"beta": float("nan")}, "'beta' must be a finite number above 0 and at most 1000"),
+        ({"beta": float("nan")}, "'beta' must be a finite number from 0 to 1000"),
         ({"epochs": 1e308}, "'epochs' must be a finite number above 0 and at most 10000"),
         ({"epochs": float("nan")}, "'epochs' must be a finite number above 0"),
         ({"lora_parameters": {"rank": 10**12}}, "'lora_parameters.rank' must be an integer from 1 to 2048"),

@@ -9,6 +9,8 @@ Layers, highest first; a module may import its own layer and the ones below, nev
                                       task answers; they raise mlx_ft.errors, which the server maps to status codes
     inference                         the decode core (engine, scheduler), generation, tool calls, infer, chat, eval
     training | export                 the run | fused HF folders, GGUF, Modelfile (independent of each other)
+    decode core                       generation, scheduler, decode, sampling, constraints, prompt cache: one way
+                                      to generate answers, for serving, the commands and GRPO's sampling alike
     data                              raw formats -> messages JSONL, recipes, token statistics
     models                            model sources, GGUF import, the loader, adapters on a base
     ground                            chat_template, config, checks, progress, system.blas/devices, errors,
@@ -31,6 +33,7 @@ LAYERS: list[list[str]] = [
     ["mlx_ft.services"],
     ["mlx_ft.inference"],
     ["mlx_ft.training", "mlx_ft.export"],
+    [f"mlx_ft.inference.{m}" for m in ("generation", "scheduler", "decode", "sampling", "constrain", "prompt_cache")],
     ["mlx_ft.data"],
     ["mlx_ft.models"],
     [

@@ -108,20 +108,23 @@ def answers(
     max_tokens: Sequence[int] | None = None,
     stage: str | None = None,
     constraints: Sequence[Constraint | None] | None = None,
+    seeds: Sequence[int | None] | None = None,
 ) -> list[Answer]:
     """Each prompt's answer, generated together by the decode core (up to `scheduler.COMMAND_BATCH` at a time).
     `max_tokens`: each prompt's own budget, else `sampling.max_tokens` for all; `constraints`: what each answer is
-    held to (None: `sampling.constraint` for all). With `stage`, progress lines go to stderr."""
+    held to (None: `sampling.constraint` for all); `seeds`: each answer's own (None: `sampling.seed` for all), so an
+    answer is the same whatever is generated beside it. With `stage`, progress lines go to stderr."""
     if not prompts:
         return []
     limits = list(max_tokens) if max_tokens is not None else [sampling.max_tokens] * len(prompts)
     held = list(constraints) if constraints is not None else [sampling.constraint] * len(prompts)
-    for name, given in (("max_tokens", limits), ("constraints", held)):
+    seeded = list(seeds) if seeds is not None else [sampling.seed] * len(prompts)
+    for name, given in (("max_tokens", limits), ("constraints", held), ("seeds", seeded)):
         if len(given) != len(prompts):
             raise ValueError(f"{len(given)} {name} for {len(prompts)} prompts")
     jobs = [
-        scheduler.Job(p, dataclasses.replace(sampling, max_tokens=n, constraint=c), None)
-        for p, n, c in zip(prompts, limits, held, strict=True)
+        scheduler.Job(p, dataclasses.replace(sampling, max_tokens=n, constraint=c, seed=s), None)
+        for p, n, c, s in zip(prompts, limits, held, seeded, strict=True)
     ]
     texts: list[list[str]] = [[] for _ in prompts]
     done: list[Answer | None] = [None] * len(prompts)

@@ -45,6 +45,7 @@ from mlx_ft.system import devices
 from mlx_ft.training import checkpoints, flops, loss_plot
 from mlx_ft.training.batches import TokenizedChats, TokenizedPairs
 from mlx_ft.training.checkpoints import TrainerState
+from mlx_ft.training.grpo import TokenizedPrompts
 from mlx_ft.training.loss import masked_loss
 from mlx_ft.training.objectives import Objective, clear_cache
 
@@ -64,8 +65,8 @@ def loop(
     model: nn.Module,
     optimizer: optim.Optimizer,
     state: TrainerState,
-    train_set: TokenizedChats | TokenizedPairs,
-    valid_set: TokenizedChats | TokenizedPairs,
+    train_set: TokenizedChats | TokenizedPairs | TokenizedPrompts,
+    valid_set: TokenizedChats | TokenizedPairs | TokenizedPrompts,
     objective: Objective[Any],
 ) -> str:
     """Train from step `state.step` to `cfg.iters`, writing into the run folder `run`; return why training ended:
@@ -111,7 +112,7 @@ class Steps:
     optimizer: optim.Optimizer
     state: TrainerState
     objective: Objective[Any]
-    valid_set: TokenizedChats | TokenizedPairs
+    valid_set: TokenizedChats | TokenizedPairs | TokenizedPrompts
     world: Any
     log: RunLog
     step_fn: Callable[..., tuple[mx.array, mx.array, Any]]
@@ -130,9 +131,10 @@ class Steps:
         mx.random.seed(seed_for_step(self.cfg.seed, step))  # dropout's draws: a function of (seed, step)
         tic = time.perf_counter()
         batch = self.objective.prepare(batch)
-        loss, aux, grad = self.step_fn(batch, grad, update)
-        mx.eval(self.step_state, loss, aux, grad)
-        clear_cache(self.cfg.clear_cache_threshold)
+        for _ in range(self.objective.updates):  # more than one only where the config forbids accumulation
+            loss, aux, grad = self.step_fn(batch, grad, update)
+            mx.eval(self.step_state, loss, aux, grad)
+            clear_cache(self.cfg.clear_cache_threshold)
         # Checked before anything below saves: this step's update has already applied the non-finite gradient.
         if kind := nonfinite(self.world, loss_value := loss.item()):
             raise diverged("loss", kind, step, self.optimizer.learning_rate.item(), self.trained)
@@ -392,6 +394,7 @@ class RunLog:
             "loss": loss / len(self.losses),
             **means,
             "lr": lr,
+            "step_s": secs / len(self.losses),
             "tokens_per_s": (st.tokens - self.at_report[0]) / secs,
             "trained_tokens_per_s": (st.trained_tokens - self.at_report[1]) / secs,
             "tokens": st.tokens,
@@ -404,7 +407,7 @@ class RunLog:
                 row["mfu"] = self.flops / secs / self.peak_flops
         self.at_report, self.losses, self.seconds, self.flops = (st.tokens, st.trained_tokens), [], 0.0, 0.0
         self.metrics = []
-        self._write(row)
+        self._write({**row, **self.objective.extras()})
         speed = (
             f"  MFU {row['mfu']:.1%}"
             if "mfu" in row

@@ -138,10 +138,15 @@ def _hidden(model: nn.Module, inputs: mx.array, segments: mx.array | None) -> mx
 
 
 def _learned_ce(
-    model: nn.Module, batch: mx.array, w: mx.array, positions: mx.array, segments: mx.array | None
+    model: nn.Module,
+    batch: mx.array,
+    w: mx.array,
+    positions: mx.array,
+    segments: mx.array | None,
+    temperature: float = 1.0,
 ) -> tuple[mx.array, mx.array]:
     """Cross-entropy at the flat `positions` only (the output layer runs there alone), and each one's weight (0 for
-    the padding index)."""
+    the padding index); with a `temperature`, of the logits divided by it."""
     inputs, targets = batch[:, :-1], batch[:, 1:]
     hidden = _hidden(model, inputs, segments)
     n = targets.size
@@ -151,7 +156,10 @@ def _learned_ce(
     t = targets.reshape(-1)[index]
     head = _head(model)
     assert head is not None
-    return _chunked_head_ce(*head, h, t, model.args.vocab_size), picked_w
+    fn, module = head
+    if temperature != 1.0:
+        fn = lambda x: head[0](x) / temperature  # noqa: E731
+    return _chunked_head_ce(fn, module, h, t, model.args.vocab_size), picked_w
 
 
 def masked_loss(
@@ -206,3 +214,22 @@ def sequence_logps(
     # Each picked position's row, as a (rows, positions) weight matrix: the padding index falls in no row.
     rows = mx.arange(batch.shape[0])[:, None] == (positions // targets.shape[1])[None, :]
     return -(rows.astype(mx.float32) * picked_w[None, :]) @ ce, counts
+
+
+def token_logps(
+    model: nn.Module, batch: mx.array, weights: mx.array, positions: mx.array, temperature: float = 1.0
+) -> tuple[mx.array, mx.array]:
+    """The log-probability of the target token at each flat learned position (from `learned_positions`) and each
+    one's weight (0 for the padding index): per-token policy losses (GRPO) weigh every answer token on its own. With
+    a `temperature`, under the distribution answers were sampled from (the logits divided by it)."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    w = weights[:, 1:].astype(mx.float32)
+    if _head(model) is not None:
+        ce, picked_w = _learned_ce(model, batch, w, positions, None, temperature)
+        return -ce, picked_w
+    n = targets.size
+    index = mx.minimum(positions, n - 1)
+    picked_w = mx.concatenate([w.reshape(-1), mx.zeros((1,), mx.float32)])[positions]
+    logits = model(inputs) / temperature if temperature != 1.0 else model(inputs)
+    ce = nn.losses.cross_entropy(logits, targets).astype(mx.float32).reshape(-1)[index]
+    return -ce, picked_w

@@ -11,7 +11,10 @@ An objective says
 - how it scores a split (`evaluate`: "loss" and those metrics, means over all workers), and how its metrics read
   on the progress line (`describe`).
 
-SFT, DPO and ORPO implement it; `for_config` picks one by the config's train_mode.
+- how many optimizer updates a prepared batch makes (`updates`: GRPO may reuse its sampled answers), and what a
+  training row of metrics.jsonl shows beside the numbers (`extras`: GRPO's sampled answers).
+
+SFT, DPO and ORPO implement it here, GRPO in `grpo.py`; `for_config` picks one by the config's train_mode.
 """
 
 from __future__ import annotations
@@ -33,18 +36,20 @@ from mlx_ft.training.batches import (
     iterate_batches,
     pair_batches,
 )
+from mlx_ft.training.grpo import GRPO, TokenizedPrompts
 from mlx_ft.training.loss import masked_loss, sequence_logps
 from mlx_ft.training.preference import METRICS, Reference, dpo_losses, orpo_losses, reference_for
 
 Batch = tuple[mx.array, ...]
 OnBatch = Callable[[list[int], int], None]
-D = TypeVar("D", TokenizedChats, TokenizedPairs)
+D = TypeVar("D", TokenizedChats, TokenizedPairs, TokenizedPrompts)
 
 
 class Objective(Protocol[D]):
     """What a run learns from its data; `D` is its tokenized split."""
 
     metrics: tuple[str, ...]  # what `loss`'s aux holds, in order, and `evaluate` reports beside "loss"
+    updates: int  # optimizer updates per prepared batch (GRPO may reuse its sampled answers; others: 1)
 
     def tokenize(self, examples: Sequence[data.Example], tokenizer: Any, max_seq_length: int, desc: str) -> D: ...
 
@@ -76,11 +81,15 @@ class Objective(Protocol[D]):
 
     def describe(self, row: dict[str, Any], prefix: str = "") -> str: ...
 
+    def extras(self) -> dict[str, Any]: ...
 
-def for_config(cfg: TrainConfig) -> SFT | Preference:
+
+def for_config(cfg: TrainConfig) -> SFT | Preference | GRPO:
     """The objective of cfg.train_mode."""
     if cfg.train_mode == "sft":
         return SFT(cfg.mask_prompt, cfg.pack)
+    if cfg.train_mode == "grpo":
+        return GRPO(cfg)
     return pair_objective(cfg.train_mode, cfg.beta)
 
 
@@ -126,6 +135,7 @@ class SFT:
     or packed."""
 
     metrics: tuple[str, ...] = ()
+    updates = 1
     loss = staticmethod(masked_loss)  # the compiled step's own function: nothing in between
 
     def __init__(self, mask_prompt: bool = True, pack: bool = False) -> None:
@@ -180,12 +190,16 @@ class SFT:
     def describe(self, row: dict[str, Any], prefix: str = "") -> str:
         return ""
 
+    def extras(self) -> dict[str, Any]:
+        return {}
+
 
 class Preference:
     """What DPO and ORPO share: chosen/rejected pairs (`batches.TokenizedPairs`), batches of pairs, and a loss over
     the pairs' summed answer log-probabilities whose rewards give METRICS. Subclasses give `pair_losses`."""
 
     metrics: tuple[str, ...] = METRICS
+    updates = 1
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
@@ -270,6 +284,9 @@ class Preference:
             f"  {prefix}acc {row['accuracy']:.0%}  {prefix}margin {row['reward_margin']:.3f}  "
             f"chosen {row['rewards_chosen']:.3f}  rejected {row['rewards_rejected']:.3f}"
         )
+
+    def extras(self) -> dict[str, Any]:
+        return {}
 
 
 class DPO(Preference):

@@ -32,7 +32,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_ft.config import TrainConfig
 from mlx_ft.errors import UserError
 from mlx_ft.training.batches import TokenizedPairs, pair_batches
-from mlx_ft.training.loss import sequence_logps
+from mlx_ft.training.loss import sequence_logps, token_logps
 
 METRICS = ("rewards_chosen", "rewards_rejected", "reward_margin", "accuracy")
 
@@ -87,6 +87,13 @@ class Reference:
             mx.eval(logps)  # now, while the reference is the model
         return mx.stop_gradient(logps)
 
+    def token_logps(self, ids: mx.array, mask: mx.array, positions: mx.array, temperature: float = 1.0) -> mx.array:
+        """The reference's log-probability of each learned token (`loss.token_logps`), outside the gradient."""
+        with self.active():
+            logps, _ = token_logps(self.model, ids, mask, positions, temperature)
+            mx.eval(logps)
+        return mx.stop_gradient(logps)
+
 
 def _base_layer(module: nn.Module) -> nn.Module:
     """The layer an mlx_lm LoRA/DoRA layer wraps (`linear`, or `embedding` for an adapted embedding)."""
@@ -94,9 +101,9 @@ def _base_layer(module: nn.Module) -> nn.Module:
 
 
 def reference_for(cfg: TrainConfig, model: nn.Module) -> Reference:
-    """DPO's reference, built right after the adapter is attached (before any warm start or checkpoint loads): the
-    base with the adapter switched off; a given reference adapter; or, for a full fine-tune, a frozen copy of the
-    layers it trains."""
+    """The reference of DPO (and of GRPO's KL penalty), built right after the adapter is attached (before any warm
+    start or checkpoint loads): the base with the adapter switched off; a given reference adapter; or, for a full
+    fine-tune, a frozen copy of the layers it trains."""
     trainable = dict(tree_flatten(model.trainable_parameters()))
     if cfg.reference_adapter_file:
         path = Path(cfg.reference_adapter_file)
@@ -112,16 +119,20 @@ def reference_for(cfg: TrainConfig, model: nn.Module) -> Reference:
                 f"{path}: the reference adapter does not fit this run's {cfg.fine_tune_type} layers (first misfit: "
                 f"{misfits[0]}); give one trained with the same fine_tune_type, num_layers and lora_parameters"
             )
-        print(f"mlx_ft: DPO reference: the base with the adapter {path}", file=sys.stderr)
+        print(f"mlx_ft: {cfg.train_mode.upper()} reference: the base with the adapter {path}", file=sys.stderr)
         return Reference(model, weights)
     if cfg.fine_tune_type == "full":
         size = sum(v.nbytes for v in trainable.values())
         print(
-            f"mlx_ft: DPO reference: a frozen copy of the trained layers ({size / 1e6:,.0f} MB more memory)",
+            f"mlx_ft: {cfg.train_mode.upper()} reference: a frozen copy of the trained layers "
+            f"({size / 1e6:,.0f} MB more memory)",
             file=sys.stderr,
         )
         return Reference(model, trainable)  # arrays are immutable: the optimizer's updates make new ones
-    print("mlx_ft: DPO reference: the base model with the adapter switched off (no extra memory)", file=sys.stderr)
+    print(
+        f"mlx_ft: {cfg.train_mode.upper()} reference: the base model with the adapter switched off (no extra memory)",
+        file=sys.stderr,
+    )
     return Reference(model)
 
 

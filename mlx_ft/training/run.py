@@ -8,7 +8,8 @@ Ours:
   runs the output layer only on learned positions and keeps packed examples apart (`loss.py`);
 - the loop itself (`loop.py`): the compiled step, progress, metrics.jsonl, validation, checkpoints, early
   stopping and Ctrl-C, counted in global steps so a resumed run ends where an uninterrupted one does;
-- the objective (`objectives.py`: SFT, DPO, ORPO), which the loop and `train` use without asking which it is.
+- the objective (`objectives.py`: SFT, DPO, ORPO; `grpo.py`: GRPO), which the loop and `train` use without asking
+  which it is.
 mlx_lm's: the model code and loader, the LoRA/DoRA layers (`models/adapters.py`), optimizers' schedules, gradient
 checkpointing. The run folder is an mlx-lm adapter folder: `mlx_lm.load(model, adapter_path=run)` accepts it.
 """
@@ -113,6 +114,8 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
         if ckpt is None:
             raise UserError(f"{run}: no checkpoint to resume from (checkpoints/step-*)")
 
+    if cfg.init_from and not resume:
+        _init_from(cfg)
     model_path = models.resolve(cfg.model)
     print(f"mlx_ft: loading {model_path}", file=sys.stderr)
     model, tokenizer = load_model(model_path, cfg.model)
@@ -140,6 +143,27 @@ def train(cfg: config_mod.TrainConfig, resume: bool = False) -> Path:
     if reason != "finished":
         print(f"mlx_ft: {reason}", file=sys.stderr)
     return run
+
+
+# What a run started from another one takes from it: the adapter only fits the same base, type and layers.
+INIT_KEYS = ("model", "fine_tune_type", "num_layers", "lora_parameters", "quantize")
+
+
+def _init_from(cfg: config_mod.TrainConfig) -> None:
+    """Start from the finished run cfg.init_from: its adapter (a full fine-tune's trained layers) as the starting
+    weights (resume_adapter_file), and the base model and adapter shape it was trained with."""
+    source = Run(Path(cfg.init_from or ""))
+    if not source.is_run() or not source.has_adapter():
+        raise UserError(f"{cfg.init_from}: not a finished run folder (init_from needs its adapters.safetensors)")
+    if cfg.resume_adapter_file:
+        raise UserError("init_from and resume_adapter_file both name the starting adapter; give one")
+    theirs = source.config()
+    changed = [k for k in INIT_KEYS if getattr(cfg, k) != getattr(theirs, k)]
+    for key in INIT_KEYS:
+        setattr(cfg, key, getattr(theirs, key))
+    cfg.resume_adapter_file = str(source.adapter_file)
+    took = f" (its {', '.join(changed)} too)" if changed else ""
+    print(f"mlx_ft: starting from {source.path}'s adapter{took}", file=sys.stderr)
 
 
 def _check_model_takes(cfg: config_mod.TrainConfig, tokenizer: Any, examples: list[data.Example]) -> None:
