@@ -1,4 +1,5 @@
-/* The loss chart of the runs page and the studio's jobs, drawn on a <canvas> (no chart library).
+/* The loss chart of the runs page and the studio's jobs, drawn on a <canvas> (no chart library); for a GRPO run,
+ * its reward chart too (the same drawing, other keys and another axis title).
  *
  * Training loss is a solid line, validation loss a dashed line with dots, each run in its own colour. Its few words
  * (axes, legend) come from i18n.js's catalogue where the page loads it.
@@ -28,17 +29,21 @@
     return Math.abs(v) >= 1e5 ? v.toExponential(1) : v.toFixed(digits);
   }
 
-  /** One run's curves from its metrics rows: training loss and validation loss, each as [step, value] pairs. */
-  function series(name, color, rows) {
+  /** One run's curves from its metrics rows: training loss and validation loss (or the `keys` given, e.g.
+   * {train: "reward", val: "val_reward"}), each as [step, value] pairs. */
+  function series(name, color, rows, keys) {
+    const k = keys || { train: "loss", val: "val_loss" };
     const pts = (key) => rows
       .filter((r) => typeof r.step === "number" && typeof r[key] === "number" && isFinite(r[key]))
       .map((r) => [r.step, r[key]])
       .sort((a, b) => a[0] - b[0]);
-    return { name, color, train: pts("loss"), val: pts("val_loss") };
+    return { name, color, train: pts(k.train), val: pts(k.val) };
   }
 
-  /** Draws `list` (from series()) on `canvas`, or `emptyText` when there is no point; returns the points drawn. */
-  function draw(canvas, list, emptyText) {
+  /** Draws `list` (from series()) on `canvas`, or `emptyText` when there is no point; returns the points drawn.
+   * `axis`: the catalogue id and English of the y axis's title (default: loss). */
+  function draw(canvas, list, emptyText, axis) {
+    const yTitle = axis ? say(axis.id, null, axis.english) : say("chart.loss", null, "loss");
     const dpr = window.devicePixelRatio || 1;
     const cssW = canvas.clientWidth || 800;
     const cssH = canvas.clientHeight || 380;
@@ -116,7 +121,7 @@
     ctx.translate(11, m.top + ph / 2);
     ctx.rotate(-Math.PI / 2);
     ctx.textBaseline = "middle";
-    ctx.fillText(say("chart.loss", null, "loss"), 0, 0);
+    ctx.fillText(yTitle, 0, 0);
     ctx.restore();
 
     // curves, clipped to the plot area

@@ -400,8 +400,8 @@
   // ---- New run ---------------------------------------------------------------------------------------------------
   //
   // The form is built from the schema GET /api/studio/form gives (config.py's types, choices, bounds and help), in
-  // four groups: Basics, Adapter (not for a full fine-tune), Preference (beta and the reference only where the
-  // objective uses them) and Advanced (collapsed). Every change is sent to POST /api/studio/form after a pause: its
+  // five groups: Basics, Adapter (not for a full fine-tune), Preference (beta and the reference only where the
+  // objective uses them), GRPO (its rewards and sampling, for train_mode grpo only) and Advanced (collapsed). Every change is sent to POST /api/studio/form after a pause: its
   // answer is the config, the command and the estimate, or the server's own words about the first bad value, shown
   // at the field it names. A field that does not apply (hidden) or that a warm start decides (locked) is not sent.
 
@@ -413,6 +413,8 @@
     lr_schedule: '{"name": "cosine_decay", "arguments": [2e-4, 1000], "warmup": 10}',
     optimizer_config: '{"adamw": {"weight_decay": 0.01}}',
   };
+  const GROUPS = ["basics", "adapter", "preference", "grpo", "advanced"];
+  const HIDEABLE_GROUPS = ["adapter", "preference", "grpo"]; // hidden when none of their fields applies
 
   const schemaList = () => (state.form && state.form.schema) || [];
   const schemaOf = (key) => schemaList().find((f) => f.key === key);
@@ -435,6 +437,8 @@
       options(el, f.nullable ? [["", () => t("common.noneParen")], ...items] : items);
     } else if (f.type === "run") {
       el = make("select");
+    } else if (f.type === "rewards") {
+      el = rewardsEditor(f);
     } else if (f.type === "bool") {
       el = make("input");
       el.type = "checkbox";
@@ -465,6 +469,110 @@
     return el;
   }
 
+  // ---- GRPO's rewards: the built-ins only, each a row (its name, weight and options); the server checks each ----
+
+  /** The editor of the `rewards` key: a row per reward, "Add a reward" below. Its value is read by readRewards. */
+  function rewardsEditor(f) {
+    const el = make("div", "rewards-editor");
+    el.rewardKinds = f.rewards || [];
+    const rows = make("div", "reward-rows");
+    const add = makeT("button", "reward-add", "run.rewardAdd");
+    add.type = "button";
+    add.addEventListener("click", () => {
+      const used = new Set(readRewards(el).map((r) => r.name));
+      const next = el.rewardKinds.find((k) => !used.has(k.name)) || el.rewardKinds[0];
+      rows.append(rewardRow(el, { name: next ? next.name : "", weight: 1 }));
+      refreshForm();
+    });
+    el.append(rows, add);
+    return el;
+  }
+
+  function rewardRow(editor, spec) {
+    const row = make("div", "reward-row");
+    const name = make("select", "reward-name");
+    options(name, editor.rewardKinds.map((k) => [k.name, k.name]));
+    name.value = spec.name;
+    const weight = make("input", "reward-weight");
+    weight.type = "number";
+    weight.step = "any";
+    weight.value = spec.weight === undefined || spec.weight === null ? "" : String(spec.weight);
+    attr(weight, "placeholder", "run.rewardWeightDefault");
+    const opts = make("span", "reward-options");
+    const remove = make("button", "reward-remove", "×");
+    remove.type = "button";
+    attr(remove, "title", "run.rewardRemove");
+    attr(remove, "aria-label", "run.rewardRemove");
+    remove.addEventListener("click", () => {
+      row.remove();
+      refreshForm();
+    });
+    const labelled = (id, control) => {
+      const label = make("label");
+      label.append(makeT("span", "", id), control);
+      return label;
+    };
+    // A name's own options, rebuilt when the name changes (before the form hears of the change: this listener is
+    // the select's own, the form's is further up).
+    const fill = (values) => {
+      const kind = editor.rewardKinds.find((k) => k.name === name.value);
+      opts.replaceChildren(...((kind && kind.options) || []).map((o) => {
+        const control = rewardOption(o, values[o.key]);
+        const label = make("label");
+        label.append(make("code", "key", o.key), control);
+        return label;
+      }));
+    };
+    name.addEventListener("input", () => fill({}));
+    fill(spec);
+    row.append(labelled("run.rewardName", name), labelled("run.rewardWeight", weight), opts, remove);
+    return row;
+  }
+
+  /** One option's control: a regex or labels as text, a schema as JSON, min and max as whole numbers. */
+  function rewardOption(o, value) {
+    let el;
+    if (o.type === "json") {
+      el = make("textarea");
+      el.rows = 2;
+      el.placeholder = '{"type": "object", "properties": {"answer": {"type": "string"}}}';
+    } else {
+      el = make("input");
+      el.type = o.type === "int" ? "number" : "text";
+      if (o.type === "int") { el.min = "0"; el.step = "1"; }
+      if (o.type === "labels") attr(el, "placeholder", "run.rewardLabels");
+      if (o.type === "regex") attr(el, "placeholder", "run.rewardPattern");
+    }
+    el.dataset.option = o.key;
+    el.dataset.kind = o.type;
+    if (value !== undefined && value !== null) {
+      el.value = Array.isArray(value) ? value.join(", ") : typeof value === "object" ? JSON.stringify(value) : String(value);
+    }
+    return el;
+  }
+
+  function setRewards(editor, value) {
+    const list = Array.isArray(value) ? value : [];
+    editor.querySelector(".reward-rows").replaceChildren(...list.map((spec) => rewardRow(editor, spec || {})));
+  }
+
+  /** The rewards as the config takes them: [{name, weight, ...options}], options left empty left out. */
+  function readRewards(editor) {
+    return [...editor.querySelectorAll(".reward-row")].map((row) => {
+      const spec = { name: row.querySelector(".reward-name").value };
+      const w = row.querySelector(".reward-weight").value.trim();
+      if (w !== "") spec.weight = Number(w);
+      for (const el of row.querySelectorAll("[data-option]")) {
+        const text = el.value.trim();
+        if (text === "") continue;
+        const kind = el.dataset.kind;
+        spec[el.dataset.option] = kind === "int" ? Number(text) : kind === "json" ? parseLoose(text)
+          : kind === "labels" ? text.split(",").map((x) => x.trim()).filter(Boolean) : el.value;
+      }
+      return spec;
+    });
+  }
+
   function fieldBox(f, el) {
     const box = make("div", "field");
     box.dataset.field = f.key;
@@ -487,7 +595,7 @@
   function buildForm() {
     const form = state.form;
     let advanced = 0;
-    for (const g of ["basics", "adapter", "preference", "advanced"]) {
+    for (const g of GROUPS) {
       if (g !== "basics") $("fields-" + g).replaceChildren();
     }
     for (const f of schemaList()) {
@@ -531,7 +639,8 @@
   }
 
   function setControl(el, f, value) {
-    if (el.type === "checkbox") el.checked = Boolean(value);
+    if (f && f.type === "rewards") setRewards(el, value);
+    else if (el.type === "checkbox") el.checked = Boolean(value);
     else if (value === null || value === undefined) el.value = "";
     else if (f && f.type === "list" && Array.isArray(value)) el.value = value.join(", ");
     else el.value = typeof value === "object" ? JSON.stringify(value) : String(value);
@@ -539,6 +648,7 @@
 
   /** A control's value as the config takes it (null: not set). */
   function readControl(el, f) {
+    if (f.type === "rewards") return readRewards(el);
     if (el.type === "checkbox") return el.checked;
     const text = el.value.trim();
     if (f.type === "int" || f.type === "float") return text === "" ? null : Number(text);
@@ -599,9 +709,16 @@
     }
     $("adapter-locked").hidden = !run;
     say($("adapter-locked"), run ? "run.locked" : null, run ? { name: run.name } : undefined);
-    const ref = controlOf("reference_adapter_file");
-    if (ref) say(ref.options[0], run ? "run.refFromStart" : "run.refBase", run ? { name: run.name } : undefined);
     syncForm();
+  }
+
+  /** What the reference menu's first entry means: the warm start's adapter for DPO, the base otherwise (GRPO's
+   * reference is the base with the adapter off, as in the terminal). */
+  function syncReferenceLabel(mode) {
+    const ref = controlOf("reference_adapter_file");
+    const name = $("run-start-from").value;
+    const fromStart = Boolean(name) && mode === "dpo";
+    if (ref) say(ref.options[0], fromStart ? "run.refFromStart" : "run.refBase", fromStart ? { name } : undefined);
   }
 
   /** Hide the fields that do not apply (and the groups left empty), say what DoRA means for export. */
@@ -612,9 +729,10 @@
       if (!box) continue;
       box.hidden = !Object.entries(f.when || {}).every(([k, allowed]) => allowed.includes(current[k]));
     }
-    for (const g of ["adapter", "preference"]) {
+    for (const g of HIDEABLE_GROUPS) {
       $("group-" + g).hidden = ![...$("fields-" + g).querySelectorAll(".field")].some((b) => !b.hidden);
     }
+    syncReferenceLabel(current.train_mode);
     const epochs = controlOf("epochs"), iters = controlOf("iters");
     if (epochs && iters) iters.disabled = epochs.value.trim() !== "";
     const note = $("run-method-note");
@@ -669,6 +787,7 @@
   }
 
   function clearFieldErrors() {
+    for (const row of document.querySelectorAll("#run-form .reward-row.invalid")) row.classList.remove("invalid");
     for (const box of document.querySelectorAll("#run-form .field.invalid")) {
       box.classList.remove("invalid");
       const err = box.querySelector(".field-error");
@@ -682,6 +801,10 @@
     const box = key && fieldOf(key);
     if (!box || box.hidden) return false;
     box.classList.add("invalid");
+    // A reward the message names by its place (rewards[1]) is marked itself; the list as a whole otherwise.
+    const place = /^config key 'rewards\[(\d+)\]'/.exec(message);
+    const rows = [...box.querySelectorAll(".reward-row")];
+    for (const [i, row] of rows.entries()) row.classList.toggle("invalid", !place || Number(place[1]) === i);
     const err = box.querySelector(".field-error");
     err.textContent = message;
     err.hidden = false;
@@ -923,7 +1046,8 @@
     const atEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 20;
     log.textContent = (job.log_tail || []).join("\n");
     if (atEnd) log.scrollTop = log.scrollHeight;
-    $("job-chart").parentElement.hidden = job.kind !== "train";
+    $("job-charts").hidden = job.kind !== "train";
+    if (job.kind !== "train") showGrpo(null);
     if (job.kind === "train" && job.run) refreshMetrics(job);
   }
 
@@ -942,8 +1066,43 @@
   function drawJobChart() {
     const job = state.jobs.find((j) => j.id === state.selected);
     if (!job || job.kind !== "train" || $("tab-jobs").hidden) return;
-    const series = [window.lossChart.series(job.run || "run", COLORS[0], state.metrics.get(job.run) || [])];
-    window.studioChart = { drawn: window.lossChart.draw($("job-chart"), series, t("jobs.noLoss")) };
+    const rows = state.metrics.get(job.run) || [];
+    const series = [window.lossChart.series(job.run || "run", COLORS[0], rows)];
+    const grpo = rows.some((r) => typeof r.reward === "number" || typeof r.val_reward === "number");
+    showGrpo(grpo ? rows : null);
+    let reward = 0;
+    if (grpo) {
+      const rewards = [window.lossChart.series(job.run || "run", COLORS[1], rows, { train: "reward", val: "val_reward" })];
+      reward = window.lossChart.draw($("job-reward-chart"), rewards, t("jobs.noReward"), { id: "chart.reward", english: "reward" });
+    }
+    window.studioChart = { drawn: window.lossChart.draw($("job-chart"), series, t("jobs.noLoss")), reward };
+  }
+
+  /** A GRPO run's own figures from its newest training row (reward, groups without signal, sampling and update time
+   * per step) and the answers it last sampled; `rows` null: none of it (not a GRPO run). What a model wrote goes in
+   * with textContent only. */
+  function showGrpo(rows) {
+    const train = (rows || []).filter((r) => typeof r.reward === "number");
+    const last = train[train.length - 1];
+    $("job-reward-wrap").hidden = !rows;
+    for (const el of document.querySelectorAll("#job-stats .grpo-stat")) el.hidden = !rows;
+    $("job-reward").textContent = last ? fmt(last.reward) : "–";
+    $("job-no-signal").textContent = last && typeof last.no_signal === "number" ? `${Math.round(last.no_signal * 100)}%` : "–";
+    const sample = last && last.sample_s, step = last && last.step_s;
+    $("job-sample-time").textContent = typeof sample === "number" && typeof step === "number"
+      ? `${fmt(sample, 2)} s / ${fmt(Math.max(0, step - sample), 2)} s` : "–";
+    const withSamples = train.filter((r) => Array.isArray(r.samples) && r.samples.length);
+    const latest = withSamples[withSamples.length - 1];
+    const box = $("job-samples");
+    box.hidden = !latest;
+    if (!latest) { box.querySelector("tbody").replaceChildren(); return; }
+    say($("job-samples-title"), "jobs.samplesTitle", { step: latest.step });
+    box.querySelector("tbody").replaceChildren(...latest.samples.map((sample) => {
+      const tr = make("tr");
+      const reward = typeof sample.reward === "number" ? fmt(sample.reward) : "–";
+      tr.append(make("td", "", String(sample.prompt ?? "")), make("td", "", String(sample.answer ?? "")), make("td", "num", reward));
+      return tr;
+    }));
   }
 
   async function jobAction(action) {

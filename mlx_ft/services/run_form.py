@@ -6,7 +6,10 @@ The defaults are the config file `train` reads (./lora_config.yaml, else the shi
 The command is that defaults file plus a flag for every key that differs from it (`--iters 5`; `--set
 key.sub=VALUE` for nested ones: `config.to_argv`); it is parsed back here by train's own arguments and must give the
 same config, so what the page shows is what runs. The form never takes a path: `data` is a data set's name, the run
-folder is `runs/<name>`.
+folder is `runs/<name>`, a GRPO `recipe` is a shipped recipe's name.
+
+GRPO from the page learns from the built-in rewards only, each option checked here: the page never runs code from an
+upload or a path, so `reward_file` (a Python file of rewards) is for the terminal.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ FORM_ONLY = ("method", "name", "start_from")  # form values that are not config 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 SET_BY_METHOD = ("fine_tune_type", "quantize")
 SET_BY_FORM = ("adapter_path", "resume_adapter_file")  # the run folder is runs/<name>; a warm start names a path
+# init_from names a run folder (a path): the form's warm start is `start_from`, which sets resume_adapter_file.
+NOT_FORM_KEYS = ("init_from", "reward_file")
+REWARD_FILE_WORDS = (
+    "reward files are for the terminal: the page runs no code from a file or an upload; run `python -m mlx_ft "
+    "train --reward-file FILE` (the command shown here, plus that flag) in a terminal, or use the built-in rewards"
+)
 # The lora_parameters a warm start (`start_from`) keeps from its run: its adapter has their shapes.
 SHAPE_LORA_KEYS = ("rank", "keys")
 
@@ -76,7 +85,7 @@ def _defaults_file() -> Path | None:
 
 
 def _as_form(cfg: config_mod.TrainConfig, data_name: str | None) -> dict[str, Any]:
-    values = {k: v for k, v in cfg.to_dict().items() if k not in (*SET_BY_METHOD, *SET_BY_FORM)}
+    values = {k: v for k, v in cfg.to_dict().items() if k not in (*SET_BY_METHOD, *SET_BY_FORM, *NOT_FORM_KEYS)}
     values["data"] = data_name
     return {"method": method_of(cfg), **values}
 
@@ -173,16 +182,22 @@ def _run_name(value: Any, runs_dir: Path) -> str:
     return name
 
 
-def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | None = None) -> RunSpec:
+def resolve(
+    values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | None = None, tokenizer: Any = None
+) -> RunSpec:
     """The run the form's `values` describe; UserError naming the first bad key. `local_models`: local model
-    sources the form may name (the served base, the bases of existing runs, the models folder's)."""
+    sources the form may name (the served base, the bases of existing runs, the models folder's). `tokenizer`: one
+    to check a json_schema reward's schema with (the run checks it again with its own model's at its start)."""
     if not isinstance(values, dict):
         raise UserError("'values' must be an object of config keys")
     unknown = sorted(set(values) - set(config_mod.FIELDS) - set(FORM_ONLY))
     if unknown:
         raise UserError(f"unknown key {unknown[0]!r}; known: {', '.join([*FORM_ONLY, *config_mod.FIELDS])}")
-    if refused := sorted(set(values) & {*SET_BY_METHOD, *SET_BY_FORM}):
-        why = "choose the method" if refused[0] in SET_BY_METHOD else "the run folder is runs/<name>"
+    if "reward_file" in values:
+        raise UserError(REWARD_FILE_WORDS)
+    if refused := sorted(set(values) & {*SET_BY_METHOD, *SET_BY_FORM, "init_from"}):
+        why = {"init_from": "pick the run to start from in start_from"}.get(refused[0], "the run folder is runs/<name>")
+        why = "choose the method" if refused[0] in SET_BY_METHOD else why
         raise UserError(f"key {refused[0]!r} is set by the form: {why}")
     method = values.get("method", defaults()["method"])
     if method not in METHODS:
@@ -206,12 +221,20 @@ def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | N
         if found.path is None:
             raise UserError(f"config key 'data': recipe {found.name!r} is not prepared yet; take it on the Data tab")
         overrides["data"] = str(found.path)
+    if "recipe" in overrides:
+        overrides["recipe"] = _recipe(overrides["recipe"])
+    if "rewards" in overrides:
+        overrides["rewards"] = _rewards(overrides["rewards"])
+    # Not even the defaults file's: a job the page starts runs no code from a file, and warm-starts by start_from.
+    overrides.update(reward_file=None, init_from=None)
     if overrides.get("reference_adapter_file") in ("", None):
         overrides.pop("reference_adapter_file", None)
     if overrides.get("reference_adapter_file") is not None:
         overrides["reference_adapter_file"] = _reference(overrides["reference_adapter_file"], runs_dir)
     elif warm is not None and overrides.get("train_mode", defaults()["train_mode"]) == "dpo":
-        overrides["reference_adapter_file"] = str(warm.adapter)  # SFT, then DPO against that SFT adapter
+        # SFT, then DPO against that SFT adapter. Not GRPO: its reference stays the base (the adapter off), as in
+        # the terminal, unless one is picked.
+        overrides["reference_adapter_file"] = str(warm.adapter)
     fine_tune_type, quantize = METHODS[method]
     overrides.update(fine_tune_type=fine_tune_type, quantize=quantize, adapter_path=str(runs_dir / name))
     if warm is None and "lora_parameters" in overrides and isinstance(overrides["lora_parameters"], dict):
@@ -220,6 +243,8 @@ def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | N
     defaults_file = _defaults_file()
     base = config_mod.load(defaults_file).to_dict()
     wanted = config_mod.load(defaults_file, overrides)  # train's validation, key by key
+    if wanted.train_mode == "grpo":
+        _check_rewards(wanted, tokenizer)
     changed = {k: v for k, v in wanted.to_dict().items() if base.get(k) != v}
     argv = [*([f"--config={defaults_file}"] if defaults_file else []), *config_mod.to_argv(changed, base)]
     # What `train` will make of those arguments, parsed by train's own arguments: it must be the config shown.
@@ -230,6 +255,144 @@ def resolve(values: dict[str, Any], cfg: ServeConfig, local_models: set[str] | N
     if again.to_dict() != wanted.to_dict():
         raise AssertionError(f"the train command does not reproduce the form's config: {argv}")
     return RunSpec(name, runs_dir / name, wanted.to_dict(), config_mod.dump(wanted), argv)
+
+
+# ---------------------------------------------------------------------------------------- GRPO's rewards
+
+# Each built-in reward's options, and how the page edits each (`training.rewards.OPTIONS` names the same options; a
+# test holds the two together). Nothing else is offered: a reward file's functions are for the terminal.
+REWARD_OPTIONS: dict[str, dict[str, str]] = {
+    "exact": {},
+    "fields": {"pattern": "regex"},
+    "choice": {"labels": "labels"},
+    "regex": {"pattern": "regex"},
+    "json_schema": {"schema": "json"},
+    "length": {"min": "int", "max": "int"},
+}
+MAX_REWARDS = 16
+MAX_WEIGHT = 1000.0
+MAX_PATTERN_CHARS = 2000
+MAX_LABELS, MAX_LABEL_CHARS = 200, 200
+MAX_SCHEMA_CHARS = 64_000
+MAX_CHARS = 1_000_000  # length's min and max
+# Text that reads as a file: an absolute, home, parent or explicitly relative path, a drive, a file: URL, or a name
+# ending in a file type. No option of a built-in reward is a path, and none may pass for one.
+PATH_LIKE = re.compile(
+    r"""^\s*(?:[/~]|\\\\|\.{1,2}/|[A-Za-z]:[/\\]|file:)|(?:^|/)\.\.(?:/|$)"""
+    r"""|\.(?:py|pyc|so|json|jsonl|ya?ml|txt|csv|toml|cfg|ini|sh|safetensors|gguf)\s*$""",
+    re.IGNORECASE,
+)
+REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def _recipe(value: Any) -> str | None:
+    """A shipped recipe's name (`recipes/`), or None: never a path (the config itself would take a folder)."""
+    if value in (None, ""):
+        return None
+    names = datasets.recipe_names()
+    if not isinstance(value, str) or value not in names:
+        shown = repr(value) if isinstance(value, str) and len(value) <= 60 else "that value"
+        raise UserError(
+            f"config key 'recipe': {shown} is not a shipped recipe; the page takes one of {', '.join(names)} "
+            "(a name, never a path)"
+        )
+    return value
+
+
+def _not_path(text: str, label: str) -> str:
+    if PATH_LIKE.search(text):
+        raise checks.FieldError(label, "must not be a path: the page reads no file for a reward")
+    return text
+
+
+def _reward_option(kind: str, value: Any, label: str) -> Any:
+    """One option's value, checked by its kind: a regex, a list of labels, a JSON schema (a mapping), a whole number."""
+    if kind == "regex":
+        text = checks.text(value, label, MAX_PATTERN_CHARS)
+        try:
+            re.compile(text)
+        except re.error as e:
+            raise checks.FieldError(label, f"is not a regular expression: {e}") from None
+        return _not_path(text, label)
+    if kind == "labels":
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_LABELS:
+            raise checks.FieldError(label, f"must be a list of 1 to {MAX_LABELS} labels")
+        labels = [(f"{label}[{i}]", x) for i, x in enumerate(value)]
+        return [_not_path(checks.text(x, at, MAX_LABEL_CHARS), at) for at, x in labels]
+    if kind == "json":
+        if not isinstance(value, dict):
+            raise checks.FieldError(label, 'must be a JSON schema: an object, e.g. {"type": "object"}')
+        try:
+            size = len(json.dumps(value, allow_nan=False))
+        except ValueError:
+            raise checks.FieldError(label, "must hold finite numbers only") from None
+        if size > MAX_SCHEMA_CHARS:
+            raise checks.FieldError(label, f"must be at most {MAX_SCHEMA_CHARS} characters of JSON")
+        _schema_refs_inside(value, label)
+        return value
+    return checks.integer(value, label, 0, MAX_CHARS)
+
+
+def _schema_refs_inside(node: Any, label: str) -> None:
+    """A schema's references point inside it ('#/$defs/x'): none names a file or a URL to read."""
+    if isinstance(node, dict):
+        for key, v in node.items():
+            if key in REF_KEYS and not (isinstance(v, str) and v.startswith("#")):
+                raise checks.FieldError(label, f"may only refer inside itself ({key} '#/...'): the page reads no file")
+            _schema_refs_inside(v, label)
+    elif isinstance(node, list):
+        for v in node:
+            _schema_refs_inside(v, label)
+
+
+def _rewards(value: Any) -> list[dict[str, Any]]:
+    """The form's `rewards`: a list of built-in rewards, {name, weight, ...its options}, each checked and written in
+    that order. A reward file's function, an unknown option, a weight that is not a finite number or an option that
+    could be a path is refused, naming the reward."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_REWARDS:
+        raise UserError(
+            f"config key 'rewards' must be a list of 1 to {MAX_REWARDS} rewards, e.g. [{{name: exact, weight: 1.0}}]"
+        )
+    out = []
+    for i, spec in enumerate(value):
+        where = f"config key 'rewards[{i}]'"
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise UserError(f"{where} must be a mapping with a name, e.g. {{name: exact, weight: 1.0}}")
+        name = spec["name"]
+        if name not in REWARD_OPTIONS:
+            shown = repr(name) if len(name) <= 60 else "that name"
+            raise UserError(
+                f"{where}: unknown reward {shown}; the page offers the built-in rewards ({', '.join(REWARD_OPTIONS)}); "
+                "a reward file's functions are for the terminal (train --reward-file)"
+            )
+        options = REWARD_OPTIONS[name]
+        if unknown := sorted(set(spec) - {"name", "weight", *options}):
+            takes = f"weight, {', '.join(options)}" if options else "only weight"
+            raise UserError(f"{where} ({name}): unknown option {unknown[0][:60]!r}; {name} takes {takes}")
+        if any(r["name"] == name for r in out):
+            raise UserError(f"{where} ({name}): listed twice; give each reward once")
+        weight = checks.number(spec.get("weight", 1.0), f"{where} ({name}) weight", -MAX_WEIGHT, MAX_WEIGHT)
+        entry: dict[str, Any] = {"name": name, "weight": weight}
+        for key, kind in options.items():
+            if spec.get(key) is not None:
+                entry[key] = _reward_option(kind, spec[key], f"{where} ({name}) {key}")
+        out.append(entry)
+    return out
+
+
+def _check_rewards(cfg: config_mod.TrainConfig, tokenizer: Any) -> None:
+    """The rewards as the run will build them (`training.rewards.build`, no reward file): what a reward needs and
+    cannot have (fields without a pattern or a recipe, a bad schema) is refused now, in training's words."""
+    from mlx_ft.training import rewards as rewards_mod  # here: it loads the structured-outputs grammar (~1 s)
+
+    if tokenizer is None and any(isinstance(r, dict) and r.get("name") == "json_schema" for r in cfg.rewards):
+        return  # no tokenizer to check a schema with here: the run checks it at its start
+    try:
+        rewards_mod.build(cfg.rewards, cfg.recipe, None, tokenizer)
+    except UserError as e:
+        text = str(e)
+        m = re.match(r"(rewards\[\d+\])(.*)", text, re.S)
+        raise UserError(f"config key '{m[1]}'{m[2]}" if m else f"config key 'rewards': {text}") from None
 
 
 # ------------------------------------------------------------------------------------------- a warm start
@@ -314,19 +477,23 @@ def adapter_runs(runs_dir: Path) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ the schema
 
-GROUPS = ("basics", "adapter", "preference", "advanced")
+GROUPS = ("basics", "adapter", "preference", "grpo", "advanced")
+# GRPO's keys, in the order the page shows them (reward_file is for the terminal, never the page's).
+GRPO_KEYS = ("rewards", "recipe", "group_size", "max_completion_tokens", "temperature", "grpo_updates", "clip_epsilon")
 GROUP_OF = {
     **dict.fromkeys(("start_from", "model", "data", "method", "name", "iters", "epochs", "learning_rate"), "basics"),
     **dict.fromkeys((*(f"lora_parameters.{k}" for k in config_mod.LORA_KEYS), "num_layers"), "adapter"),
     **dict.fromkeys(("train_mode", "beta", "reference_adapter_file"), "preference"),
+    **dict.fromkeys(GRPO_KEYS, "grpo"),
 }
 ADAPTER_METHODS = [m for m, (fine_tune_type, _) in METHODS.items() if fine_tune_type != "full"]
 # When a field applies (the page hides it otherwise, and does not send it): form key -> the values it needs.
 WHEN = {
     **{f"lora_parameters.{k}": {"method": ADAPTER_METHODS} for k in config_mod.LORA_KEYS},
     "num_layers": {"method": ADAPTER_METHODS},
-    "beta": {"train_mode": ["dpo", "orpo"]},
-    "reference_adapter_file": {"train_mode": ["dpo"]},
+    "beta": {"train_mode": ["dpo", "orpo", "grpo"]},
+    "reference_adapter_file": {"train_mode": ["dpo", "grpo"]},
+    **dict.fromkeys(GRPO_KEYS, {"train_mode": ["grpo"]}),
 }
 # The form's own keys, and lora_parameters' entries (the schema's help names them only together).
 HELP = {
@@ -342,6 +509,12 @@ HELP = {
     "lora_parameters.scale": "how strongly the adapter's update is applied (llama.cpp's alpha is scale x rank)",
     "lora_parameters.dropout": "dropout on the adapter's input while training (0: none)",
     "lora_parameters.keys": "the layers adapted, e.g. self_attn.q_proj, self_attn.v_proj (empty: mlx-lm's choice)",
+    "rewards": "what a sampled answer is worth: the built-in rewards, summed with their weights. exact: the data's "
+    "answer; fields: the share of a pattern's named fields right (its pattern, or the recipe's); choice: the right "
+    "label (its labels, or the recipe's); regex: the whole answer matches; json_schema: JSON valid against the "
+    "schema; length: min to max characters. A reward file's functions are for the terminal (train --reward-file)",
+    "recipe": "a shipped recipe whose task patterns and labels the fields and choice rewards read (without one, "
+    "give them a pattern or labels)",
 }
 LABELS = {
     "start_from": "Start from",
@@ -359,6 +532,8 @@ LABELS = {
     "pack": "Pack examples",
     "early_stopping_patience": "Early stopping patience",
     "clear_cache_threshold": "Clear cache above (bytes)",
+    "max_completion_tokens": "Max answer tokens",
+    "grpo_updates": "Updates per batch",
 }
 
 
@@ -368,6 +543,8 @@ def _kind(key: str, hint: Any, choices: Any) -> str:
         return "choice"
     if key in ("reference_adapter_file", "start_from"):
         return "run"  # a run of the runs folder with an adapter, by name
+    if key == "rewards":
+        return "rewards"  # the built-in rewards, each with its weight and options
     if key in ("model", "data"):
         return {"model": "model", "data": "dataset"}[key]
     base = config_mod.base_type(hint)
@@ -395,7 +572,7 @@ def schema() -> list[dict[str, Any]]:
         _field("name", "str", None, HELP["name"], nullable=True),
     ]
     for key, f in config_mod.FIELDS.items():
-        if key in (*SET_BY_METHOD, *SET_BY_FORM):
+        if key in (*SET_BY_METHOD, *SET_BY_FORM, *NOT_FORM_KEYS):
             continue
         hint = config_mod.HINTS[key]
         if key == "lora_parameters":
@@ -407,8 +584,16 @@ def schema() -> list[dict[str, Any]]:
                 out.append(entry)
             continue
         choices = [c for c in f.metadata.get("choices") or () if c is not None] or None
+        if key == "recipe":
+            choices = datasets.recipe_names()  # by name: the page never names a folder
         entry = _field(key, _kind(key, hint, choices), hint, HELP.get(key, f.metadata["help"]), choices=choices)
         entry.update(bounds=_bounds(f.metadata.get("bounds")), default=form_defaults.get(key))
+        if key == "rewards":
+            # The names the page offers, in order, each with its options and their kinds (a list: JSON keeps it).
+            entry["rewards"] = [
+                {"name": name, "options": [{"key": k, "type": kind} for k, kind in options.items()]}
+                for name, options in REWARD_OPTIONS.items()
+            ]
         out.append(entry)
     for entry in out:
         entry.setdefault("default", form_defaults.get(entry["key"]))
@@ -455,7 +640,8 @@ def _train_tokens(cfg: dict[str, Any], measure: Measure | None) -> tuple[int, fl
 def _measured(jobs: Iterable[Any], model: str) -> tuple[dict[str, Any] | None, str | None]:
     """The speed and peak memory of the newest finished train job on this server that trained `model`, from its
     run's metrics.jsonl (the mean tokens/s of its reports after the first, which holds the compile), and the name
-    of the newest finished run of another model when there is none."""
+    of the newest finished run of another model when there is none. A GRPO run is no measure: its steps sample
+    answers before they learn, so its tokens/s are not a training speed."""
     other = None
     for job in jobs:  # newest first
         if job.kind != "train" or job.state != "done":
@@ -467,7 +653,7 @@ def _measured(jobs: Iterable[Any], model: str) -> tuple[dict[str, Any] | None, s
         except (OSError, ValueError):
             continue
         reports = [r for r in rows if isinstance(r.get("tokens_per_s"), (int, float)) and r["tokens_per_s"] > 0]
-        if not reports or not saved:
+        if not reports or not saved or saved.get("train_mode") == "grpo":
             continue
         if saved.get("model") != model:
             other = other or job.run
@@ -494,6 +680,8 @@ def estimate(cfg: dict[str, Any], jobs: Iterable[Any], measure: Measure | None =
     except UserError as e:
         return {"tokens": None, "steps": None, "seconds": None, "peak_memory_gb": None, "basis": str(e)}
     batch, seq = cfg["batch_size"], cfg["max_seq_length"]
+    if cfg["train_mode"] == "grpo":
+        return _grpo_estimate(cfg, n, mean, lengths_from)
     per_row = seq if cfg["pack"] else mean  # a packed row is filled to max_seq_length
     rows = math.ceil(n * mean / seq) if cfg["pack"] else n
     steps = cfg["iters"] if cfg.get("epochs") is None else max(1, math.ceil(cfg["epochs"] * (rows // batch)))
@@ -518,3 +706,22 @@ def estimate(cfg: dict[str, Any], jobs: Iterable[Any], measure: Measure | None =
         "peak_memory_gb": measured["peak_memory_gb"],
         "basis": basis,
     }
+
+
+def _grpo_estimate(cfg: dict[str, Any], n: int, mean: float, lengths_from: str) -> dict[str, Any]:
+    """A GRPO run's tokens, as an upper bound: every prompt of a step gets group_size answers of up to
+    max_completion_tokens, and the prompt is counted as its whole example (its answer included). Its time is not
+    estimated: a step first samples those answers, one token at a time, which no training speed measured here tells
+    (the job shows its sampling and update time per step as it runs)."""
+    batch, group, answer = cfg["batch_size"], cfg["group_size"], cfg["max_completion_tokens"]
+    prompt = min(mean, cfg["max_seq_length"] - answer)  # a longer prompt is left out of training
+    steps = cfg["iters"] if cfg.get("epochs") is None else max(1, math.ceil(cfg["epochs"] * (n // batch)))
+    tokens = round(steps * batch * group * (prompt + answer))
+    basis = (
+        f"{steps} steps × batch {batch} × group_size {group} × (~{prompt:,.0f} prompt + {answer} answer "
+        f"tokens): an upper bound, each prompt counted as its whole example and each answer at max_completion_tokens "
+        f"({n} training examples; {lengths_from}); the time is not estimated: each step first samples "
+        f"{batch * group} answers, and the speed of a training run does not tell how long that takes (the job shows "
+        "its sampling and update time per step)"
+    )
+    return {"tokens": tokens, "steps": steps, "seconds": None, "peak_memory_gb": None, "basis": basis}

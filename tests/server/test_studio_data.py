@@ -407,7 +407,8 @@ DROPOUT_WORDS = "config key 'lora_parameters.dropout' must be a finite number fr
 def test_the_form_schema_gives_every_key_its_type_choices_bounds_help_and_group(client):
     schema = {f["key"]: f for f in client.get("/api/studio/form").get_json()["schema"]}
     keys = set(config_mod.FIELDS) - {"lora_parameters", "fine_tune_type", "quantize", "adapter_path"}
-    keys -= {"resume_adapter_file"}  # set by start_from
+    keys -= {"resume_adapter_file", "init_from"}  # set by start_from
+    keys -= {"reward_file"}  # code from a file: the terminal's (tests/server/test_grpo_studio.py)
     keys |= {f"lora_parameters.{k}" for k in config_mod.LORA_KEYS} | {"method", "name", "start_from"}
     assert set(schema) == keys
     groups = {g: [k for k, f in schema.items() if f["group"] == g] for g in ("basics", "adapter", "preference")}
@@ -426,8 +427,8 @@ def test_the_form_schema_gives_every_key_its_type_choices_bounds_help_and_group(
     assert schema["learning_rate"]["help"] == config_mod.FIELDS["learning_rate"].metadata["help"]
     assert schema["epochs"]["nullable"] and not schema["iters"]["nullable"]
     assert schema["lora_parameters.rank"]["when"] == {"method": ["lora", "dora", "qlora4", "qlora8"]}
-    assert schema["beta"]["when"] == {"train_mode": ["dpo", "orpo"]}
-    assert schema["reference_adapter_file"]["when"] == {"train_mode": ["dpo"]}
+    assert schema["beta"]["when"] == {"train_mode": ["dpo", "orpo", "grpo"]}
+    assert schema["reference_adapter_file"]["when"] == {"train_mode": ["dpo", "grpo"]}
     assert schema["lora_parameters.rank"]["default"] == 8 and schema["iters"]["default"] == 24
 
 

@@ -197,7 +197,7 @@ def resolve_form() -> Response:
     if set(body) != {"values"}:
         raise ApiError(400, 'send {"values": {...form values...}}')
     try:
-        spec = run_form.resolve(body["values"], current().config, local_models())
+        spec = run_form.resolve(body["values"], current().config, local_models(), current().engine.tokenizer)
     except UserError as e:
         raise ApiError(400, str(e)) from None
     return jsonify(

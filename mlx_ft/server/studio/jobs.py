@@ -149,7 +149,7 @@ def _train(body: dict[str, Any], cfg: ServeConfig) -> tuple[str, Path, list[str]
     if not isinstance(values, dict):
         raise ApiError(400, "field 'values' is required: the new-run form's values (an object)")
     try:
-        spec = run_form.resolve(values, cfg, local_models())
+        spec = run_form.resolve(values, cfg, local_models(), current().engine.tokenizer)
     except UserError as e:
         raise ApiError(400, str(e)) from None
     return spec.name, Path(spec.run_dir), ["train", *spec.argv], spec.command
