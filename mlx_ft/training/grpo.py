@@ -164,6 +164,7 @@ class GRPO:
         self.cfg = cfg
         self.beta, self.eps, self.group = cfg.beta, cfg.clip_epsilon, cfg.group_size
         self.updates = cfg.grpo_updates
+        self.prune = True  # leave answers of advantage 0 out of the update when beta is 0 (the same gradient)
         self.rewards: rewards_mod.Rewards | None = None
         self.metrics: tuple[str, ...] = ()
         self.tokenizer: Any = None
@@ -245,20 +246,25 @@ class GRPO:
         advantages = group_advantages(totals)
         completions = [a.tokens + (self.end_ids if a.finish_reason == "stop" else []) for a in answers]
         rows = [(p.ids + c, [0] * len(p.ids) + [1] * len(c)) for p, c in zip(_repeat(prompts, g), completions)]
+        row_adv = advantages.reshape(-1)
+        answer_tokens = sum(len(c) for c in completions)  # the normaliser counts every answer, updated on or not
+        if self.prune and not self.beta:
+            # Without a KL term an answer of advantage 0 adds nothing to the loss or its gradient: it is left out of
+            # the update (a tuned model's groups often all earn the same, and the update costs what sampling does).
+            keep = [i for i in range(len(rows)) if row_adv[i] != 0] or [0]
+            rows, row_adv = [rows[i] for i in keep], row_adv[keep]
         ids, mask = (mx.array(a) for a in _padded(rows, cfg.max_seq_length, (np.int32, np.int8)))
         mask_np = np.array(mask)
         positions_np = learned_positions(mask_np)
         width = mask_np.shape[1] - 1
-        row_adv = np.append(advantages.reshape(-1), 0.0)  # the padding index reads the appended 0
-        row_of = np.minimum(positions_np // width, len(rows))
-        adv = mx.array(row_adv[row_of].astype(np.float32))
+        padded_adv = np.append(row_adv, 0.0)  # the padding index reads the appended 0
+        adv = mx.array(padded_adv[np.minimum(positions_np // width, len(rows))].astype(np.float32))
         positions = mx.array(positions_np)
-        learned = int(mask_np[:, 1:].sum())
         if self.on_batch is not None:
-            self.on_batch([len(r[0]) for r in rows], learned)
+            self.on_batch([len(r[0]) for r in rows], int(mask_np[:, 1:].sum()))
 
         world = mx.distributed.init()
-        count = mx.array(float(learned))
+        count = mx.array(float(answer_tokens))
         if world.size() > 1:
             count = mx.distributed.all_sum(count, stream=mx.cpu)
         norm = mx.maximum(count, 1) / world.size()

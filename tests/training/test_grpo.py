@@ -217,3 +217,29 @@ def test_config_refuses_what_grpo_cannot_do():
     with pytest.raises(UserError, match="reward_file"):
         config.build({"train_mode": "sft", "reward_file": "r.py"})
     assert config.build({"train_mode": "grpo", "beta": 0}).beta == 0
+
+
+def test_answers_without_signal_leave_the_update_and_change_nothing(qwen2_dir, prompts_data):
+    """beta 0: an answer of advantage 0 adds nothing to the loss or its gradient, so the update leaves it out; the
+    loss and gradient are those of the whole batch (its normaliser still counts every answer)."""
+    sizes = []
+    results = []
+    for prune in (False, True):
+        cfg = _cfg(qwen2_dir, prompts_data, prompts_data / "unused", beta=0.0, temperature=0.1, max_completion_tokens=2)
+        model, tok = load(str(qwen2_dir))
+        objective = GRPO(cfg)
+        objective.prune = prune
+        prompts = objective.tokenize(data.load_split(prompts_data, "train"), tok, cfg.max_seq_length, "train")
+        adapters.attach(model, cfg)
+        for name, p in tree_flatten(model.trainable_parameters()):
+            model.update(tree_unflatten([(name, mx.random.normal(p.shape, key=mx.random.key(1)) * 0.05)]))
+        objective.bind(cfg, model)
+        order = dict(loop=True, seed=3)
+        batch = objective.prepare(next(objective.batches(prompts, cfg.batch_size, cfg.max_seq_length, **order)))
+        sizes.append(batch[0].shape[0])
+        (loss, _), grads = nn.value_and_grad(model, objective.loss)(model, *batch)
+        results.append((float(loss), dict(tree_flatten(grads))))
+    assert sizes[1] < sizes[0] == 8, f"some group had no signal at temperature 0.1: {sizes}"
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5, abs=1e-7)
+    for k, g in results[0][1].items():
+        np.testing.assert_allclose(np.array(results[1][1][k]), np.array(g), rtol=1e-4, atol=1e-7, err_msg=k)
