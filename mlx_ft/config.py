@@ -106,7 +106,9 @@ class TrainConfig:
         None, "grpo: a Python file whose functions (prompt, completion, reference) -> float are rewards (terminal only)"
     )
     recipe: str | None = _f(
-        None, "grpo: the recipe whose task patterns and labels the fields and choice rewards read (a name or folder)"
+        None,
+        "the recipe (a name or folder) whose task patterns and labels GRPO's fields and choice rewards read; "
+        "`train --recipe NAME` without -c trains the recipe's own plan",
     )
     init_from: str | None = _f(
         None, "start from this run's adapter (its base, adapter type and layers too), e.g. an SFT run before grpo"

@@ -18,8 +18,9 @@ def add_parser(sub: Subparsers) -> None:
         "./lora_config.yaml, else the shipped one); every flag below overrides its key. Writes a run "
         "folder with config.yaml, adapter_config.json, adapters.safetensors, metrics.jsonl, loss.png, "
         "best/ (the best validation loss) and checkpoints/. Ctrl-C saves a checkpoint after the current step; "
-        "`--resume RUN` continues. Data-parallel over several Macs: mlx.launch --hosts A,B "
-        "python -m mlx_ft train …",
+        "`--resume RUN` continues. `--recipe NAME` without -c trains the recipe's plan (e.g. SFT, then GRPO "
+        "from it: one run folder per stage, <adapter-path>-<stage>; run it again to go on where it stopped). "
+        "Data-parallel over several Macs: mlx.launch --hosts A,B python -m mlx_ft train …",
     )
     p.add_argument(
         "--resume",
@@ -35,6 +36,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from mlx_ft.training.run import train
 
     flags = config_mod.flags_of(args)
+    if args.recipe and not args.config and not args.resume:
+        from mlx_ft.training.plan import run_plan
+
+        run = run_plan(args.recipe, {k: v for k, v in flags.items() if k != "recipe"}, args.set or [])
+        print(f"adapter written to {run}")
+        return
     if args.resume:
         if args.config:
             raise UserError("--resume reads the run's own config.yaml; leave out --config")

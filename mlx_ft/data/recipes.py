@@ -14,6 +14,9 @@ whatever later serves the task must send exactly the same text, or the model see
           path: /model_generate/get-model-name
           param: simple_name             # the query parameter holding the input
           result: model_name             # the JSON key of the answer (the input comes back under `param`)
+    plan:                                # optional: what `train --recipe NAME` trains, stage by stage, each from
+      - {name: sft, config: lora_config.yaml}    # the run before it (default: lora_config.yaml alone)
+      - {name: grpo, config: grpo_config.yaml}
 """
 
 from __future__ import annotations
@@ -63,11 +66,24 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One training stage of a recipe's plan: its name (the run folder's suffix) and its config file."""
+
+    name: str
+    config: Path
+
+
+STAGE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+DEFAULT_CONFIG = "lora_config.yaml"
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     path: Path  # the recipe.yaml
     tasks: dict[str, Task]
     system: str | None = None  # system prompt for every conversation of the recipe
+    plan: tuple[Stage, ...] = ()  # what `train --recipe` trains, in order (empty: nothing to train)
 
     def task(self, name: str | None) -> Task:
         """The task called `name`; a recipe with one task also answers to no name. ValueError otherwise."""
@@ -134,4 +150,25 @@ def load(ref: str | Path) -> Recipe:
     if system is not None and not isinstance(system, str):
         raise UserError(f"{path}: `system` must be a string")
     tasks = {str(name): _task(str(name), task, path) for name, task in spec["tasks"].items()}
-    return Recipe(str(spec.get("name") or path.parent.name), path, tasks, system)
+    return Recipe(str(spec.get("name") or path.parent.name), path, tasks, system, _plan(spec.get("plan"), path))
+
+
+def _plan(spec: Any, where: Path) -> tuple[Stage, ...]:
+    """The recipe's training stages: as its `plan` lists them, else its lora_config.yaml alone (if it has one). Each
+    config file lies in the recipe's folder."""
+    if spec is None:
+        default = where.parent / DEFAULT_CONFIG
+        return (Stage("sft", default),) if default.is_file() else ()
+    if not isinstance(spec, list) or not spec:
+        raise UserError(f"{where}: `plan` must be a list of stages, e.g. [{{name: sft, config: {DEFAULT_CONFIG}}}]")
+    stages: list[Stage] = []
+    for i, stage in enumerate(spec):
+        if not isinstance(stage, dict) or set(stage) != {"name", "config"}:
+            raise UserError(f"{where}: plan[{i}] needs exactly a name and a config file")
+        name, config = stage["name"], stage["config"]
+        if not isinstance(name, str) or not STAGE_NAME.fullmatch(name) or any(s.name == name for s in stages):
+            raise UserError(f"{where}: plan[{i}]: the name must be a new short word of a-z, 0-9, _ and -")
+        if not isinstance(config, str) or Path(config).name != config or not (where.parent / config).is_file():
+            raise UserError(f"{where}: plan[{i}]: config must name a file in the recipe's folder, got {config!r}")
+        stages.append(Stage(name, where.parent / config))
+    return tuple(stages)
