@@ -8,8 +8,9 @@ prompt training put before it, each answer stopped near its own reference's leng
 the base model is scored first and the adapter is then put on the same loaded model, so one load serves both columns.
 With a recipe to hold answers to (`constrained_by`, `eval --constrained --recipe`), each column is answered a second
 time with every answer held to its task's pattern, as `serve --task` holds them (columns "base constrained", "tuned
-constrained"; generation metrics only, the loss does not change). Every pass prints progress lines
-(`mlx_ft.progress`).
+constrained"; generation metrics only, the loss does not change). A GRPO run's rewards (or any run's, with
+`rewards`) score every answer of every column too: the mean weighted total ("reward") and each reward's mean
+("reward_<name>"), as GRPO's validation reports them. Every pass prints progress lines (`mlx_ft.progress`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mlx_ft.inference import constrain, generation, scores
 from mlx_ft.inference.sampling import Constraint, Sampling
 from mlx_ft.models import loader
 from mlx_ft.resources import local_or_shipped
+from mlx_ft.training import rewards as rewards_mod
 from mlx_ft.training.batches import TokenizedChats
 from mlx_ft.training.objectives import SFT, Preference
 from mlx_ft.training.preference import pair_scores
@@ -64,6 +66,7 @@ class EvalReport:
     plan: Plan | None = None
     generated_tokens: dict[str, int] = field(default_factory=dict)  # column -> tokens its answers took
     generation_seconds: dict[str, float] = field(default_factory=dict)
+    rewards: rewards_mod.Rewards | None = None  # what scored the answers' rewards, if anything did
 
 
 @dataclass
@@ -264,6 +267,69 @@ def held_answers(recipe: recipes.Recipe, todo: list[Target], tokenizer: Any) -> 
     return held
 
 
+def eval_rewards(
+    loaded: loader.Loaded, specs: list | None = None, recipe: str | None = None
+) -> rewards_mod.Rewards | None:
+    """The rewards eval scores answers with: `specs` (a config's `rewards` list) when given, reading `recipe` (default
+    the run's); else a GRPO run's own, its reward_file and recipe included; None for any other run or model. A spec
+    that cannot be used is a UserError line from `rewards.build`."""
+    cfg = loaded.cfg
+    if specs is not None:
+        return rewards_mod.build(specs, _rewards_recipe(loaded, specs, recipe), None, loaded.tokenizer)
+    if cfg is None or cfg.train_mode != "grpo":
+        return None
+    return rewards_mod.build(cfg.rewards, cfg.recipe, cfg.reward_file, loaded.tokenizer)
+
+
+def _rewards_recipe(loaded: loader.Loaded, specs: list | None, recipe: str | None) -> str | None:
+    """The recipe the rewards read: `recipe` for given `specs`, else (or by default) the run's."""
+    return (recipe if specs is not None else None) or (loaded.cfg.recipe if loaded.cfg else None)
+
+
+def _user_text(t: Target) -> str:
+    """What GRPO's rewards read as the prompt: the last user message's text."""
+    users = [m for m in t.prompt if m.get("role") == "user"]
+    return str(users[-1].get("content") or "") if users else ""
+
+
+def reward_scores(
+    rewards: rewards_mod.Rewards, todo: list[Target], outputs: list[str], recipe: recipes.Recipe | None = None
+) -> list[dict[str, Any]]:
+    """Each answer's rewards: `reward` (the weighted total) and `reward_<name>` per reward; where a choice reward
+    holds the example to a label set (its `labels` option, or its task's labels in `recipe`, the example's `task`
+    field naming the task), `no_label` says whether the answer is none of them."""
+    rows = []
+    for t, out in zip(todo, outputs, strict=True):
+        values = rewards.score(_user_text(t), out, t.expected)
+        row: dict[str, Any] = {"reward": rewards.total(values)}
+        row.update({f"reward_{n}": v for n, v in zip(rewards.names, values)})
+        labels = _label_set(rewards, t, recipe)
+        if labels is not None:
+            row["no_label"] = out.strip() not in labels
+        rows.append(row)
+    return rows
+
+
+def _label_set(rewards: rewards_mod.Rewards, t: Target, recipe: recipes.Recipe | None) -> tuple[str, ...] | None:
+    if None in rewards.labels:
+        return rewards.labels[None]
+    if not rewards.labels or recipe is None:
+        return None
+    name = t.example.meta.get(GROUP_FIELD)
+    try:
+        task = recipe.task(name if isinstance(name, str) else None)
+    except ValueError:
+        return None
+    return rewards.labels.get(task.name)
+
+
+def mean_rewards(rows: list[dict[str, Any]], members: list[int] | None = None) -> dict[str, float]:
+    """The mean of each key of `rows` (those at `members`), over the rows that have it."""
+    picked = rows if members is None else [rows[i] for i in members]
+    keys = dict.fromkeys(k for r in picked for k in r)
+    return {k: sum(float(r[k]) for r in picked if k in r) / sum(k in r for r in picked) for k in keys}
+
+
 def evaluate(
     source: str,
     data_spec: str | None = None,
@@ -275,13 +341,20 @@ def evaluate(
     batch_size: int = 8,
     limit: int | None = None,
     constrained_by: recipes.Recipe | None = None,
+    rewards: list | None = None,
+    rewards_recipe: str | None = None,
 ) -> EvalReport:
     """Score `source` on `split` and write `metrics.json` and `predictions.jsonl` into `out` (default RUN/eval).
     `max_tokens` caps every example's budget (default DEFAULT_MAX_TOKENS); `constrained_by`: also score every column
-    with its answers held to this recipe's patterns."""
+    with its answers held to this recipe's patterns; `rewards` (with `rewards_recipe`): score the answers with these
+    rewards in place of a GRPO run's own (`eval_rewards`)."""
     loaded = loader.load(source, adapter=False)
     if compare_base and loaded.cfg is None:
         raise UserError(f"--compare-base needs a run folder (base model + adapter); {source} is a plain model")
+    scoring = eval_rewards(loaded, rewards, rewards_recipe)  # before any pass: a bad spec costs one line, not an eval
+    labels_recipe = None  # what tells which labels a choice reward holds each answer to, when its tasks do
+    if scoring is not None and scoring.labels and (ref := _rewards_recipe(loaded, rewards, rewards_recipe)):
+        labels_recipe = recipes.load(ref)
     data_dir = _data_dir(data_spec, loaded)
     plan = make_plan(loaded.tokenizer, data_dir, split, limit, max_tokens, SPLIT_HINT)
     todo = plan.todo
@@ -298,6 +371,11 @@ def evaluate(
         if held is not None:
             columns[f"{name} constrained"] = _answer_column(loaded, plan, sampling, f"{name} constrained", held)
     outputs = {name: c.outputs for name, c in columns.items()}
+    earned: dict[str, list[dict[str, Any]]] = {}
+    if scoring is not None and todo:
+        for name, c in columns.items():
+            earned[name] = reward_scores(scoring, todo, c.outputs, labels_recipe)
+            c.metrics.update(mean_rewards(earned[name]))
 
     field_name = by_field or (GROUP_FIELD if any(GROUP_FIELD in t.example.meta for t in todo) else None)
     groups: dict[str, dict[str, dict[str, Any]]] = {}
@@ -309,6 +387,9 @@ def evaluate(
                 "(prepare keeps `task`, and others named with --keep-field)"
             )
         groups = {name: scores.by_group(outs, [t.expected for t in todo], values) for name, outs in outputs.items()}
+        for name, rows in earned.items():
+            for value, metrics in groups[name].items():
+                metrics.update(mean_rewards(rows, [i for i, v in enumerate(values) if v == value]))
 
     # A run's results live in it (RUN/eval, or RUN/best/eval for its best adapter); a plain model's in ./eval/NAME.
     out = Path(out) if out else (Path(source) / "eval" if loaded.run else Path("eval") / Path(source).name)
@@ -324,12 +405,19 @@ def evaluate(
         plan,
         {name: c.generated_tokens for name, c in columns.items()},
         {name: c.seconds for name, c in columns.items()},
+        scoring,
     )
-    _write(report, todo, outputs)
+    _write(report, todo, outputs, earned)
     return report
 
 
-def _write(report: EvalReport, todo: list[Target], outputs: dict[str, list[str]]) -> None:
+def _write(
+    report: EvalReport,
+    todo: list[Target],
+    outputs: dict[str, list[str]],
+    earned: dict[str, list[dict[str, Any]]] | None = None,
+) -> None:
+    earned = earned or {}
     plan = report.plan
     assert plan is not None
     summary = {
@@ -345,13 +433,18 @@ def _write(report: EvalReport, todo: list[Target], outputs: dict[str, list[str]]
         "metrics": report.columns,
         "by_field": report.group_field,
         "groups": report.groups,
+        # each reward's name and weight, in order (null: no rewards scored)
+        "rewards": dict(zip(report.rewards.names, report.rewards.weights)) if report.rewards else None,
     }
     rows = []
     for i, t in enumerate(todo):
         row: dict[str, Any] = {"where": t.example.where, "input": t.prompt, "expected": t.expected, **t.example.meta}
         for name, outs in outputs.items():
             row[name] = outs[i]
-        row["scores"] = {name: scores.example_scores(outs[i], t.expected) for name, outs in outputs.items()}
+        row["scores"] = {
+            name: {**scores.example_scores(outs[i], t.expected), **(earned[name][i] if name in earned else {})}
+            for name, outs in outputs.items()
+        }
         rows.append(row)
     with atomic_dir(report.out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -396,7 +489,22 @@ METRICS = [
     Metric("bleu4", "BLEU-4", "decimal"),
     Metric("rouge_l", "ROUGE-L", "decimal"),
     Metric("length_ratio", "Length ratio", "decimal", 2),
+    Metric("reward", "Mean reward", "decimal"),  # each reward's own mean ("reward_<name>") follows it: `_metrics`
+    Metric("no_label", "Not a label (choice)", "percent"),
 ]
+REWARD_PREFIX = "reward_"
+
+
+def _metrics(columns: dict[str, dict[str, Any]]) -> list[Metric]:
+    """METRICS, with a row for each reward's mean after the mean reward (their names are the run's own)."""
+    names = dict.fromkeys(k for c in columns.values() for k in c if k.startswith(REWARD_PREFIX))
+    own = [Metric(k, f"Reward: {k.removeprefix(REWARD_PREFIX)}", "decimal") for k in names]
+    out = []
+    for m in METRICS:
+        out.append(m)
+        if m.key == "reward":
+            out += own
+    return out
 
 
 def _terminal_label(label: str) -> str:
@@ -407,7 +515,7 @@ def _terminal_label(label: str) -> str:
 def labelled(columns: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each score some column has, in METRICS order: key, label, kind, and per column its value and its text."""
     rows = []
-    for m in METRICS:
+    for m in _metrics(columns):
         if all(m.key not in c for c in columns.values()):
             continue
         values = {name: c.get(m.key) for name, c in columns.items()}
@@ -420,7 +528,7 @@ def _table(columns: dict[str, dict[str, Any]], title: str) -> list[str]:
     names = list(columns)
     header = [title, *names] + (["change"] if names == ["base", "tuned"] else [])
     body = []
-    for m in METRICS:
+    for m in _metrics(columns):
         if not m.in_table or all(m.key not in columns[n] for n in names):
             continue
         values = [columns[n].get(m.key) for n in names]
@@ -468,6 +576,8 @@ def format_report(report: EvalReport) -> str:
     n = next((c.get("n") for c in report.columns.values() if c.get("n") is not None), 0)
     lines = [f"{report.source} on {report.data_dir / report.split}.jsonl ({n} answers scored)", ""]
     lines += _table(report.columns, "metric")
+    if report.rewards is not None:
+        lines += ["", rewards_mod.describe(report.rewards)]
     for name, col in report.columns.items():
         if col.get("confusion"):
             lines += ["", *_confusion(name, col["confusion"])]
