@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from mlx_ft import cli
+from mlx_ft import cli, config
 from tests.conftest import REPO
 
 README = REPO / "recipes" / "README.md"
 # Appended to the README's commands: a short training and a quick look at the test split.
 SHORT = {
-    "train": ["--iters", "3", "--batch-size", "2", "--steps-per-eval", "3", "--val-batches", "1", "--save-every", "3"],
+    "train": ["--iters", "3", "--batch-size", "2", "--steps-per-eval", "3", "--val-batches", "1", "--save-every", "3"]
+    + ["--group-size", "2", "--max-completion-tokens", "8"],  # a GRPO stage's sampling, kept short too
     "eval": ["--limit", "6", "--max-tokens", "12"],
 }
 
@@ -59,6 +60,12 @@ def test_miner_recipe_runs_as_documented(workdir):
         assert column["n"] == 6 and 0 <= column["exact_match"] <= 1 and column["loss"] > 0
     prepared = json.loads((workdir / "data/miners/prepared/prepare.json").read_text())
     assert prepared["group_field"] == "group" and prepared["recipe"].endswith("miners/recipe.yaml")
+    # The plan: SFT, then GRPO from it, rewarded by the recipe's fields; eval reports the GRPO run's mean reward.
+    sft = config.load(workdir / "runs/miners-sft/config.yaml")
+    grpo = config.load(workdir / "runs/miners-grpo/config.yaml")
+    assert (sft.train_mode, grpo.train_mode, grpo.init_from) == ("sft", "grpo", "runs/miners-sft")
+    assert metrics["rewards"] == {"fields": 1.0}
+    assert all(0 <= c["reward_fields"] <= 1 for c in metrics["metrics"].values())
 
 
 def test_router_recipe_reports_every_task(workdir):
