@@ -7,11 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from mlx_ft import cli, config
+from mlx_ft import cli
 from mlx_ft.inference import evaluate
 from mlx_ft.models.run_folder import Run
 from mlx_ft.training import rewards
 from mlx_ft.training.run import train
+from tests.training.test_run import _cfg as run_cfg
 
 QA = [
     ("Name a fish.", "Carp", "animal"),
@@ -35,23 +36,9 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _run(qwen2_dir: Path, data_dir: Path, run: Path, **kw) -> Path:
-    values = dict(
-        model=str(qwen2_dir),
-        data=str(data_dir),
-        adapter_path=str(run),
-        fine_tune_type="lora",
-        num_layers=2,
-        batch_size=2,
-        iters=1,
-        learning_rate=1e-3,
-        steps_per_report=1,
-        steps_per_eval=1,
-        val_batches=1,
-        save_every=1,
-        max_seq_length=64,
-        lora_parameters={"rank": 4, "scale": 10.0, "dropout": 0.0},
-    )
-    return train(config.build({**values, **kw}))
+    """A one-step run of test_run's small settings, reporting and evaluating at that step."""
+    short = dict(iters=1, steps_per_report=1, steps_per_eval=1, val_batches=1, save_every=1, max_seq_length=64)
+    return train(run_cfg(qwen2_dir, data_dir, run, **{**short, **kw}))
 
 
 def _predictions(out: Path) -> list[dict]:
