@@ -90,8 +90,17 @@ def test_llama_cpp_tokenizes_and_computes_like_mlx(f16_files, name, tmp_path):
         assert (f32.argmax(-1) == theirs.argmax(-1)).mean() > 0.95
 
 
+@pytest.fixture(scope="module")
+def f16_logits(f16_files) -> list[tuple[list[int], np.ndarray]]:
+    """SmolLM2's f16 file's logits on each chat, computed once for every quantization compared against them."""
+    src, f16 = f16_files["smollm2"]
+    tok = loader.load(str(src)).tokenizer
+    reference = _llama(f16)
+    return [(ids, _cpp_logits(reference, ids)) for ids in (chat_template.prompt_ids(tok, chat) for chat in CHATS)]
+
+
 @pytest.mark.parametrize("file_type", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k"])
-def test_our_quantization_is_as_good_as_llama_quantize(f16_files, tmp_path, file_type):
+def test_our_quantization_is_as_good_as_llama_quantize(f16_files, f16_logits, tmp_path, file_type):
     """Mean KL from the f16 logits: our file against llama.cpp's own quantization of the same f16 file."""
     src, f16 = f16_files["smollm2"]
     ours_path = export_gguf(str(src), file_type, tmp_path / f"ours-{file_type}.gguf")
@@ -100,12 +109,9 @@ def test_our_quantization_is_as_good_as_llama_quantize(f16_files, tmp_path, file
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type.upper()}")
     assert llama_cpp.llama_model_quantize(str(f16).encode(), str(theirs_path).encode(), ctypes.byref(params)) == 0
 
-    tok = loader.load(str(src)).tokenizer
-    reference, ours, theirs = _llama(f16), _llama(ours_path), _llama(theirs_path)
+    ours, theirs = _llama(ours_path), _llama(theirs_path)
     kl_ours = kl_theirs = 0.0
-    for chat in CHATS:
-        ids = chat_template.prompt_ids(tok, chat)
-        base = _cpp_logits(reference, ids)
+    for ids, base in f16_logits:
         kl_ours += _softmax_kl(base, _cpp_logits(ours, ids))
         kl_theirs += _softmax_kl(base, _cpp_logits(theirs, ids))
     print(f"{file_type}: mean KL ours {kl_ours / 2:.5f}, llama-quantize {kl_theirs / 2:.5f}")
