@@ -12,7 +12,7 @@ rank 16 scale 20 dropout 0 on the last 12 layers (recipes/miners/lora_config.yam
 (fresh LoRA, its B zero: the base model; or --adapter, e.g. the SFT run the recipe's GRPO stage starts from) with a
 fresh optimizer, runs one warm-up step (it compiles), then --steps measured ones.
 
-The prompts are the same for every variant: GRPO's k-th batch of seed 0 (`grpo.prompt_batches`). The SFT step learns
+The prompts are the same for every variant: GRPO's k-th batch of seed 0 (`batches.prompt_batches`). The SFT step learns
 those prompts' reference answers (batch 4 rows, prompt masked); a GRPO step of group size g samples 4 x g answers and
 learns from 4 x g rows. Columns, seconds per measured step:
 - sample: `GRPO.sample` (prefill and decode of all the answers, eval mode);
@@ -53,8 +53,8 @@ from mlx_ft import config, data, models
 from mlx_ft.data import recipes
 from mlx_ft.models import adapters
 from mlx_ft.models.loader import load_model
-from mlx_ft.training.batches import TokenizedChats, iterate_batches
-from mlx_ft.training.grpo import GRPO, prompt_batches
+from mlx_ft.training.batches import TokenizedChats, iterate_batches, prompt_batches
+from mlx_ft.training.grpo import GRPO
 from mlx_ft.training.loop import compiled_step, seed_for_step
 from mlx_ft.training.loss import masked_loss
 from mlx_ft.training.objectives import clear_cache

@@ -10,7 +10,7 @@ lines for continued pre-training), split into train/valid/test.
 The names below are the package's face: what the rest of mlx_ft uses.
 """
 
-from mlx_ft.data.formats import FORMATS, ROLES, Example, Options, check_conversation, format_needs
+from mlx_ft.data.formats import FORMATS, ROLES, Example, Options, check_conversation, format_needs, last_user_text
 from mlx_ft.data.prepare import SPLITS, Report, common_system, load_split, prepare, split_of
 from mlx_ft.data.readers import DataError, read_records
 
@@ -25,6 +25,7 @@ __all__ = [
     "check_conversation",
     "common_system",
     "format_needs",
+    "last_user_text",
     "load_split",
     "prepare",
     "read_records",

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sys
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,12 @@ class Options:
 
 
 # ---------------------------------------------------------------------------------------------------------- fields
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    """The text of a conversation's last user message ("" when it has none): what a reward reads as the prompt."""
+    users = [m for m in messages if m.get("role") == "user"]
+    return str(users[-1].get("content") or "") if users else ""
 
 
 def text_field(rec: Mapping[str, Any], key: str) -> str:

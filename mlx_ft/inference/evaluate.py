@@ -286,12 +286,6 @@ def _rewards_recipe(loaded: loader.Loaded, specs: list | None, recipe: str | Non
     return (recipe if specs is not None else None) or (loaded.cfg.recipe if loaded.cfg else None)
 
 
-def _user_text(t: Target) -> str:
-    """What GRPO's rewards read as the prompt: the last user message's text."""
-    users = [m for m in t.prompt if m.get("role") == "user"]
-    return str(users[-1].get("content") or "") if users else ""
-
-
 def reward_scores(
     rewards: rewards_mod.Rewards, todo: list[Target], outputs: list[str], recipe: recipes.Recipe | None = None
 ) -> list[dict[str, Any]]:
@@ -300,7 +294,7 @@ def reward_scores(
     field naming the task), `no_label` says whether the answer is none of them."""
     rows = []
     for t, out in zip(todo, outputs, strict=True):
-        values = rewards.score(_user_text(t), out, t.expected)
+        values = rewards.score(data.last_user_text(t.prompt), out, t.expected)
         row: dict[str, Any] = {"reward": rewards.total(values)}
         row.update({f"reward_{n}": v for n, v in zip(rewards.names, values)})
         labels = _label_set(rewards, t, recipe)

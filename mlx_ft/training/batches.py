@@ -2,6 +2,7 @@
 
 - `TokenizedChats`: conversations tokenized once through `chat_template`, with the loss mask on every assistant turn;
   `TokenizedPairs`: preference pairs as two such rows, the mask on the final answer only (`pair_batches`);
+  `TokenizedPrompts`: GRPO's prompts, whose answers are sampled each step (`prompt_batches`);
 - batches of similar *token* length (mlx_lm sorts chat records by `len()` of the JSON object, i.e. not at all), or
   packed rows (`pack: true`) of several examples each, with segment numbers so attention stays inside each example;
 - the k-th training batch depends only on (seed, k), so a resumed run continues the same data order;
@@ -14,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -191,11 +193,7 @@ def pair_batches(
     learned positions) of 2 x this worker's pairs rows, the chosen sides first, then the rejected ones in the same
     order, and a weight per pair (1; 0 for a pair a worker only borrowed to have one)."""
     rank, world = _worker(comm_group, batch_size)
-    lengths = [max(len(c[0]), len(r[0])) for c, r in pairs.items]
-    by_length = sorted(range(len(pairs)), key=lambda i: lengths[i])
-    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
-    if loop:
-        batches = [b for b in batches if len(b) == batch_size]
+    batches = length_batches([max(len(c[0]), len(r[0])) for c, r in pairs.items], batch_size, loop)
     if not batches:
         raise UserError(f"the dataset holds {len(pairs)} usable pairs, fewer than batch_size={batch_size}")
     for k, b in enumerate(_batch_order(len(batches), loop, seed)):
@@ -207,7 +205,7 @@ def pair_batches(
         weight = np.ones(len(mine) or 1, np.float32) * bool(mine)
         mine = mine or batches[b][:1]
         rows = [pairs.items[i][0] for i in mine] + [pairs.items[i][1] for i in mine]
-        ids_arr, mask_arr = _padded(rows, max_seq_length, (np.int32, np.int8))
+        ids_arr, mask_arr = padded(rows, max_seq_length, (np.int32, np.int8))
         if on_batch is not None:
             on_batch([len(ids) for ids, _ in rows], int(mask_arr[:, 1:].sum()))
         yield mx.array(ids_arr), mx.array(mask_arr), mx.array(learned_positions(mask_arr)), mx.array(weight)
@@ -223,6 +221,78 @@ def _batch_order(n_batches: int, loop: bool, seed: int | None) -> Iterator[int]:
     rng = np.random.default_rng(seed)
     while True:
         yield from rng.permutation(n_batches).tolist()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of the data: its ids as inference gives them, the user's message (what rewards read) and the
+    data's answer (the reference; None when the example ends with the user)."""
+
+    ids: list[int]
+    text: str
+    reference: str | None
+
+
+class TokenizedPrompts:
+    """A split's prompts, tokenized once up front. A prompt that leaves no room for an answer of
+    `max_completion_tokens` within max_seq_length is left out and counted."""
+
+    def __init__(
+        self, examples: Sequence[data.Example], tokenizer: Any, max_seq_length: int, answer_room: int, desc: str
+    ) -> None:
+        self.items: list[Prompt] = []
+        self.dropped = 0
+        self.room = max_seq_length - answer_room
+        problems = []
+        for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="prompt", leave=False, disable=None):
+            if ex.text is not None:
+                problems.append(f"{ex.where}: plain text; grpo samples answers to conversations")
+                continue
+            messages = list(ex.messages)
+            reference = None
+            if messages and messages[-1].get("role") == "assistant":
+                reference = str(messages.pop().get("content") or "")
+            asked = any(m.get("role") == "user" for m in messages)
+            if not messages or messages[-1].get("role") not in ("user", "tool") or not asked:
+                problems.append(f"{ex.where}: no user message for the model to answer")
+                continue
+            ids = chat_template.prompt_ids(tokenizer, messages, tools=ex.tools)
+            if len(ids) > self.room:
+                self.dropped += 1
+                continue
+            self.items.append(Prompt(ids, data.last_user_text(messages), reference))
+        if problems:
+            raise data.DataError(problems)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def report(self, name: str, max_seq_length: int) -> str | None:
+        if not self.dropped:
+            return None
+        return (
+            f"{name}: {self.dropped} prompts longer than {self.room} tokens leave no room for an answer within "
+            f"max_seq_length {max_seq_length} and are left out"
+        )
+
+
+def prompt_batches(
+    prompts: TokenizedPrompts,
+    batch_size: int,
+    loop: bool = False,
+    seed: int | None = None,
+    comm_group: Any = None,
+    skip: int = 0,
+) -> Iterator[tuple[int, list[int]]]:
+    """(k, this worker's prompt indices) for the k-th batch of `batch_size` prompts of similar length, in the order
+    `iterate_batches` uses (the k-th training batch depends only on (seed, k))."""
+    rank, world = _worker(comm_group, batch_size)
+    batches = length_batches([len(p.ids) for p in prompts.items], batch_size, loop)
+    if not batches:
+        raise UserError(f"the dataset holds {len(prompts)} usable prompts, fewer than batch_size={batch_size}")
+    for k, b in enumerate(_batch_order(len(batches), loop, seed)):
+        if k >= skip:
+            yield k, batches[b][rank::world]
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -272,17 +342,22 @@ def batch_rows(
         row_len = [sum(lengths[i] for i in r) for r in rows]
     else:
         rows, row_len = [[i] for i in range(len(dataset))], lengths
-    by_length = [rows[r] for r in sorted(range(len(rows)), key=lambda r: row_len[r])]
-    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
-    if loop:  # training: only full batches, so every step sees batch_size rows
-        batches = [b for b in batches if len(b) == batch_size]
+    batches = [[rows[r] for r in b] for b in length_batches(row_len, batch_size, loop)]
     if not batches:
         unit = "packed rows" if pack else "examples"
         raise UserError(f"the dataset makes {len(rows)} {unit}, fewer than batch_size={batch_size}")
     return batches
 
 
-def _padded(rows: Sequence[Sequence[list[int]]], max_seq_length: int, dtypes: Sequence[Any]) -> list[np.ndarray]:
+def length_batches(lengths: Sequence[int], batch_size: int, loop: bool) -> list[list[int]]:
+    """Item indices sorted by length and cut into batches of `batch_size`, so a batch pads little; in training
+    (`loop`) only full batches, so every step sees batch_size items."""
+    by_length = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+    return [b for b in batches if len(b) == batch_size] if loop else batches
+
+
+def padded(rows: Sequence[Sequence[list[int]]], max_seq_length: int, dtypes: Sequence[Any]) -> list[np.ndarray]:
     """Each field of `rows` (ids, mask, ...) as one zero-padded (rows, width) array, width from `padded_width`."""
     width = padded_width(max(len(row[0]) for row in rows), max_seq_length)
     out = [np.zeros((len(rows), width), dtype) for dtype in dtypes]
@@ -359,7 +434,7 @@ def iterate_batches(
             # learns nothing, so its loss and token count add zero and every worker still counts the same batches
             # (val_batches stops them at the same one). Training batches are full, so never get here.
             rows = [([0, 0], [0, 0], [0, 0])]
-        ids_arr, mask_arr, seg_arr = _padded(rows, max_seq_length, (np.int32, np.int8, np.int32))
+        ids_arr, mask_arr, seg_arr = padded(rows, max_seq_length, (np.int32, np.int8, np.int32))
         if on_batch is not None:
             lengths = [len(dataset[j][0]) for members in batches[b][rank::world] for j in members]
             on_batch(lengths, int(mask_arr[:, 1:].sum()))

@@ -34,102 +34,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from tqdm import tqdm
 
 from mlx_ft import chat_template, data
 from mlx_ft.config import TrainConfig
-from mlx_ft.errors import UserError
 from mlx_ft.inference import generation
 from mlx_ft.inference.sampling import Sampling
 from mlx_ft.training import rewards as rewards_mod
-from mlx_ft.training.batches import _batch_order, _padded, _worker, learned_positions
+from mlx_ft.training.batches import Prompt, TokenizedPrompts, learned_positions, padded, prompt_batches
 from mlx_ft.training.loss import token_logps
 from mlx_ft.training.preference import Reference, reference_for
 
 Batch = tuple[mx.array, ...]
 STD_EPS = 1e-4
 SAMPLES_SHOWN = 4  # sampled answers kept in each training row of metrics.jsonl, for the studio to show
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt of the data: its ids as inference gives them, the user's message (what rewards read) and the
-    data's answer (the reference; None when the example ends with the user)."""
-
-    ids: list[int]
-    text: str
-    reference: str | None
-
-
-class TokenizedPrompts:
-    """A split's prompts, tokenized once up front. A prompt that leaves no room for an answer of
-    `max_completion_tokens` within max_seq_length is left out and counted."""
-
-    def __init__(
-        self, examples: Sequence[data.Example], tokenizer: Any, max_seq_length: int, answer_room: int, desc: str
-    ) -> None:
-        self.items: list[Prompt] = []
-        self.dropped = 0
-        self.room = max_seq_length - answer_room
-        problems = []
-        for ex in tqdm(examples, desc=f"tokenizing {desc}", unit="prompt", leave=False, disable=None):
-            if ex.text is not None:
-                problems.append(f"{ex.where}: plain text; grpo samples answers to conversations")
-                continue
-            messages = list(ex.messages)
-            reference = None
-            if messages and messages[-1].get("role") == "assistant":
-                reference = str(messages.pop().get("content") or "")
-            users = [m for m in messages if m.get("role") == "user"]
-            if not messages or messages[-1].get("role") not in ("user", "tool") or not users:
-                problems.append(f"{ex.where}: no user message for the model to answer")
-                continue
-            ids = chat_template.prompt_ids(tokenizer, messages, tools=ex.tools)
-            if len(ids) > self.room:
-                self.dropped += 1
-                continue
-            self.items.append(Prompt(ids, str(users[-1].get("content") or ""), reference))
-        if problems:
-            raise data.DataError(problems)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def report(self, name: str, max_seq_length: int) -> str | None:
-        if not self.dropped:
-            return None
-        return (
-            f"{name}: {self.dropped} prompts longer than {self.room} tokens leave no room for an answer within "
-            f"max_seq_length {max_seq_length} and are left out"
-        )
-
-
-def prompt_batches(
-    prompts: TokenizedPrompts,
-    batch_size: int,
-    loop: bool = False,
-    seed: int | None = None,
-    comm_group: Any = None,
-    skip: int = 0,
-) -> Iterator[tuple[int, list[int]]]:
-    """(k, this worker's prompt indices) for the k-th batch of `batch_size` prompts of similar length, in the order
-    `batches.iterate_batches` uses (the k-th training batch depends only on (seed, k))."""
-    rank, world = _worker(comm_group, batch_size)
-    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts.items[i].ids))
-    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
-    if loop:
-        batches = [b for b in batches if len(b) == batch_size]
-    if not batches:
-        raise UserError(f"the dataset holds {len(prompts)} usable prompts, fewer than batch_size={batch_size}")
-    for k, b in enumerate(_batch_order(len(batches), loop, seed)):
-        if k >= skip:
-            yield k, batches[b][rank::world]
 
 
 def group_advantages(rewards: np.ndarray) -> np.ndarray:
@@ -187,8 +109,9 @@ class GRPO:
             self.metrics = ("reward", "reward_std", *names, "answer_tokens", "no_signal", "sample_s", "kl", "clipped")
             self.tokenizer = tokenizer
             end = chat_template.end_of_turn_id(tokenizer)
-            eos = getattr(chat_template.hf_tokenizer(tokenizer), "eos_token_id", None)
-            self.end_ids = [end if end is not None else eos] if (end is not None or eos is not None) else []
+            if end is None:
+                end = getattr(chat_template.hf_tokenizer(tokenizer), "eos_token_id", None)
+            self.end_ids = [end] if end is not None else []
         return TokenizedPrompts(examples, tokenizer, max_seq_length, self.cfg.max_completion_tokens, desc)
 
     def data_note(self, examples: Sequence[data.Example]) -> str | None:
@@ -253,8 +176,8 @@ class GRPO:
             # the update (a tuned model's groups often all earn the same, and the update costs what sampling does).
             keep = [i for i in range(len(rows)) if row_adv[i] != 0] or [0]
             rows, row_adv = [rows[i] for i in keep], row_adv[keep]
-        ids, mask = (mx.array(a) for a in _padded(rows, cfg.max_seq_length, (np.int32, np.int8)))
-        mask_np = np.array(mask)
+        ids_np, mask_np = padded(rows, cfg.max_seq_length, (np.int32, np.int8))
+        ids, mask = mx.array(ids_np), mx.array(mask_np)
         positions_np = learned_positions(mask_np)
         width = mask_np.shape[1] - 1
         padded_adv = np.append(row_adv, 0.0)  # the padding index reads the appended 0

@@ -43,9 +43,8 @@ from mlx_ft.models.adapters import ADAPTERS
 from mlx_ft.models.run_folder import Run
 from mlx_ft.system import devices
 from mlx_ft.training import checkpoints, flops, loss_plot
-from mlx_ft.training.batches import TokenizedChats, TokenizedPairs
+from mlx_ft.training.batches import TokenizedChats, TokenizedPairs, TokenizedPrompts
 from mlx_ft.training.checkpoints import TrainerState
-from mlx_ft.training.grpo import TokenizedPrompts
 from mlx_ft.training.loss import masked_loss
 from mlx_ft.training.objectives import Objective, clear_cache
 

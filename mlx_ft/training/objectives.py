@@ -31,12 +31,13 @@ from mlx_ft.config import TrainConfig
 from mlx_ft.training.batches import (
     TokenizedChats,
     TokenizedPairs,
+    TokenizedPrompts,
     batch_rows,
     batching_note,
     iterate_batches,
     pair_batches,
 )
-from mlx_ft.training.grpo import GRPO, TokenizedPrompts
+from mlx_ft.training.grpo import GRPO
 from mlx_ft.training.loss import masked_loss, sequence_logps
 from mlx_ft.training.preference import METRICS, Reference, dpo_losses, orpo_losses, reference_for
 
